@@ -1,0 +1,343 @@
+"""Channel-group analysis: which channel axes of which tensors must be pruned together.
+
+The analysis walks the graph once in topological order. Each op's rule (``onnxprune.rules``)
+reads the layouts of its inputs and declares, through :class:`AnalysisContext`:
+
+* new *blocks* of channels (producers: Conv out-channels, Gemm/MatMul features …);
+* the layouts of its outputs (pass-through ops copy, Concat appends, Split/Slice cut, Flatten
+  multiplies ``g``);
+* *joins*: two layouts that must stay index-aligned (residual Add, SE gating Mul) — their blocks
+  are united into one *channel set* (union-find, identity mapping);
+* *consumers*: layers that mix the channels and will be re-fitted;
+* *stops*: a structure it cannot handle — every block involved becomes unprunable with a reason.
+
+Afterwards every channel set is cut into *segments* at all span boundaries seen (Split/Slice/Concat
+ranges: each piece keeps its share of channels), and channel sets that feed a common consumer are
+gathered into one *group* (the consumer must be re-fitted on all of its input columns at once).
+The group is the unit of selection. Analysis never mutates the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxprune.graph import Graph, node_label
+from onnxprune.layout import Layout, Span
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerSite:
+    """A layer that mixes a group's channels (its weight gets re-fitted)."""
+
+    node: str
+    input_index: int
+    tensor: str
+    layout: Layout
+    kind: str
+    g: int  # columns per channel at this consumer (layout.g · kernel area)
+
+
+@dataclass(frozen=True)
+class ChannelSet:
+    """Blocks united by joins: one index space of ``size`` channels."""
+
+    id: int
+    size: int
+    producers: tuple[str, ...]
+    tensors: tuple[str, ...]
+    boundaries: tuple[int, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons
+
+
+@dataclass(frozen=True)
+class Group:
+    """Channel sets that share consumers; the unit of selection."""
+
+    name: str
+    sets: tuple[ChannelSet, ...]
+    offsets: tuple[int, ...]
+    consumers: tuple[ConsumerSite, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.sets)
+
+    @property
+    def prunable(self) -> bool:
+        return any(s.prunable and s.size > 1 for s in self.sets) and bool(self.consumers)
+
+    @property
+    def reason(self) -> str:
+        reasons: list[str] = []
+        for s in self.sets:
+            for r in s.reasons:
+                if r not in reasons:
+                    reasons.append(r)
+        if not reasons and self.size <= 1:
+            reasons.append("a single channel cannot be pruned")
+        return "; ".join(reasons)
+
+    @property
+    def producers(self) -> tuple[str, ...]:
+        return tuple(p for s in self.sets for p in s.producers)
+
+    def set_offset(self, set_id: int) -> int:
+        for s, off in zip(self.sets, self.offsets):
+            if s.id == set_id:
+                return off
+        raise KeyError(set_id)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    groups: tuple[Group, ...]
+    layouts: Mapping[str, Layout]
+    block_set: Mapping[int, int]  # block id → channel-set id
+    touched: tuple[str, ...]  # names of nodes whose rule must run at rewrite time
+
+    def group_channels(self, group: Group, layout: Layout) -> np.ndarray:
+        """Group channel index of every channel position of ``layout``."""
+        parts = []
+        for s in layout.spans:
+            off = group.set_offset(self.block_set[s.block])
+            parts.append(np.arange(off + s.lo, off + s.hi))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def group_of_set(self, set_id: int) -> Group | None:
+        for g in self.groups:
+            if any(s.id == set_id for s in g.sets):
+                return g
+        return None
+
+    @property
+    def prunable_groups(self) -> tuple[Group, ...]:
+        return tuple(g for g in self.groups if g.prunable)
+
+
+@dataclass
+class _Block:
+    size: int
+    tensor: str
+    producer: str | None
+    reasons: list[str] = field(default_factory=list)
+
+
+class AnalysisContext:
+    """What a rule may do during analysis (see module docstring)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.layouts: dict[str, Layout] = {}
+        self.blocks: list[_Block] = []
+        self.parent: list[int] = []
+        self.consumers: list[ConsumerSite] = []
+        self.spans_seen: list[Span] = []
+        self.touched: list[str] = []
+        self._touched_set: set[str] = set()
+
+    # -- union-find ----------------------------------------------------------------------------
+    def find(self, b: int) -> int:
+        while self.parent[b] != b:
+            self.parent[b] = self.parent[self.parent[b]]
+            b = self.parent[b]
+        return b
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = min(ra, rb), max(ra, rb)
+            self.parent[hi] = lo
+
+    # -- API for rules ---------------------------------------------------------------------------
+    def layout(self, name: str) -> Layout | None:
+        return self.layouts.get(name) if name else None
+
+    def set_layout(self, name: str, layout: Layout) -> None:
+        if name:
+            self.layouts[name] = layout
+            self.spans_seen.extend(layout.spans)
+
+    def touch(self, node: onnx.NodeProto) -> None:
+        if node.name not in self._touched_set:
+            self._touched_set.add(node.name)
+            self.touched.append(node.name)
+
+    def new_block(self, node: onnx.NodeProto | None, tensor: str, size: int, axis: int,
+                  reason: str | None = None) -> Layout:
+        b = len(self.blocks)
+        self.blocks.append(_Block(size=size, tensor=tensor,
+                                  producer=node.name if node is not None else None,
+                                  reasons=[reason] if reason else []))
+        self.parent.append(b)
+        lay = Layout(axis=axis, spans=(Span(b, 0, size),))
+        self.set_layout(tensor, lay)
+        if node is not None:
+            self.touch(node)
+        return lay
+
+    def external_block(self, tensor: str, size: int, axis: int) -> Layout:
+        """Channels that enter a channel path without a prunable producer (kept whole)."""
+        b = len(self.blocks)
+        self.blocks.append(_Block(size=size, tensor=tensor, producer=None,
+                                  reasons=[f"channels of '{tensor}' are not made by a prunable layer"]))
+        self.parent.append(b)
+        return Layout(axis=axis, spans=(Span(b, 0, size),))
+
+    def stop(self, layouts, reason: str) -> None:
+        """Make every block in ``layouts`` unprunable with ``reason``."""
+        if isinstance(layouts, Layout):
+            layouts = [layouts]
+        for lay in layouts:
+            if lay is None:
+                continue
+            for s in lay.spans:
+                rs = self.blocks[s.block].reasons
+                if reason not in rs:
+                    rs.append(reason)
+
+    def stop_inputs(self, node: onnx.NodeProto, reason: str) -> None:
+        self.stop([self.layout(x) for x in node.input], reason)
+
+    def add_consumer(self, node: onnx.NodeProto, input_index: int, layout: Layout, kind: str,
+                     g: int) -> None:
+        self.touch(node)
+        self.consumers.append(ConsumerSite(node=node.name, input_index=input_index,
+                                           tensor=node.input[input_index], layout=layout,
+                                           kind=kind, g=g))
+
+    def join(self, node: onnx.NodeProto, layouts: list[Layout]) -> Layout | None:
+        """Index-align several layouts (residual/gating joins). None if they cannot align."""
+        first = layouts[0]
+        pairs: list[tuple[int, int]] = []
+        for other in layouts[1:]:
+            ok = (other.g == first.g and other.channels == first.channels
+                  and len(other.spans) == len(first.spans))
+            if ok:
+                for x, y in zip(first.spans, other.spans):
+                    rx, ry = self.find(x.block), self.find(y.block)
+                    if x.size != y.size:
+                        ok = False
+                    elif rx == ry:
+                        ok = ok and x.lo == y.lo
+                    else:
+                        whole = (x.lo == 0 and x.hi == self.blocks[x.block].size
+                                 and y.lo == 0 and y.hi == self.blocks[y.block].size)
+                        ok = ok and whole
+                        pairs.append((x.block, y.block))
+            if not ok:
+                self.stop(layouts, f"{node.op_type} node '{node_label(node)}' joins channel "
+                                   "layouts that do not line up")
+                return None
+        for a, b in pairs:
+            self._union(a, b)
+        self.touch(node)
+        return first
+
+    # -- results ---------------------------------------------------------------------------------
+    def finish(self) -> Analysis:
+        g = self.graph
+        for out in sorted(g.graph_outputs):
+            lay = self.layout(out)
+            if lay is not None:
+                self.stop(lay, f"reaches the graph output '{out}'")
+        for name in sorted(g.subgraph_refs):
+            lay = self.layout(name)
+            if lay is not None:
+                self.stop(lay, f"'{name}' is used inside a subgraph (If/Loop/Scan)")
+
+        # Consumers seeing one channel twice cannot be re-fitted channel-wise.
+        for site in self.consumers:
+            keys = [(self.find(s.block), i) for s in site.layout.spans for i in range(s.lo, s.hi)]
+            if len(set(keys)) != len(keys):
+                self.stop(site.layout, f"node '{site.node}' sees the same channel twice")
+
+        roots = sorted({self.find(b) for b in range(len(self.blocks))})
+        members: dict[int, list[int]] = {r: [] for r in roots}
+        for b in range(len(self.blocks)):
+            members[self.find(b)].append(b)
+        consumed: set[int] = set()
+        for site in self.consumers:
+            consumed.update(self.find(s.block) for s in site.layout.spans)
+        bounds: dict[int, set[int]] = {r: {0, self.blocks[r].size} for r in roots}
+        for s in self.spans_seen:
+            r = self.find(s.block)
+            bounds[r].update((s.lo, s.hi))
+
+        sets: dict[int, ChannelSet] = {}
+        for r in roots:
+            reasons: list[str] = []
+            for b in members[r]:
+                for reason in self.blocks[b].reasons:
+                    if reason not in reasons:
+                        reasons.append(reason)
+            if r not in consumed and not reasons:
+                reasons.append("no layer consumes these channels (nothing to re-fit)")
+            sets[r] = ChannelSet(
+                id=r, size=self.blocks[r].size,
+                producers=tuple(self.blocks[b].producer for b in members[r]
+                                if self.blocks[b].producer),
+                tensors=tuple(self.blocks[b].tensor for b in members[r]),
+                boundaries=tuple(sorted(bounds[r])), reasons=tuple(reasons))
+
+        # Group channel sets that feed a common consumer.
+        gparent = {r: r for r in roots}
+
+        def gfind(x: int) -> int:
+            while gparent[x] != x:
+                gparent[x] = gparent[gparent[x]]
+                x = gparent[x]
+            return x
+
+        for site in self.consumers:
+            rs = [self.find(s.block) for s in site.layout.spans]
+            for r in rs[1:]:
+                a, b = gfind(rs[0]), gfind(r)
+                if a != b:
+                    gparent[max(a, b)] = min(a, b)
+        by_group: dict[int, list[int]] = {}
+        for r in roots:  # roots ascend in creation (= topological) order
+            by_group.setdefault(gfind(r), []).append(r)
+        site_group: dict[int, list[ConsumerSite]] = {k: [] for k in by_group}
+        for site in self.consumers:
+            site_group[gfind(self.find(site.layout.spans[0].block))].append(site)
+
+        groups = []
+        for key, rs in by_group.items():
+            gsets = tuple(sets[r] for r in rs)
+            offsets = tuple(int(x) for x in np.cumsum([0] + [s.size for s in gsets])[:-1])
+            name = next((p for s in gsets for p in s.producers), None) or gsets[0].tensors[0]
+            groups.append(Group(name=name, sets=gsets, offsets=offsets,
+                                consumers=tuple(site_group[key])))
+        block_set = {b: self.find(b) for b in range(len(self.blocks))}
+        return Analysis(groups=tuple(groups), layouts=dict(self.layouts), block_set=block_set,
+                        touched=tuple(self.touched))
+
+
+def analyze(graph: Graph) -> Analysis:
+    """Run every node's rule in topological order and gather the channel groups."""
+    from onnxprune.rules import rule_for  # the registry
+
+    ctx = AnalysisContext(graph)
+    for node in graph.nodes:
+        rule = rule_for(node)
+        has_layout = any(ctx.layout(x) for x in node.input)
+        if rule is None:
+            if has_layout:
+                ctx.stop_inputs(node, f"flows into {node.op_type} node '{node_label(node)}', "
+                                      "which has no channel rule")
+            continue
+        if has_layout:
+            ctx.touch(node)
+        rule.analyze(node, ctx)
+    return ctx.finish()

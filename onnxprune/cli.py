@@ -1,0 +1,156 @@
+"""Command line: ``onnxprune prune`` and ``onnxprune inspect``. The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from onnxprune import api
+from onnxprune.errors import OnnxPruneError, OutputError
+from onnxprune.modelio import check_output_path
+from onnxprune.select import METHODS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"onnxprune: error: {message} (see 'onnxprune {self.prog.split()[-1]} "
+                         "--help')\n" if " " in self.prog else f"onnxprune: error: {message}\n")
+        sys.exit(2)
+
+
+def _ratio(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ratio must be a number in [0, 1), got {text!r}")
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"--ratio must be in [0, 1) (the fraction of channels "
+                                         f"removed), got {text}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune", description="Structured pruning of ONNX models (channels, "
+                "neurons) with submodular selection and least-squares re-fitting.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
+    pr = sub.add_parser("prune", help="prune a model")
+    pr.add_argument("input", help="model to prune (.onnx; external data is read from beside it)")
+    pr.add_argument("output", help="where to write the pruned model (.onnx)")
+    pr.add_argument("--calib", required=True,
+                    help=".npz keyed by input name (or .npy for a single input), sample axis first")
+    pr.add_argument("--ratio", type=_ratio, default=0.5,
+                    help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
+                         "(default 0.5)")
+    pr.add_argument("--method", choices=METHODS, default="inchange",
+                    help="selection method (default inchange)")
+    pr.add_argument("--no-reweight", action="store_true",
+                    help="only slice the next layer's weights (no least-squares re-fit)")
+    pr.add_argument("--seed", type=_seed, default=0, help="seed for sampling and splits (default 0)")
+    pr.add_argument("--holdout", type=float, default=0.2,
+                    help="fraction of calibration samples kept aside for the fidelity check "
+                         "(default 0.2)")
+    pr.add_argument("--max-positions", type=int, default=256,
+                    help="cap on sampled output positions per sample for conv consumers "
+                         "(default 256)")
+    pr.add_argument("--report", help="write the JSON report here")
+    pr.add_argument("--force", action="store_true", help="allow overwriting the input model")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    ins = sub.add_parser("inspect", help="list channel groups and why some are unprunable")
+    ins.add_argument("input", help="model to inspect (.onnx)")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".json", dir=parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_report_path(path: str) -> Path:
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise OutputError(f"report path '{p}' is a directory; give a file name")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"report directory '{parent}' does not exist or is not writable")
+    return p
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    return lambda msg: sys.stderr.write(f"onnxprune: {msg}\n")
+
+
+def _cmd_prune(args) -> int:
+    out = check_output_path(args.output, args.input, args.force)
+    report_path = _check_report_path(args.report) if args.report else None
+    result = api.prune(args.input, args.calib, ratio=args.ratio, method=args.method,
+                       reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
+                       max_positions=args.max_positions, progress=_progress(args.quiet))
+    result.save(out)
+    r = result.report
+    if report_path is not None:
+        _write_json_atomic(report_path, r.to_dict())
+    if not args.quiet:
+        pct = 100.0 * (1 - r.params_after / max(r.params_before, 1))
+        mpct = 100.0 * (1 - r.macs_after / max(r.macs_before, 1))
+        sys.stderr.write(f"onnxprune: wrote {out}: params {r.params_before} → {r.params_after} "
+                         f"(−{pct:.1f}%), MACs {r.macs_before} → {r.macs_after} (−{mpct:.1f}%) "
+                         f"in {r.seconds:.1f}s\n")
+        for name, f in r.fidelity.items():
+            top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
+            sys.stderr.write(f"onnxprune:   output '{name}': rel_l2 {f.rel_l2:.4f}, cosine "
+                             f"{f.cosine:.4f}{top1} (held-out samples)\n")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    rep = api.inspect(args.input)
+    if args.json:
+        sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(rep.to_text() + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="onnxprune: %(levelname)s: %(message)s")
+    try:
+        if args.command == "prune":
+            return _cmd_prune(args)
+        return _cmd_inspect(args)
+    except OnnxPruneError as exc:
+        sys.stderr.write(f"onnxprune: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("onnxprune: error: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

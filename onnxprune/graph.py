@@ -1,0 +1,159 @@
+"""A read-mostly index over an ``onnx.ModelProto`` graph.
+
+Gives what the analysis and the rewrite need and nothing more: who produces and who consumes each
+tensor, constant values (initializers), static shapes from ONNX shape inference, and a small set of
+primitives to replace a node's constant input without disturbing other users of a shared
+initializer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+log = logging.getLogger(__name__)
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _shape_of(vi: onnx.ValueInfoProto) -> Shape | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+class Graph:
+    """Index over ``model.graph`` (top level only; subgraph references are collected)."""
+
+    def __init__(self, model: onnx.ModelProto, infer_shapes: bool = True) -> None:
+        self.model = model
+        g = model.graph
+        self.nodes: list[onnx.NodeProto] = list(g.node)
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+        for node in self.nodes:
+            for o in node.output:
+                if o:
+                    self.producer[o] = node
+            for i, name in enumerate(node.input):
+                if name:
+                    self.consumers.setdefault(name, []).append((node, i))
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.graph_inputs = [i.name for i in g.input if i.name not in self.initializers]
+        # Initializers also listed as graph inputs (old IR style) can be overridden at run time:
+        # they are not treated as constants.
+        self.overridable = {i.name for i in g.input if i.name in self.initializers}
+        self.graph_outputs = {o.name for o in g.output}
+        self.subgraph_refs = self._subgraph_references()
+        self._const_cache: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, Shape] = {}
+        self.elem_types: dict[str, int] = {}
+        self._collect_types(model)
+        if infer_shapes:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+                self._collect_types(inferred)
+            except Exception as exc:  # noqa: BLE001 - inference is best effort
+                log.warning("ONNX shape inference failed (%s); continuing with declared shapes", exc)
+
+    def _collect_types(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            shape = _shape_of(vi)
+            if shape is not None:
+                self.shapes[vi.name] = shape
+            if vi.type.tensor_type.elem_type:
+                self.elem_types[vi.name] = vi.type.tensor_type.elem_type
+        for t in g.initializer:
+            self.shapes[t.name] = tuple(int(d) for d in t.dims)
+            self.elem_types[t.name] = t.data_type
+
+    def _subgraph_references(self) -> set[str]:
+        refs: set[str] = set()
+
+        def visit(graph: onnx.GraphProto) -> None:
+            for n in graph.node:
+                refs.update(x for x in n.input if x)
+                for a in n.attribute:
+                    if a.type == onnx.AttributeProto.GRAPH:
+                        visit(a.g)
+                    elif a.type == onnx.AttributeProto.GRAPHS:
+                        for sg in a.graphs:
+                            visit(sg)
+
+        for n in self.nodes:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        visit(sg)
+        return refs
+
+    # -- queries -------------------------------------------------------------------------------
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of an initializer, or None for a run-time tensor."""
+        if not name or name not in self.initializers or name in self.overridable:
+            return None
+        if name not in self._const_cache:
+            self._const_cache[name] = numpy_helper.to_array(self.initializers[name])
+        return self._const_cache[name]
+
+    def shape(self, name: str) -> Shape | None:
+        return self.shapes.get(name)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        s = self.shapes.get(name)
+        if s is None or any(not isinstance(d, int) for d in s):
+            return None
+        return tuple(int(d) for d in s)  # type: ignore[arg-type]
+
+    def rank(self, name: str) -> int | None:
+        s = self.shapes.get(name)
+        return None if s is None else len(s)
+
+    def users(self, name: str) -> list[tuple[onnx.NodeProto, int]]:
+        return self.consumers.get(name, [])
+
+    def sole_user(self, name: str, node: onnx.NodeProto) -> bool:
+        """True when ``node`` is the only user of ``name`` (also not a graph output / subgraph)."""
+        users = self.users(name)
+        return (all(u is node for u, _ in users) and name not in self.graph_outputs
+                and name not in self.subgraph_refs)
+
+    def topo_nodes(self) -> Iterator[onnx.NodeProto]:
+        return iter(self.nodes)
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    return node.name or f"{node.op_type}({','.join(node.output)})"

@@ -1,0 +1,289 @@
+"""Loading models and calibration data, and saving models atomically.
+
+Every failure caused by the user's files raises an :class:`~onnxprune.errors.OnnxPruneError`
+subclass whose message names the file and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, helper
+
+from onnxprune.errors import CalibrationError, ModelError, OutputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: onnx.ModelProto
+    path: Path | None
+    external_data: bool
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(external_data_helper.uses_external_data(t)
+               for t in external_data_helper._get_all_tensors(model))
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
+    """Load a model with its external data; validate it with the ONNX checker."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        if _uses_external_data(model):
+            raise ModelError("the ModelProto refers to external data that is not loaded; pass the "
+                             "model's path instead, or load it with onnx.load(path)")
+        _check(model, "the given ModelProto")
+        return LoadedModel(model=model, path=None, external_data=False)
+    path = Path(source)
+    if not path.exists():
+        raise ModelError(f"model file '{path}' does not exist; check the path")
+    if not path.is_file():
+        raise ModelError(f"model path '{path}' is not a file; give the .onnx file itself")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise ModelError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}); "
+                         "re-export it or check that the file was copied completely") from None
+    if not model.graph.output or not model.opset_import:
+        raise ModelError(f"'{path}' is not a complete ONNX model (no graph outputs or opset); "
+                         "re-export it or check that the file was copied completely")
+    external = _uses_external_data(model)
+    if external:
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (FileNotFoundError, OSError, onnx.checker.ValidationError) as exc:
+            raise ModelError(f"external data of '{path}' cannot be read ({exc}); keep the "
+                             "data file next to the model under the name it was saved with"
+                             ) from None
+        for t in model.graph.initializer:
+            expected = int(np.prod(t.dims)) * np.dtype(
+                helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            if t.raw_data and len(t.raw_data) != expected and t.data_type != onnx.TensorProto.STRING:
+                raise ModelError(f"external data of '{path}' is truncated (tensor '{t.name}' has "
+                                 f"{len(t.raw_data)} of {expected} bytes); copy the data file again")
+    _check(model, f"'{path}'")
+    return LoadedModel(model=model, path=path, external_data=external)
+
+
+def _check(model: onnx.ModelProto, what: str) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise ModelError(f"{what} is not a valid ONNX model: {first}; fix the exporter output "
+                         "(onnx.checker.check_model reports the same)") from None
+    except ValueError:  # > 2 GB protos cannot be checked in memory; onnxruntime will check
+        pass
+
+
+def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None, force: bool) -> Path:
+    """Validate the output location before any work is done."""
+    out_p = Path(out)
+    if out_p.suffix.lower() != ".onnx":
+        raise OutputError(f"output '{out_p}' must end in .onnx")
+    if inp is not None and out_p.resolve() == Path(inp).resolve() and not force:
+        raise OutputError(f"output '{out_p}' is the input model; choose another path or pass "
+                          "--force to overwrite it")
+    if out_p.exists() and out_p.is_dir():
+        raise OutputError(f"output '{out_p}' is a directory; give a file name ending in .onnx")
+    parent = out_p.parent if str(out_p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output directory '{parent}' does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory '{parent}' is not writable; choose another location")
+    return out_p
+
+
+def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool) -> list[Path]:
+    """Write ``model`` (and ``<out>.data`` when ``external_data``) atomically.
+
+    Everything is written into a temporary directory beside the output, then moved into place with
+    ``os.replace``; on any failure nothing is left behind. Returns the files written.
+    """
+    out_p = Path(out)
+    parent = out_p.parent if str(out_p.parent) else Path(".")
+    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=parent))
+    try:
+        tmp_model = tmpdir / out_p.name
+        written = [out_p]
+        if external_data:
+            location = out_p.name + ".data"
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.save_model(copy, str(tmp_model), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=location, size_threshold=1024)
+            if (tmpdir / location).exists():
+                os.replace(tmpdir / location, parent / location)
+                written.append(parent / location)
+        else:
+            onnx.save_model(model, str(tmp_model))
+        os.replace(tmp_model, out_p)
+        return written
+    except OSError as exc:
+        raise OutputError(f"cannot write '{out_p}': {exc.strerror or exc}; check free space and "
+                          "permissions") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# -- calibration -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple  # ints, strings (symbolic) or None
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                     for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)),
+                               dims))
+    return specs
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """Validated calibration samples (sample axis first) and how to feed them to the model.
+
+    ``mode``: ``"batched"`` (dynamic batch axis: any chunk size), ``"fixed"`` (static batch of
+    ``batch`` samples: chunks are padded by repetition, padding rows ignored) or ``"unbatched"``
+    (the model has no batch axis: one sample per run).
+    """
+
+    arrays: Mapping[str, np.ndarray]
+    n_samples: int
+    mode: str
+    batch: int
+
+    def feeds(self, indices: np.ndarray, batch_size: int = 32
+              ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """Yield ``(feed, n_valid)``; outputs of a run have the sample axis first (added for
+        unbatched models), and only the first ``n_valid`` rows are real samples."""
+        indices = np.asarray(indices)
+        step = {"batched": batch_size, "fixed": self.batch, "unbatched": 1}[self.mode]
+        for start in range(0, len(indices), step):
+            idx = indices[start:start + step]
+            valid = len(idx)
+            if self.mode == "fixed" and valid < step:
+                idx = np.concatenate([idx, np.repeat(idx[-1:], step - valid)])
+            if self.mode == "unbatched":
+                yield {k: v[idx[0]] for k, v in self.arrays.items()}, 1
+            else:
+                yield {k: v[idx] for k, v in self.arrays.items()}, valid
+
+
+def load_calibration(source, model: onnx.ModelProto) -> Calibration:
+    """Read and validate calibration data: a .npz (keys = input names), a .npy (single-input
+    model), or a mapping name → array. Arrays have the sample axis first."""
+    specs = model_inputs(model)
+    where = "calibration data"
+    if isinstance(source, Mapping):
+        arrays = {k: np.asarray(v) for k, v in source.items()}
+    elif isinstance(source, np.ndarray):
+        if len(specs) != 1:
+            raise CalibrationError(f"a single array was given but the model has {len(specs)} "
+                                   f"inputs ({', '.join(s.name for s in specs)}); pass a .npz or "
+                                   "a dict keyed by input name")
+        arrays = {specs[0].name: source}
+    else:
+        path = Path(source)
+        where = f"calibration file '{path}'"
+        if not path.is_file():
+            raise CalibrationError(f"{where} does not exist; check the path")
+        try:
+            if path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in z.files}
+            elif path.suffix == ".npy":
+                arr = np.load(path, allow_pickle=False)
+                if len(specs) != 1:
+                    raise CalibrationError(
+                        f"{where} is a single .npy array but the model has {len(specs)} inputs "
+                        f"({', '.join(s.name for s in specs)}); save a .npz keyed by input name")
+                arrays = {specs[0].name: arr}
+            else:
+                raise CalibrationError(f"{where} must be a .npz (keys = input names) or a .npy "
+                                       "(single-input model)")
+        except CalibrationError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - numpy raises many types on corrupt files
+            raise CalibrationError(f"{where} cannot be read ({type(exc).__name__}: {exc}); "
+                                   "save it with numpy.savez / numpy.save") from None
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in arrays]
+    extra = [k for k in arrays if k not in names]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(repr(m) for m in missing)}")
+        if extra:
+            parts.append(f"unknown key(s) {', '.join(repr(e) for e in extra)}")
+        raise CalibrationError(f"{where}: {'; '.join(parts)}; the model's inputs are "
+                               f"{', '.join(repr(n) for n in names)}")
+    modes, counts, batch = set(), set(), 1
+    for spec in specs:
+        arr = arrays[spec.name]
+        if arr.dtype != spec.dtype:
+            raise CalibrationError(f"{where}: '{spec.name}' has dtype {arr.dtype} but the model "
+                                   f"expects {spec.dtype}; convert it with .astype(numpy."
+                                   f"{spec.dtype.name})")
+        shape = spec.shape
+        if arr.ndim == len(shape) and len(shape) > 0:
+            mode = "batched"
+            if isinstance(shape[0], int) and shape[0] > 0:
+                mode, batch = ("fixed", shape[0])
+            fixed = shape[1:]
+            got = arr.shape[1:]
+        elif arr.ndim == len(shape) + 1:
+            mode, fixed, got = "unbatched", shape, arr.shape[1:]
+        else:
+            raise CalibrationError(
+                f"{where}: '{spec.name}' has shape {arr.shape} but the model input is "
+                f"{_fmt(shape)}; stack the samples along a first axis "
+                f"(shape (N, {', '.join(_fmt_dim(d) for d in shape[1:])}))")
+        for i, (want, have) in enumerate(zip(fixed, got)):
+            if isinstance(want, int) and want > 0 and want != have:
+                raise CalibrationError(
+                    f"{where}: '{spec.name}' has shape {arr.shape} but the model input is "
+                    f"{_fmt(shape)} (dimension {i + (1 if mode != 'unbatched' else 0)} differs)"
+                    "; resize the samples to the model's input size")
+        modes.add(mode)
+        counts.add(arr.shape[0])
+    if len(counts) != 1:
+        raise CalibrationError(f"{where}: inputs have different numbers of samples "
+                               f"({sorted(counts)}); give every input the same sample count")
+    n = counts.pop()
+    if n < 2:
+        raise CalibrationError(f"{where} has {n} sample(s); give at least 2 (a few hundred is "
+                               "typical: some are kept aside to measure fidelity)")
+    if len(modes) != 1:
+        raise CalibrationError(f"{where}: the model's inputs mix batched and unbatched shapes; "
+                               "this model cannot be calibrated automatically")
+    return Calibration(arrays=arrays, n_samples=n, mode=modes.pop(), batch=batch)
+
+
+def _fmt_dim(d) -> str:
+    return str(d) if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else "?")
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(_fmt_dim(d) for d in shape) + ")"

@@ -1,0 +1,95 @@
+"""The pruning report (the JSON contract of ``--report``) and the inspection report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from onnxprune.analysis import Analysis, Group
+from onnxprune.verify import OutputFidelity
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    name: str
+    total: int
+    kept: int
+    prunable: bool
+    reason: str
+    rel_error: float | None
+    producers: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "total": self.total, "kept": self.kept,
+                "prunable": self.prunable, "reason": self.reason, "rel_error": self.rel_error,
+                "producers": list(self.producers), "consumers": list(self.consumers)}
+
+
+@dataclass(frozen=True)
+class Report:
+    method: str
+    ratio: float
+    reweight: bool
+    seed: int
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    seconds: float
+    calib_samples: int
+    holdout_samples: int
+    groups: tuple[GroupReport, ...]
+    fidelity: dict[str, OutputFidelity] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method, "ratio": self.ratio, "reweight": self.reweight,
+            "seed": self.seed,
+            "params_before": self.params_before, "params_after": self.params_after,
+            "macs_before": self.macs_before, "macs_after": self.macs_after,
+            "seconds": self.seconds,
+            "calib_samples": self.calib_samples, "holdout_samples": self.holdout_samples,
+            "groups": [g.to_dict() for g in self.groups],
+            "fidelity": {k: v.to_dict() for k, v in self.fidelity.items()},
+        }
+
+
+def group_entry(group: Group, kept: int, rel_error: float | None) -> GroupReport:
+    return GroupReport(name=group.name, total=group.size, kept=kept, prunable=group.prunable,
+                       reason=group.reason, rel_error=rel_error, producers=group.producers,
+                       consumers=tuple(c.node for c in group.consumers))
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    groups: tuple[GroupReport, ...]
+
+    def to_dict(self) -> dict:
+        return {"groups": [g.to_dict() for g in self.groups],
+                "prunable_channels": sum(g.total for g in self.groups if g.prunable),
+                "total_channels": sum(g.total for g in self.groups)}
+
+    def to_text(self) -> str:
+        lines = []
+        ok = [g for g in self.groups if g.prunable]
+        bad = [g for g in self.groups if not g.prunable]
+        lines.append(f"{len(self.groups)} channel group(s): {len(ok)} prunable, "
+                     f"{len(bad)} unprunable")
+        lines.append("")
+        lines.append("prunable groups:")
+        for g in ok:
+            lines.append(f"  {g.name}  size={g.total}  producers={', '.join(g.producers) or '-'}"
+                         f"  consumers={', '.join(g.consumers) or '-'}")
+            if g.reason:
+                lines.append(f"      partly kept: {g.reason}")
+        lines.append("")
+        lines.append("unprunable groups:")
+        for g in bad:
+            lines.append(f"  {g.name}  size={g.total}  producers={', '.join(g.producers) or '-'}"
+                         f"  consumers={', '.join(g.consumers) or '-'}")
+            lines.append(f"      reason: {g.reason}")
+        return "\n".join(lines)
+
+
+def inspect_report(analysis: Analysis) -> InspectReport:
+    return InspectReport(groups=tuple(group_entry(g, g.size, None) for g in analysis.groups))

@@ -1,0 +1,180 @@
+"""Rewrite: apply kept-channel decisions to a model (never runs onnxruntime).
+
+Input: the analysis, the kept channels of every channel set that loses channels, and the new
+weights of the re-fitted consumers. Steps:
+
+1. consumers get their new weight matrices (and bias changes) in their own layout;
+2. every touched node's rule slices its per-channel constants and patches attributes/shape
+   constants (``keep(name)`` gives the kept channel positions along a tensor's channel axis);
+3. value_info shapes of channel-carrying tensors are updated, unused initializers dropped.
+
+Shared initializers are never sliced in place for one user: a private copy is made.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.analysis import Analysis, ConsumerSite
+from onnxprune.graph import Graph
+from onnxprune.layout import Layout
+from onnxprune.rules import rule_for
+
+log = logging.getLogger(__name__)
+
+
+class RewriteContext:
+    """What a rule may do during rewrite."""
+
+    def __init__(self, model: onnx.ModelProto, graph: Graph, analysis: Analysis,
+                 keeps: Mapping[int, np.ndarray]) -> None:
+        self.model = model
+        self.graph = graph  # index of the *original* model (constants, shapes)
+        self.analysis = analysis
+        self.keeps = keeps
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.new_values: dict[str, np.ndarray] = {}
+        self.dtypes: dict[str, np.dtype] = {
+            t.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+            for t in model.graph.initializer}
+        self.uses: dict[str, int] = {}
+        for n in model.graph.node:
+            for x in n.input:
+                self.uses[x] = self.uses.get(x, 0) + 1
+        for o in model.graph.output:
+            self.uses[o.name] = self.uses.get(o.name, 0) + 1
+        for x in graph.subgraph_refs:
+            self.uses[x] = self.uses.get(x, 0) + 1
+        self._names = {t.name for t in model.graph.initializer} | {
+            x for n in model.graph.node for x in list(n.input) + list(n.output)}
+
+    # -- channel positions -----------------------------------------------------------------------
+    def layout(self, name: str) -> Layout | None:
+        return self.analysis.layouts.get(name)
+
+    def keep(self, name: str) -> np.ndarray | None:
+        """Kept channel positions along ``name``'s channel axis, or None if nothing is removed."""
+        lay = self.layout(name)
+        if lay is None:
+            return None
+        parts, pos, changed = [], 0, False
+        for s in lay.spans:
+            k = self.keeps.get(self.analysis.block_set[s.block])
+            local = np.arange(s.lo, s.hi) if k is None else k[(k >= s.lo) & (k < s.hi)]
+            changed |= len(local) != s.size
+            parts.append(pos + local - s.lo)
+            pos += s.size
+        return np.concatenate(parts).astype(np.int64) if changed else None
+
+    def keep_cols(self, name: str) -> np.ndarray | None:
+        """Kept positions in entries (each channel spans ``g`` entries along the axis)."""
+        keep = self.keep(name)
+        lay = self.layout(name)
+        if keep is None:
+            return None
+        return (keep[:, None] * lay.g + np.arange(lay.g)[None, :]).reshape(-1)
+
+    # -- constants -------------------------------------------------------------------------------
+    def value(self, node: onnx.NodeProto, i: int) -> np.ndarray | None:
+        name = node.input[i] if i < len(node.input) else ""
+        if name in self.new_values:
+            return self.new_values[name]
+        return self.graph.const(name)
+
+    def _fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self._names:
+            name = f"{base}_{k}"
+            k += 1
+        self._names.add(name)
+        return name
+
+    def set_input(self, node: onnx.NodeProto, i: int, value: np.ndarray) -> None:
+        """Give ``node`` a new constant value for input ``i`` (copy-on-write if shared)."""
+        name = node.input[i]
+        dtype = self.dtypes.get(name, np.asarray(value).dtype)
+        value = np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False))
+        if self.uses.get(name, 0) <= 1 and name in self.dtypes:
+            self.new_values[name] = value
+            return
+        new = self._fresh(f"{name}__{node.name}")
+        self.uses[name] -= 1
+        self.uses[new] = 1
+        self.dtypes[new] = dtype
+        self.new_values[new] = value
+        node.input[i] = new
+
+    def add_input(self, node: onnx.NodeProto, i: int, value: np.ndarray, suffix: str) -> None:
+        """Attach a new constant as input ``i`` (bias / split sizes that were absent)."""
+        if suffix == "bias":
+            dtype = self.dtypes.get(node.input[1], np.dtype(np.float32))
+        else:
+            dtype = np.asarray(value).dtype
+        new = self._fresh(f"{node.name}_{suffix}")
+        self.dtypes[new] = np.dtype(dtype)
+        self.new_values[new] = np.ascontiguousarray(np.asarray(value).astype(dtype))
+        self.uses[new] = 1
+        while len(node.input) <= i:
+            node.input.append("")
+        node.input[i] = new
+
+    # -- finish ----------------------------------------------------------------------------------
+    def finalize(self) -> None:
+        g = self.model.graph
+        used = {x for n in g.node for x in n.input} | {o.name for o in g.output} | set(
+            self.graph.subgraph_refs)
+        inits = []
+        seen = set()
+        for t in g.initializer:
+            seen.add(t.name)
+            if t.name not in used:
+                continue
+            if t.name in self.new_values:
+                inits.append(numpy_helper.from_array(self.new_values[t.name], t.name))
+            else:
+                inits.append(t)
+        for name, arr in self.new_values.items():
+            if name not in seen and name in used:
+                inits.append(numpy_helper.from_array(arr, name))
+        del g.initializer[:]
+        g.initializer.extend(inits)
+        # value_info of changed constants: exact shapes; of channel-carrying tensors: the axis
+        for vi in g.value_info:
+            if vi.name in self.new_values:
+                dims = vi.type.tensor_type.shape.dim
+                shape = self.new_values[vi.name].shape
+                if len(dims) == len(shape):
+                    for d, v in zip(dims, shape):
+                        d.Clear()
+                        d.dim_value = int(v)
+                continue
+            cols = self.keep_cols(vi.name)
+            if cols is None:
+                continue
+            dims = vi.type.tensor_type.shape.dim
+            ax = self.layout(vi.name).axis
+            if ax < len(dims) and dims[ax].HasField("dim_value"):
+                dims[ax].dim_value = int(len(cols))
+
+
+def apply(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
+          keeps: Mapping[int, np.ndarray],
+          consumer_weights: Mapping[ConsumerSite, tuple[np.ndarray, np.ndarray | None]]
+          ) -> onnx.ModelProto:
+    """Return a pruned copy of ``model``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    rw = RewriteContext(out, graph, analysis, keeps)
+    for site, (W, bias) in consumer_weights.items():
+        node = rw.nodes[site.node]
+        rule_for(node).write_weights(node, rw, W, bias)
+    for name in analysis.touched:
+        node = rw.nodes[name]
+        rule_for(node).rewrite(node, rw)
+    rw.finalize()
+    return out

@@ -1,0 +1,987 @@
+"""The per-op channel rule registry: the only place that knows how a channel axis flows through
+each ONNX op. Adding an op is adding one entry to ``REGISTRY``.
+
+A rule has two halves:
+
+* ``analyze(node, ctx)`` — reads input layouts from the :class:`~onnxprune.analysis.AnalysisContext`
+  and declares producers, output layouts, joins, consumers, or stops (unprunable, with a reason);
+* ``rewrite(node, rw)`` — given the kept channel positions of the node's tensors
+  (``rw.keep(name)``, None when unchanged), slices per-channel constants and patches attributes and
+  shape constants.
+
+Consumer rules (Conv, Gemm, MatMul) additionally expose the layer as a linear map for the solver:
+``weight_matrix`` (m × C·g, the effective weight), ``rows`` (the input laid out as rows × C·g) and
+``write_weights`` (store a re-fitted matrix and bias change back in the op's own layout).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from onnxprune.graph import Graph, attr, node_label, set_attr
+from onnxprune.im2col import conv_pads, im2col
+from onnxprune.layout import Layout
+
+INT64_MAX = 2**63 - 1
+
+
+def _norm(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _where(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} node '{node_label(node)}'"
+
+
+def _const_input(node, i, graph: Graph):
+    return graph.const(node.input[i]) if len(node.input) > i and node.input[i] else None
+
+
+def _axes_arg(node, graph: Graph, input_index: int, attr_name: str = "axes"):
+    """Axes from the attribute (old opsets) or a constant input (new opsets); False if run-time."""
+    a = attr(node, attr_name)
+    if a is not None:
+        return [int(x) for x in a]
+    if len(node.input) > input_index and node.input[input_index]:
+        v = graph.const(node.input[input_index])
+        if v is None:
+            return False
+        return [int(x) for x in np.asarray(v).reshape(-1)]
+    return None
+
+
+def output_scale(node: onnx.NodeProto, graph: Graph) -> np.ndarray | None:
+    """Per-output-channel factor of a BatchNormalization that alone reads ``node``'s output.
+
+    The selection objective measures a consumer's output error where it matters: after the
+    per-channel affine map that follows it (γ/√(σ²+ε) of the BatchNormalization).
+    """
+    y = node.output[0]
+    users = graph.users(y)
+    if len(users) != 1 or y in graph.graph_outputs:
+        return None
+    bn, idx = users[0]
+    if bn.op_type != "BatchNormalization" or idx != 0:
+        return None
+    gamma, var = graph.const(bn.input[1]), graph.const(bn.input[4])
+    if gamma is None or var is None:
+        return None
+    eps = float(attr(bn, "epsilon", 1e-5))
+    return np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + eps)
+
+
+class Rule:
+    """Default: channels flowing in stop here (the group becomes unprunable)."""
+
+    def analyze(self, node: onnx.NodeProto, ctx) -> None:
+        ctx.stop_inputs(node, f"flows into {_where(node)}, which has no channel rule")
+
+    def rewrite(self, node: onnx.NodeProto, rw) -> None:
+        return None
+
+
+class PassThrough(Rule):
+    """Unary elementwise ops and friends: channel i stays channel i (all outputs)."""
+
+    def __init__(self, data_inputs: tuple[int, ...] = (0,), outputs: tuple[int, ...] | None = None):
+        self.data_inputs = data_inputs
+        self.outputs = outputs
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        others = [ctx.layout(x) for i, x in enumerate(node.input) if i not in self.data_inputs]
+        if any(others):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
+            return
+        if lay is None:
+            return
+        outs = self.outputs if self.outputs is not None else range(len(node.output))
+        for i in outs:
+            if i < len(node.output) and node.output[i]:
+                ctx.set_layout(node.output[i], lay)
+
+
+class Elementwise(Rule):
+    """Broadcasting n-ary ops (Add, Mul, Sub, Div, PRelu, Max, …).
+
+    Operands carrying layouts are joined (residual Add, SE gating Mul). Constant operands whose
+    aligned dimension equals the channel axis are sliced; size-1 dimensions broadcast untouched.
+    A run-time operand that is not itself a channel layout but spans the channel axis stops.
+    """
+
+    def analyze(self, node, ctx):
+        g = ctx.graph
+        carriers = [(i, ctx.layout(x)) for i, x in enumerate(node.input) if ctx.layout(x)]
+        if not carriers:
+            return
+        layouts = [lay for _, lay in carriers]
+        out_rank = g.rank(node.output[0])
+        ranks = [g.rank(node.input[i]) for i, _ in carriers]
+        if out_rank is None or any(r is None for r in ranks):
+            ctx.stop(layouts, f"{_where(node)}: tensor ranks unknown")
+            return
+        axes = {lay.axis + out_rank - r for (_, lay), r in zip(carriers, ranks)}
+        if len(axes) != 1:
+            ctx.stop(layouts, f"{_where(node)} combines channels on different axes")
+            return
+        axis = axes.pop()
+        out_shape = g.shape(node.output[0])
+        length = layouts[0].length
+        # A size-1 channel operand that broadcasts over a wider axis is not a join.
+        wide = [lay for lay in layouts if lay.length == length]
+        narrow = [lay for lay in layouts if lay.length != length]
+        if narrow:
+            if all(lay.length == 1 for lay in narrow) and not any(lay.length == 1 for lay in wide):
+                ctx.stop(narrow, f"{_where(node)} broadcasts a single channel")
+            else:
+                ctx.stop(layouts, f"{_where(node)} combines channel axes of different sizes")
+                return
+        for i, x in enumerate(node.input):
+            if not x or ctx.layout(x):
+                continue
+            shp = g.shape(x)
+            if shp is None:
+                ctx.stop(layouts, f"{_where(node)}: shape of operand '{x}' unknown")
+                return
+            k = axis - (out_rank - len(shp))
+            if k < 0 or shp[k] == 1:
+                continue
+            if g.const(x) is not None and shp[k] == length:
+                continue
+            ctx.stop(layouts, f"{_where(node)}: operand '{x}' spans the channel axis but is not "
+                              "made by a prunable layer")
+            return
+        joined = ctx.join(node, wide)
+        if joined is not None and out_shape is not None:
+            ctx.set_layout(node.output[0], joined.with_axis(axis))
+
+    def rewrite(self, node, rw):
+        out = node.output[0]
+        cols = rw.keep_cols(out)
+        if cols is None:
+            return
+        lay = rw.layout(out)
+        out_rank = rw.graph.rank(out)
+        for i, x in enumerate(node.input):
+            if not x or rw.layout(x) is not None:
+                continue
+            v = rw.value(node, i)
+            if v is None:
+                continue
+            k = lay.axis - (out_rank - v.ndim)
+            if k >= 0 and v.shape[k] == lay.length and lay.length != 1:
+                rw.set_input(node, i, np.take(v, cols, axis=k))
+
+
+class PerChannelParams(Rule):
+    """BatchNormalization / InstanceNormalization: channel axis 1, parameter inputs sliced."""
+
+    def __init__(self, param_inputs: tuple[int, ...]):
+        self.param_inputs = param_inputs
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if any(ctx.layout(node.input[i]) for i in self.param_inputs if i < len(node.input)):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
+            return
+        if lay is None:
+            return
+        if lay.axis != 1 or lay.g != 1:
+            ctx.stop(lay, f"{_where(node)} normalises axis 1, not the channel axis")
+            return
+        if any(_const_input(node, i, ctx.graph) is None for i in self.param_inputs
+               if i < len(node.input) and node.input[i]):
+            ctx.stop(lay, f"{_where(node)} has run-time parameters")
+            return
+        ctx.set_layout(node.output[0], lay)
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.input[0])
+        if keep is None:
+            return
+        for i in self.param_inputs:
+            if i < len(node.input) and node.input[i]:
+                rw.set_input(node, i, np.take(rw.value(node, i), keep, axis=0))
+
+
+class LayerNorm(Rule):
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        rank = ctx.graph.rank(node.input[0])
+        if rank is None or lay.axis >= _norm(attr(node, "axis", -1), rank):
+            ctx.stop(lay, f"{_where(node)} normalises over the channel axis")
+            return
+        ctx.set_layout(node.output[0], lay)
+
+
+class Conv(Rule):
+    """Conv: producer of out-channels (group=1), consumer of in-channels (group=1), and
+    pass-through for depthwise convolutions (group = C_in = C_out)."""
+
+    @staticmethod
+    def _depthwise(node, w: np.ndarray, lay: Layout | None) -> bool:
+        group = int(attr(node, "group", 1))
+        return group > 1 and w.shape[1] == 1 and w.shape[0] == group and (
+            lay is None or lay.length == group)
+
+    def analyze(self, node, ctx):
+        g = ctx.graph
+        lay = ctx.layout(node.input[0])
+        if any(ctx.layout(x) for x in node.input[1:]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its weight or bias")
+            return
+        w = g.const(node.input[1])
+        group = int(attr(node, "group", 1))
+        if w is None:
+            ctx.stop(lay, f"{_where(node)} has a run-time weight")
+            return
+        if len(node.input) > 2 and node.input[2] and g.const(node.input[2]) is None:
+            ctx.stop(lay, f"{_where(node)} has a run-time bias")
+            return
+        if lay is not None:
+            if lay.axis != 1 or lay.g != 1:
+                ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not 1")
+            elif group == 1:
+                ctx.add_consumer(node, 0, lay, kind="conv", g=int(np.prod(w.shape[2:])))
+            elif self._depthwise(node, w, lay):
+                ctx.set_layout(node.output[0], lay)
+                return
+            else:
+                ctx.stop(lay, f"{_where(node)} is a grouped convolution (group={group}), "
+                              "which couples channels in blocks")
+        if group == 1:
+            ctx.new_block(node, node.output[0], int(w.shape[0]), axis=1)
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.output[0])
+        if keep is None:
+            return
+        rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=0))
+        if len(node.input) > 2 and node.input[2]:
+            rw.set_input(node, 2, np.take(rw.value(node, 2), keep, axis=0))
+        if int(attr(node, "group", 1)) > 1:
+            set_attr(node, "group", int(len(keep)))
+
+    # consumer interface
+    def has_bias_slot(self, node, graph: Graph) -> bool:
+        return True
+
+    def weight_matrix(self, node, graph: Graph) -> np.ndarray:
+        w = graph.const(node.input[1]).astype(np.float64)
+        return w.reshape(w.shape[0], -1)
+
+    def rows(self, node, graph: Graph, x: np.ndarray, select: Callable[[int, int], np.ndarray]):
+        w_shape = graph.const(node.input[1]).shape
+        kernel = tuple(int(k) for k in (attr(node, "kernel_shape") or w_shape[2:]))
+        nd = len(kernel)
+        strides = tuple(attr(node, "strides") or (1,) * nd)
+        dil = tuple(attr(node, "dilations") or (1,) * nd)
+        pads = conv_pads(node_auto_pad=attr(node, "auto_pad", b"NOTSET"),
+                         pads=attr(node, "pads"), in_spatial=x.shape[2:], kernel=kernel,
+                         strides=strides, dilations=dil)
+        return im2col(x, kernel, strides, dil, pads, select)
+
+    def write_weights(self, node, rw, W: np.ndarray, bias_delta: np.ndarray | None) -> None:
+        old = rw.value(node, 1)
+        rw.set_input(node, 1, W.reshape((W.shape[0], -1) + tuple(old.shape[2:])))
+        if bias_delta is None:
+            return
+        if len(node.input) > 2 and node.input[2]:
+            rw.set_input(node, 2, rw.value(node, 2) + bias_delta)
+        else:
+            rw.add_input(node, 2, bias_delta, suffix="bias")
+
+
+class ConvTranspose(Rule):
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is not None:
+            ctx.stop(lay, f"{_where(node)}: pruning the input channels of a transposed "
+                          "convolution is not supported")
+        w = ctx.graph.const(node.input[1])
+        if w is not None and int(attr(node, "group", 1)) == 1 and not any(
+                ctx.layout(x) for x in node.input[1:]):
+            if len(node.input) > 2 and node.input[2] and ctx.graph.const(node.input[2]) is None:
+                return
+            ctx.new_block(node, node.output[0], int(w.shape[1]), axis=1)
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.output[0])
+        if keep is None:
+            return
+        rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=1))
+        if len(node.input) > 2 and node.input[2]:
+            rw.set_input(node, 2, np.take(rw.value(node, 2), keep, axis=0))
+
+
+class Gemm(Rule):
+    """Y = α·A'·B' + β·C: consumer of A's features, producer of the N output features."""
+
+    def analyze(self, node, ctx):
+        g = ctx.graph
+        lay = ctx.layout(node.input[0])
+        if any(ctx.layout(x) for x in node.input[1:]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on B or C")
+            return
+        b = g.const(node.input[1])
+        if b is None:
+            ctx.stop(lay, f"{_where(node)} has a run-time B operand")
+            return
+        transB = int(attr(node, "transB", 0))
+        n_out = int(b.shape[0] if transB else b.shape[1])
+        c_name = node.input[2] if len(node.input) > 2 else ""
+        c_shape = g.shape(c_name) if c_name else None
+        if c_name and g.const(c_name) is None:
+            ctx.stop(lay, f"{_where(node)} has a run-time C operand")
+            return
+        if lay is not None:
+            if int(attr(node, "transA", 0)) or lay.axis != 1:
+                ctx.stop(lay, f"{_where(node)} reads features on axis 0 (transA=1)")
+            else:
+                ctx.add_consumer(node, 0, lay, kind="gemm", g=lay.g)
+        if c_shape is not None and len(c_shape) == 2 and c_shape[1] != n_out and c_shape[1] != 1:
+            return
+        ctx.new_block(node, node.output[0], n_out, axis=1)
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.output[0])
+        if keep is None:
+            return
+        transB = int(attr(node, "transB", 0))
+        rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=0 if transB else 1))
+        if len(node.input) > 2 and node.input[2]:
+            c = rw.value(node, 2)
+            if c.ndim >= 1 and c.shape[-1] == rw.layout(node.output[0]).length and c.shape[-1] > 1:
+                rw.set_input(node, 2, np.take(c, keep, axis=c.ndim - 1))
+
+    def has_bias_slot(self, node, graph: Graph) -> bool:
+        return True
+
+    def weight_matrix(self, node, graph: Graph) -> np.ndarray:
+        b = graph.const(node.input[1]).astype(np.float64)
+        alpha = float(attr(node, "alpha", 1.0))
+        return alpha * (b if int(attr(node, "transB", 0)) else b.T)
+
+    def rows(self, node, graph, x, select):
+        return x.reshape(x.shape[0], -1)[select(x.shape[0], 1)]
+
+    def write_weights(self, node, rw, W, bias_delta):
+        alpha = float(attr(node, "alpha", 1.0))
+        beta = float(attr(node, "beta", 1.0))
+        stored = W / alpha
+        rw.set_input(node, 1, stored if int(attr(node, "transB", 0)) else stored.T)
+        if bias_delta is None:
+            return
+        if len(node.input) > 2 and node.input[2]:
+            rw.set_input(node, 2, rw.value(node, 2) + bias_delta / beta)
+        else:
+            rw.add_input(node, 2, bias_delta / beta, suffix="bias")
+
+
+class MatMul(Rule):
+    """Y = X·W with a constant 2-D W: consumer of X's last axis, producer of W's columns."""
+
+    def analyze(self, node, ctx):
+        g = ctx.graph
+        la, lb = ctx.layout(node.input[0]), ctx.layout(node.input[1])
+        w = g.const(node.input[1])
+        if lb is not None:
+            ctx.stop([la, lb], f"{_where(node)} multiplies channels on its right-hand operand")
+            return
+        if w is None or w.ndim != 2:
+            ctx.stop(la, f"{_where(node)} multiplies two run-time tensors (attention-style "
+                         "MatMul is not handled by the core pass)")
+            return
+        rank = g.rank(node.input[0])
+        if la is not None:
+            if rank is None or la.axis != rank - 1:
+                ctx.stop(la, f"{_where(node)} contracts an axis other than the channel axis")
+            else:
+                ctx.add_consumer(node, 0, la, kind="matmul", g=la.g)
+        out_rank = g.rank(node.output[0]) or rank
+        if out_rank is not None and out_rank >= 1:
+            ctx.new_block(node, node.output[0], int(w.shape[1]), axis=out_rank - 1)
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.output[0])
+        if keep is not None:
+            rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=1))
+
+    @staticmethod
+    def _bias_add(node, graph: Graph):
+        """The Add that adds a constant bias of shape (N,) right after this MatMul, if any."""
+        y = node.output[0]
+        users = graph.users(y)
+        if len(users) != 1 or y in graph.graph_outputs or users[0][0].op_type != "Add":
+            return None
+        add, idx = users[0]
+        other = 1 - idx
+        c = graph.const(add.input[other]) if len(add.input) == 2 else None
+        n_out = graph.const(node.input[1]).shape[1]
+        if c is None or c.size != n_out or c.shape[-1] != n_out:
+            return None
+        return add, other
+
+    def has_bias_slot(self, node, graph: Graph) -> bool:
+        return self._bias_add(node, graph) is not None
+
+    def weight_matrix(self, node, graph):
+        return graph.const(node.input[1]).astype(np.float64).T
+
+    def rows(self, node, graph, x, select):
+        k = x.shape[-1]
+        per_sample = int(np.prod(x.shape[1:-1])) if x.ndim > 2 else 1
+        flat = x.reshape(x.shape[0], per_sample, k)
+        idx = select(x.shape[0], per_sample)
+        return flat.reshape(-1, k)[idx]
+
+    def write_weights(self, node, rw, W, bias_delta):
+        rw.set_input(node, 1, W.T)
+        if bias_delta is not None:
+            add, other = self._bias_add(node, rw.graph)
+            c = rw.value(add, other)
+            rw.set_input(add, other, c + bias_delta.reshape(c.shape))
+
+
+class Pool(Rule):
+    """Spatial pooling on NCHW: channel i stays channel i."""
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        if lay.axis != 1 or lay.g != 1:
+            ctx.stop(lay, f"{_where(node)} pools an axis that carries channels")
+            return
+        if len(node.output) > 1 and node.output[1] and ctx.graph.users(node.output[1]):
+            ctx.stop(lay, f"{_where(node)}: its Indices output encodes channel positions")
+            return
+        ctx.set_layout(node.output[0], lay)
+
+
+class Reduce(Rule):
+    """Reduce*/ArgMax over axes other than the channel axis (e.g. ReduceMean over H, W)."""
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        rank = ctx.graph.rank(node.input[0])
+        if node.op_type in ("ArgMax", "ArgMin"):
+            axes = [int(attr(node, "axis", 0))]
+        else:
+            axes = _axes_arg(node, ctx.graph, 1)
+        if axes is False or rank is None:
+            ctx.stop(lay, f"{_where(node)}: reduction axes unknown")
+            return
+        if not axes:
+            if int(attr(node, "noop_with_empty_axes", 0)):
+                ctx.set_layout(node.output[0], lay)
+            else:
+                ctx.stop(lay, f"{_where(node)} reduces over all axes, channels included")
+            return
+        axes = [_norm(a, rank) for a in axes]
+        if lay.axis in axes:
+            ctx.stop(lay, f"{_where(node)} reduces over the channel axis")
+            return
+        keepdims = int(attr(node, "keepdims", 1))
+        new_axis = lay.axis if keepdims else lay.axis - sum(a < lay.axis for a in axes)
+        ctx.set_layout(node.output[0], lay.with_axis(new_axis))
+
+
+class Resize(Rule):
+    """Resize/Upsample with a unit scale on the channel axis (sizes constants are patched)."""
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        g = ctx.graph
+        if any(ctx.layout(x) for x in node.input[1:]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
+            return
+        if attr(node, "axes") is not None:
+            axes = [_norm(int(a), g.rank(node.input[0]) or 0) for a in attr(node, "axes")]
+            if lay.axis not in axes:
+                ctx.set_layout(node.output[0], lay)
+                return
+            ctx.stop(lay, f"{_where(node)} resizes the channel axis")
+            return
+        scale_idx = 1 if node.op_type == "Upsample" else 2
+        scales = _const_input(node, scale_idx, g)
+        sizes = _const_input(node, 3, g) if node.op_type == "Resize" else None
+        has_sizes = node.op_type == "Resize" and len(node.input) > 3 and node.input[3]
+        if scales is not None and scales.size:
+            if float(scales.reshape(-1)[lay.axis]) != 1.0:
+                ctx.stop(lay, f"{_where(node)} resizes the channel axis")
+                return
+        elif has_sizes:
+            if sizes is None or int(sizes.reshape(-1)[lay.axis]) != lay.length:
+                ctx.stop(lay, f"{_where(node)}: output sizes are computed at run time")
+                return
+        elif attr(node, "scales") is not None:  # Upsample-7
+            if float(attr(node, "scales")[lay.axis]) != 1.0:
+                ctx.stop(lay, f"{_where(node)} resizes the channel axis")
+                return
+        else:
+            ctx.stop(lay, f"{_where(node)}: scales are computed at run time")
+            return
+        ctx.set_layout(node.output[0], lay)
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.input[0])
+        if keep is None or node.op_type != "Resize" or len(node.input) <= 3 or not node.input[3]:
+            return
+        lay = rw.layout(node.input[0])
+        sizes = rw.value(node, 3).copy()
+        sizes[lay.axis] = len(keep) * lay.g
+        rw.set_input(node, 3, sizes)
+
+
+class Pad(Rule):
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        g = ctx.graph
+        rank = g.rank(node.input[0])
+        pads = attr(node, "pads")
+        if pads is None:
+            pads = _const_input(node, 1, g)
+        axes = _axes_arg(node, g, 3, attr_name="__none__")
+        if pads is None or rank is None or axes is False:
+            ctx.stop(lay, f"{_where(node)}: pads are computed at run time")
+            return
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        axes = [_norm(a, rank) for a in axes] if axes else list(range(rank))
+        n = len(axes)
+        for j, a in enumerate(axes):
+            if a == lay.axis and (pads[j] != 0 or pads[j + n] != 0):
+                ctx.stop(lay, f"{_where(node)} pads the channel axis")
+                return
+        ctx.set_layout(node.output[0], lay)
+
+
+class Concat(Rule):
+    def analyze(self, node, ctx):
+        g = ctx.graph
+        lays = [ctx.layout(x) for x in node.input]
+        if not any(lays):
+            return
+        rank = g.rank(node.output[0])
+        if rank is None:
+            ctx.stop(lays, f"{_where(node)}: rank unknown")
+            return
+        axis = _norm(int(attr(node, "axis", 0)), rank)
+        on_axis = [lay for lay in lays if lay is not None and lay.axis == axis]
+        if on_axis and len(on_axis) == sum(lay is not None for lay in lays):
+            gs = {lay.g for lay in on_axis}
+            parts = []
+            for x, lay in zip(node.input, lays):
+                if lay is not None:
+                    parts.append(lay)
+                    continue
+                shp = g.shape(x)
+                dim = shp[axis] if shp is not None else None
+                if not isinstance(dim, int) or gs != {1}:
+                    ctx.stop(lays, f"{_where(node)}: size of input '{x}' on the channel axis "
+                                   "unknown")
+                    return
+                parts.append(ctx.external_block(x, dim, axis))
+            if len(gs) != 1:
+                ctx.stop(lays, f"{_where(node)} concatenates flattened and plain channels")
+                return
+            ctx.set_layout(node.output[0], Layout.concat(axis, parts, g=gs.pop()))
+        elif not on_axis and all(lay is not None for lay in lays):
+            joined = ctx.join(node, lays)  # concatenation along another axis: same channels
+            if joined is not None:
+                ctx.set_layout(node.output[0], joined)
+        else:
+            ctx.stop(lays, f"{_where(node)} mixes channel and non-channel inputs")
+
+
+class Split(Rule):
+    def _sizes(self, node, g: Graph, length: int):
+        s = attr(node, "split")
+        if s is None and len(node.input) > 1 and node.input[1]:
+            s = g.const(node.input[1])
+            if s is None:
+                return None
+        if s is None:
+            n = len(node.output)
+            if length % n:
+                return None
+            return [length // n] * n
+        return [int(x) for x in np.asarray(s).reshape(-1)]
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        if len(node.input) > 1 and ctx.layout(node.input[1]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its split input")
+            return
+        rank = ctx.graph.rank(node.input[0])
+        axis = _norm(int(attr(node, "axis", 0)), rank or 0)
+        if axis != lay.axis:
+            for o in node.output:
+                ctx.set_layout(o, lay)
+            return
+        sizes = self._sizes(node, ctx.graph, lay.length)
+        if sizes is None or any(s % lay.g for s in sizes) or sum(sizes) != lay.length:
+            ctx.stop(lay, f"{_where(node)}: split sizes unknown or not whole channels")
+            return
+        pos = 0
+        for o, s in zip(node.output, sizes):
+            ctx.set_layout(o, lay.cut(pos // lay.g, (pos + s) // lay.g))
+            pos += s
+
+    def rewrite(self, node, rw):
+        lay = rw.layout(node.input[0])
+        keep = rw.keep(node.input[0])
+        if keep is None or lay is None:
+            return
+        rank = rw.graph.rank(node.input[0])
+        if _norm(int(attr(node, "axis", 0)), rank or 0) != lay.axis:
+            return
+        sizes = self._sizes(node, rw.graph, lay.length)
+        new, pos = [], 0
+        for s in sizes:
+            lo, hi = pos // lay.g, (pos + s) // lay.g
+            new.append(int(np.sum((keep >= lo) & (keep < hi))) * lay.g)
+            pos += s
+        if attr(node, "split") is not None:
+            set_attr(node, "split", new)
+            return
+        if attr(node, "num_outputs") is not None:
+            for i, a in enumerate(node.attribute):
+                if a.name == "num_outputs":
+                    del node.attribute[i]
+                    break
+        arr = np.asarray(new, dtype=np.int64)
+        if len(node.input) > 1 and node.input[1]:
+            rw.set_input(node, 1, arr)
+        else:
+            rw.add_input(node, 1, arr, suffix="split")
+
+
+class Slice(Rule):
+    def _params(self, node, g: Graph, rank: int):
+        vals = []
+        for i in (1, 2, 3, 4):
+            if len(node.input) > i and node.input[i]:
+                v = g.const(node.input[i])
+                if v is None:
+                    return None
+                vals.append([int(x) for x in np.asarray(v).reshape(-1)])
+            else:
+                vals.append(None)
+        starts, ends, axes, steps = vals
+        axes = [_norm(a, rank) for a in axes] if axes is not None else list(range(len(starts)))
+        steps = steps if steps is not None else [1] * len(starts)
+        return starts, ends, axes, steps
+
+    @staticmethod
+    def _clamp(v: int, length: int) -> int:
+        if v < 0:
+            v += length
+        return min(max(v, 0), length)
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        if any(ctx.layout(x) for x in node.input[1:]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
+            return
+        rank = ctx.graph.rank(node.input[0])
+        params = self._params(node, ctx.graph, rank or 0) if rank is not None else None
+        if attr(node, "starts") is not None or params is None:
+            ctx.stop(lay, f"{_where(node)}: slice parameters are not constants")
+            return
+        starts, ends, axes, steps = params
+        if lay.axis not in axes:
+            ctx.set_layout(node.output[0], lay)
+            return
+        j = axes.index(lay.axis)
+        if steps[j] != 1:
+            ctx.stop(lay, f"{_where(node)} slices the channel axis with step {steps[j]}")
+            return
+        a, b = self._clamp(starts[j], lay.length), self._clamp(ends[j], lay.length)
+        b = max(a, b)
+        if a % lay.g or b % lay.g:
+            ctx.stop(lay, f"{_where(node)} cuts through a flattened channel")
+            return
+        ctx.set_layout(node.output[0], lay.cut(a // lay.g, b // lay.g))
+
+    def rewrite(self, node, rw):
+        lay = rw.layout(node.input[0])
+        keep = rw.keep(node.input[0])
+        if keep is None:
+            return
+        starts, ends, axes, _ = self._params(node, rw.graph, rw.graph.rank(node.input[0]))
+        if lay.axis not in axes:
+            return
+        j = axes.index(lay.axis)
+        a, b = self._clamp(starts[j], lay.length), self._clamp(ends[j], lay.length)
+        lo, hi = a // lay.g, max(a, b) // lay.g
+        new_a = int(np.sum(keep < lo)) * lay.g
+        new_b = new_a + int(np.sum((keep >= lo) & (keep < hi))) * lay.g
+        for idx, val in ((1, new_a), (2, new_b)):
+            arr = np.asarray(rw.value(node, idx)).copy()
+            arr.reshape(-1)[j] = val
+            rw.set_input(node, idx, arr)
+
+
+class Flatten(Rule):
+    """(N, C, H, W) → (N, C·H·W): channel c ↦ columns c·H·W … (c+1)·H·W − 1."""
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        shp = ctx.graph.shape(node.input[0])
+        if shp is None:
+            ctx.stop(lay, f"{_where(node)}: input shape unknown")
+            return
+        a = _norm(int(attr(node, "axis", 1)), len(shp))
+        k = lay.axis
+        between, after = shp[a:k], shp[k + 1:]
+        if a > k or not all(isinstance(d, int) for d in list(between) + list(after)) \
+                or math.prod(between) != 1 or (a == 0 and k > 0):
+            ctx.stop(lay, f"{_where(node)} merges the channel axis with the batch axis")
+            return
+        ctx.set_layout(node.output[0], Layout(1, lay.spans, lay.g * math.prod(after)))
+
+
+class Reshape(Rule):
+    """Reshape that keeps the axes up to the channel axis and flattens what follows it
+    (``(N, C, H, W) → (N, C·H·W)`` or ``→ (N, C, H·W)``). A literal channel entry in the target
+    shape constant is patched; ``-1``/``0`` entries are left alone."""
+
+    def _shape_entry(self, node, g: Graph, k: int):
+        """(owner node, input index, flat index) of the target-shape constant holding entry k,
+        or None if that entry cannot be located."""
+        v = g.const(node.input[1])
+        if v is not None:
+            return (node, 1, k)
+        prod = g.producer.get(node.input[1])
+        if prod is None or prod.op_type != "Concat":
+            return None
+        pos = 0
+        for i, x in enumerate(prod.input):
+            s = g.static_shape(x)
+            if s is None or len(s) != 1:
+                return None
+            if pos <= k < pos + s[0]:
+                return (prod, i, k - pos) if g.const(x) is not None else "dynamic"
+            pos += s[0]
+        return None
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        g = ctx.graph
+        if ctx.layout(node.input[1]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its shape input")
+            return
+        if lay is None:
+            return
+        ins, outs = g.shape(node.input[0]), g.shape(node.output[0])
+        k = lay.axis
+        if ins is None or outs is None or len(outs) <= k:
+            ctx.stop(lay, f"{_where(node)}: shapes unknown")
+            return
+        after = ins[k + 1:]
+        same_prefix = all(a == b for a, b in zip(ins[:k], outs[:k]))
+        if not all(isinstance(d, int) for d in after) or not same_prefix:
+            ctx.stop(lay, f"{_where(node)} mixes the channel axis with other axes")
+            return
+        if len(outs) == k + 1 and outs[k] == lay.length * math.prod(after):
+            new = Layout(k, lay.spans, lay.g * math.prod(after))
+        elif outs[k] == ins[k]:
+            new = lay
+        else:
+            ctx.stop(lay, f"{_where(node)} mixes the channel axis with other axes")
+            return
+        entry = self._shape_entry(node, g, k)
+        if entry is None:
+            ctx.stop(lay, f"{_where(node)}: target shape is computed at run time and may encode "
+                          "the channel count")
+            return
+        ctx.set_layout(node.output[0], new)
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.input[0])
+        if keep is None:
+            return
+        k = rw.layout(node.input[0]).axis
+        entry = self._shape_entry(node, rw.graph, k)
+        if entry == "dynamic":
+            return
+        owner, idx, flat = entry
+        arr = np.asarray(rw.value(owner, idx)).copy()
+        old = int(arr.reshape(-1)[flat])
+        if old > 0:  # a literal extent (not -1 / 0): it is channels · g of the output layout
+            arr.reshape(-1)[flat] = len(keep) * rw.layout(node.output[0]).g
+            rw.set_input(owner, idx, arr)
+
+
+class Transpose(Rule):
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        rank = ctx.graph.rank(node.input[0])
+        if rank is None or lay.g != 1:
+            ctx.stop(lay, f"{_where(node)} moves flattened channels")
+            return
+        perm = [int(p) for p in (attr(node, "perm") or list(range(rank))[::-1])]
+        ctx.set_layout(node.output[0], lay.with_axis(perm.index(lay.axis)))
+
+
+class Squeeze(Rule):
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        shp = ctx.graph.shape(node.input[0])
+        axes = _axes_arg(node, ctx.graph, 1)
+        if axes is False or shp is None:
+            ctx.stop(lay, f"{_where(node)}: axes unknown")
+            return
+        if axes is None:
+            axes = [i for i, d in enumerate(shp) if d == 1]
+        axes = [_norm(a, len(shp)) for a in axes]
+        if lay.axis in axes:
+            ctx.stop(lay, f"{_where(node)} squeezes the channel axis")
+            return
+        ctx.set_layout(node.output[0], lay.with_axis(lay.axis - sum(a < lay.axis for a in axes)))
+
+
+class Unsqueeze(Rule):
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        out_rank = ctx.graph.rank(node.output[0])
+        axes = _axes_arg(node, ctx.graph, 1)
+        if not axes or out_rank is None:
+            ctx.stop(lay, f"{_where(node)}: axes unknown")
+            return
+        axes = {_norm(a, out_rank) for a in axes}
+        kept_positions = [i for i in range(out_rank) if i not in axes]
+        ctx.set_layout(node.output[0], lay.with_axis(kept_positions[lay.axis]))
+
+
+class ShapeOp(Rule):
+    """Shape of a channel tensor is fine as long as only non-channel dims are read from it."""
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        g = ctx.graph
+        rank = g.rank(node.input[0])
+        if rank is None:
+            ctx.stop(lay, f"{_where(node)} reads the shape of a channel tensor of unknown rank")
+            return
+        start = _norm(int(attr(node, "start", 0)), rank)
+        end = attr(node, "end")
+        end = rank if end is None else min(_norm(int(end), rank), rank)
+        if not start <= lay.axis < end:
+            return
+        k = lay.axis - start
+        for user, _ in g.users(node.output[0]):
+            if user.op_type == "Gather" and int(attr(user, "axis", 0)) == 0:
+                idx = g.const(user.input[1])
+                if idx is not None and k not in {_norm(int(i), end - start)
+                                                 for i in np.asarray(idx).reshape(-1)}:
+                    continue
+            if user.op_type == "Slice":
+                p = Slice()._params(user, g, 1) if all(
+                    g.const(x) is not None for x in user.input[1:] if x) else None
+                if p is not None and p[3] == [1]:
+                    a = Slice._clamp(p[0][0], end - start)
+                    b = Slice._clamp(p[1][0], end - start)
+                    if not a <= k < b:
+                        continue
+            ctx.stop(lay, f"the channel count is read at run time by {_where(user)}")
+            return
+
+
+class Softmax(Rule):
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is None:
+            return
+        rank = ctx.graph.rank(node.input[0])
+        opset = ctx.graph.opset
+        axis = _norm(int(attr(node, "axis", -1 if opset >= 13 else 1)), rank or 1)
+        covers = lay.axis == axis if opset >= 13 else lay.axis >= axis
+        if rank is None or covers:
+            ctx.stop(lay, f"{_where(node)} normalises across channels")
+            return
+        ctx.set_layout(node.output[0], lay)
+
+
+_UNARY = (
+    "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu ThresholdedRelu Softplus "
+    "Softsign Erf Gelu Mish Exp Log Sqrt Reciprocal Neg Abs Floor Ceil Round Sign Sin Cos "
+    "Identity Cast IsNaN IsInf Not Shrink Swish"
+).split()
+_ELEMENTWISE = "Add Sub Mul Div Pow PRelu Max Min Sum Mean Equal Less Greater And Or Mod".split()
+_REDUCE = ("ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
+           "ReduceLogSumExp ReduceSumSquare ArgMax ArgMin").split()
+_POOL = "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool".split()
+
+REGISTRY: dict[tuple[str, str], Rule] = {}
+for _op in _UNARY:
+    REGISTRY[("", _op)] = PassThrough()
+REGISTRY[("", "Clip")] = PassThrough(data_inputs=(0,))
+REGISTRY[("", "Dropout")] = PassThrough(data_inputs=(0,))
+REGISTRY[("", "CastLike")] = PassThrough(data_inputs=(0,))
+for _op in _ELEMENTWISE:
+    REGISTRY[("", _op)] = Elementwise()
+for _op in _REDUCE:
+    REGISTRY[("", _op)] = Reduce()
+for _op in _POOL:
+    REGISTRY[("", _op)] = Pool()
+REGISTRY.update({
+    ("", "BatchNormalization"): PerChannelParams(param_inputs=(1, 2, 3, 4)),
+    ("", "InstanceNormalization"): PerChannelParams(param_inputs=(1, 2)),
+    ("", "LayerNormalization"): LayerNorm(),
+    ("", "Conv"): Conv(),
+    ("", "ConvTranspose"): ConvTranspose(),
+    ("", "Gemm"): Gemm(),
+    ("", "MatMul"): MatMul(),
+    ("", "Resize"): Resize(),
+    ("", "Upsample"): Resize(),
+    ("", "Pad"): Pad(),
+    ("", "Concat"): Concat(),
+    ("", "Split"): Split(),
+    ("", "Slice"): Slice(),
+    ("", "Flatten"): Flatten(),
+    ("", "Reshape"): Reshape(),
+    ("", "Transpose"): Transpose(),
+    ("", "Squeeze"): Squeeze(),
+    ("", "Unsqueeze"): Unsqueeze(),
+    ("", "Shape"): ShapeOp(),
+    ("", "Softmax"): Softmax(),
+    ("", "LogSoftmax"): Softmax(),
+    ("", "Hardmax"): Softmax(),
+})
+for _op in ("QuickGelu", "FastGelu", "Gelu"):  # onnxruntime contrib ops seen in exports
+    REGISTRY[("com.microsoft", _op)] = PassThrough()
+
+CONSUMER_KINDS = {"conv": Conv, "gemm": Gemm, "matmul": MatMul}
+
+
+def rule_for(node: onnx.NodeProto) -> Rule | None:
+    domain = node.domain if node.domain not in ("ai.onnx",) else ""
+    return REGISTRY.get((domain, node.op_type))

@@ -1,0 +1,27 @@
+"""Selection solvers. Pure NumPy/SciPy: nothing here imports onnx.
+
+A group's selection problem is described by :class:`~onnxprune.solvers.problem.Problem`
+(Gram statistics of every consumer), solved by one of the selectors in
+:mod:`~onnxprune.solvers.greedy` / :mod:`~onnxprune.solvers.baselines`, and the consumers are
+re-fitted by :mod:`~onnxprune.solvers.lstsq`.
+"""
+
+from onnxprune.solvers.baselines import act_norm_scores, random_scores, select_top, weight_norm_scores
+from onnxprune.solvers.greedy import greedy_select
+from onnxprune.solvers.lstsq import objective, refit, relative_error, sliced
+from onnxprune.solvers.problem import ConsumerStats, Problem, keep_count
+
+__all__ = [
+    "ConsumerStats",
+    "Problem",
+    "act_norm_scores",
+    "greedy_select",
+    "keep_count",
+    "objective",
+    "random_scores",
+    "refit",
+    "relative_error",
+    "select_top",
+    "sliced",
+    "weight_norm_scores",
+]
