@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.errors import OptionError
+from onnxprune.errors import ModelError, OptionError
 from onnxprune.graph import Graph
 from onnxprune.metrics import count_macs, count_params
 from onnxprune.modelio import Calibration, load_calibration, load_model, save_model
@@ -59,6 +59,16 @@ def validate_options(ratio: float, method: str, holdout: float, max_positions: i
         raise OptionError(f"--seed must be a non-negative integer, got {seed!r}")
 
 
+def _check_runs(model: onnx.ModelProto) -> None:
+    from onnxprune.calibrate import session
+    try:
+        session(model)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot load the model ({msg[:300]}); the model must run "
+                         "in onnxruntime on the CPU to be calibrated") from None
+
+
 def split_samples(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of sample indices into (selection, held-out) sets, both sorted."""
     n_hold = min(max(1, int(round(holdout * n))), n - 1)
@@ -87,6 +97,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
     say = progress or (lambda msg: None)
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
+    _check_runs(normalized)
     cal = load_calibration(calib, normalized)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
     options = PruneOptions(ratio=ratio, method=method, reweight=reweight, seed=seed,

@@ -76,12 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _finite(obj):
+    """JSON has no NaN/Infinity: such values (a diverged output) are written as null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
+    data = _finite(data)
     parent = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".json", dir=parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
+            json.dump(data, f, indent=2, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
     except OSError:
@@ -89,8 +104,12 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def _check_report_path(path: str) -> Path:
+def _check_report_path(path: str, protected: list[Path]) -> Path:
     p = Path(path)
+    for other in protected:
+        if p.resolve() == other.resolve():
+            raise OutputError(f"report path '{p}' is the same file as '{other}'; give the report "
+                              "its own .json path")
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         raise OutputError(f"report path '{p}' is a directory; give a file name")
@@ -107,14 +126,19 @@ def _progress(quiet: bool):
 
 def _cmd_prune(args) -> int:
     out = check_output_path(args.output, args.input, args.force)
-    report_path = _check_report_path(args.report) if args.report else None
+    protected = [Path(args.input), out, out.with_name(out.name + ".data")]
+    report_path = _check_report_path(args.report, protected) if args.report else None
     result = api.prune(args.input, args.calib, ratio=args.ratio, method=args.method,
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
                        max_positions=args.max_positions, progress=_progress(args.quiet))
     result.save(out)
     r = result.report
     if report_path is not None:
-        _write_json_atomic(report_path, r.to_dict())
+        try:
+            _write_json_atomic(report_path, r.to_dict())
+        except OSError as exc:
+            raise OutputError(f"cannot write the report '{report_path}': {exc.strerror or exc}"
+                              ) from None
     if not args.quiet:
         pct = 100.0 * (1 - r.params_after / max(r.params_before, 1))
         mpct = 100.0 * (1 - r.macs_after / max(r.macs_before, 1))
@@ -131,7 +155,7 @@ def _cmd_prune(args) -> int:
 def _cmd_inspect(args) -> int:
     rep = api.inspect(args.input)
     if args.json:
-        sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
+        sys.stdout.write(json.dumps(_finite(rep.to_dict()), indent=2) + "\n")
     else:
         sys.stdout.write(rep.to_text() + "\n")
     return 0

@@ -51,6 +51,22 @@ def _shape_of(vi: onnx.ValueInfoProto) -> Shape | None:
     return tuple(dims)
 
 
+def _concrete_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy with a symbolic leading (batch) dim of every graph input set to 1 and the stale
+    value_info dropped, so that shape inference resolves run-time shape arithmetic such as
+    ``Reshape(x, Concat(Gather(Shape(x), 0), [-1]))`` to static shapes. Other symbolic dims stay.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in m.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    del m.graph.value_info[:]
+    return m
+
+
 class Graph:
     """Index over ``model.graph`` (top level only; subgraph references are collected)."""
 
@@ -81,7 +97,8 @@ class Graph:
         self._collect_types(model)
         if infer_shapes:
             try:
-                inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+                inferred = onnx.shape_inference.infer_shapes(_concrete_batch(model),
+                                                             data_prop=True)
                 self._collect_types(inferred)
             except Exception as exc:  # noqa: BLE001 - inference is best effort
                 log.warning("ONNX shape inference failed (%s); continuing with declared shapes", exc)

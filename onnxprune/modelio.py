@@ -98,6 +98,9 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None, for
     if out_p.exists() and out_p.is_dir():
         raise OutputError(f"output '{out_p}' is a directory; give a file name ending in .onnx")
     parent = out_p.parent if str(out_p.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"'{parent}' is not a directory; choose an output path inside a "
+                          "directory")
     if not parent.is_dir():
         raise OutputError(f"output directory '{parent}' does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -105,36 +108,65 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None, for
     return out_p
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _mark_external(model: onnx.ModelProto, location: str, threshold: int = 1024) -> None:
+    """Point every large initializer at ``location`` (written by ``onnx.save_model``).
+
+    Done by hand because ``onnx.save_model(save_as_external_data=True)`` refuses a location that
+    exists relative to the *current directory*, whatever directory the model is saved to.
+    """
+    for t in external_data_helper._get_initializer_tensors(model):
+        if t.HasField("raw_data") and len(t.raw_data) >= threshold:
+            external_data_helper.set_external_data(t, location=location)
+            t.data_location = onnx.TensorProto.EXTERNAL
+
+
 def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool) -> list[Path]:
     """Write ``model`` (and ``<out>.data`` when ``external_data``) atomically.
 
     Everything is written into a temporary directory beside the output, then moved into place with
-    ``os.replace``; on any failure nothing is left behind. Returns the files written.
+    ``os.replace`` (data first, model last; if the model cannot be moved the data file is removed
+    again); on any failure nothing is left behind. Returns the files written.
     """
-    out_p = Path(out)
+    out_p = check_output_path(out, None, force=True)
     parent = out_p.parent if str(out_p.parent) else Path(".")
-    tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=parent))
+    location = out_p.name + ".data"
+    if external_data and (parent / location).is_dir():
+        raise OutputError(f"'{parent / location}' is a directory; the external data file "
+                          "needs that name")
+    tmpdir = None
+    moved: list[Path] = []
     try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=parent))
         tmp_model = tmpdir / out_p.name
-        written = [out_p]
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
         if external_data:
-            location = out_p.name + ".data"
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            onnx.save_model(copy, str(tmp_model), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=location, size_threshold=1024)
-            if (tmpdir / location).exists():
-                os.replace(tmpdir / location, parent / location)
-                written.append(parent / location)
-        else:
-            onnx.save_model(model, str(tmp_model))
+            _mark_external(copy, location)
+        onnx.save_model(copy, str(tmp_model))
+        mode = _umask_mode()
+        written = []
+        if external_data and (tmpdir / location).exists():
+            os.chmod(tmpdir / location, mode)
+            os.replace(tmpdir / location, parent / location)
+            moved.append(parent / location)
+            written.append(parent / location)
+        os.chmod(tmp_model, mode)
         os.replace(tmp_model, out_p)
-        return written
+        return [out_p] + written
     except OSError as exc:
-        raise OutputError(f"cannot write '{out_p}': {exc.strerror or exc}; check free space and "
-                          "permissions") from None
+        for f in moved:
+            f.unlink(missing_ok=True)
+        raise OutputError(f"cannot write '{out_p}': {exc.strerror or exc}; check the path, free "
+                          "space and permissions") from None
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 # -- calibration -----------------------------------------------------------------------------------
@@ -226,8 +258,9 @@ def load_calibration(source, model: onnx.ModelProto) -> Calibration:
         except CalibrationError:
             raise
         except Exception as exc:  # noqa: BLE001 - numpy raises many types on corrupt files
-            raise CalibrationError(f"{where} cannot be read ({type(exc).__name__}: {exc}); "
-                                   "save it with numpy.savez / numpy.save") from None
+            raise CalibrationError(f"{where} is not a readable {path.suffix} file "
+                                   f"({type(exc).__name__}); save it with numpy.savez / "
+                                   "numpy.save (no pickled objects)") from None
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
     extra = [k for k in arrays if k not in names]
@@ -246,6 +279,9 @@ def load_calibration(source, model: onnx.ModelProto) -> Calibration:
             raise CalibrationError(f"{where}: '{spec.name}' has dtype {arr.dtype} but the model "
                                    f"expects {spec.dtype}; convert it with .astype(numpy."
                                    f"{spec.dtype.name})")
+        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+            raise CalibrationError(f"{where}: '{spec.name}' contains NaN or infinite values; "
+                                   "remove or replace those samples")
         shape = spec.shape
         if arr.ndim == len(shape) and len(shape) > 0:
             mode = "batched"

@@ -2,11 +2,15 @@
 
 * ``Constant`` nodes at top level become initializers (some exporters store weights that way);
 * every node gets a unique, non-empty name (decisions and reports refer to nodes by name);
-* nodes are put in topological order.
+* nodes are put in topological order;
+* nodes whose inputs are all constants (shape arithmetic of the legacy torch exporter: pads,
+  target shapes; weight transposes) are evaluated once with ``onnx.reference`` and replaced by
+  initializers, so the analysis sees literal values.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -19,7 +23,6 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
         if a.name == "value":
             return a.t
         if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
-            import numpy as np
             v = helper.get_attribute_value(a)
             dtype = np.float32 if "float" in a.name else np.int64
             return numpy_helper.from_array(np.asarray(v, dtype=dtype))
@@ -96,6 +99,7 @@ class NormalizePass(Pass):
                     continue
             keep_nodes.append(node)
         keep_nodes = self._fold_constant_identities(m, keep_nodes)
+        keep_nodes = self._fold_constants(m, keep_nodes)
         if len(keep_nodes) != len(g.node):
             modified = True
         used = {n.name for n in keep_nodes if n.name}
@@ -118,6 +122,93 @@ class NormalizePass(Pass):
         del g.node[:]
         g.node.extend(new_nodes)
         return PassResult(m, modified)
+
+    MAX_FOLD_ELEMENTS = 1 << 24
+
+    @classmethod
+    def _fold_constants(cls, m: onnx.ModelProto, nodes: list[onnx.NodeProto]
+                        ) -> list[onnx.NodeProto]:
+        """Evaluate nodes fed only by constants (topological order) into initializers."""
+        from onnx.reference import ReferenceEvaluator
+
+        g = m.graph
+        values = {t.name: t for t in g.initializer if t.name not in {i.name for i in g.input}}
+        outputs = {o.name for o in g.output}
+        static_dims = cls._static_shape_reads(m, nodes, values)
+        for name, arr in static_dims.items():
+            t = numpy_helper.from_array(arr, name)
+            g.initializer.append(t)
+            values[name] = t
+        nodes = [n for n in nodes if not (n.output and n.output[0] in static_dims)]
+        kept = []
+        for n in toposort(nodes, set()):
+            foldable = (n.domain in ("", "ai.onnx") and n.input and all(
+                x == "" or x in values for x in n.input) and not n.op_type.startswith("Random")
+                and n.op_type not in ("Identity",) and not any(o in outputs for o in n.output)
+                and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                            for a in n.attribute))
+            if foldable:
+                try:
+                    ins = [helper.make_tensor_value_info(x, values[x].data_type, list(values[x].dims))
+                           for x in n.input if x]
+                    outs = [helper.make_empty_tensor_value_info(o) for o in n.output if o]
+                    sub = helper.make_model(
+                        helper.make_graph([n], "fold", ins, outs, [values[x] for x in n.input if x]),
+                        opset_imports=list(m.opset_import), ir_version=m.ir_version)
+                    res = ReferenceEvaluator(sub).run(None, {})
+                except Exception:  # noqa: BLE001 - not evaluable here: keep the node
+                    res = None
+                if res is not None and all(np.asarray(r).size <= cls.MAX_FOLD_ELEMENTS for r in res):
+                    for name, r in zip([o for o in n.output if o], res):
+                        t = numpy_helper.from_array(np.asarray(r), name)
+                        g.initializer.append(t)
+                        values[name] = t
+                    continue
+            kept.append(n)
+        return kept
+
+    @staticmethod
+    def _static_shape_reads(m: onnx.ModelProto, nodes: list[onnx.NodeProto], values: dict
+                            ) -> dict[str, np.ndarray]:
+        """``Gather(Shape(x), idx)`` whose gathered dims are static → their literal values.
+
+        (The legacy exporter computes chunk/split bounds from ``Shape``; with the channel count
+        known statically they become constants, the channel analysis can then follow them.)
+        """
+        shape_nodes = {n.output[0]: n for n in nodes if n.op_type == "Shape" and n.output}
+        if not shape_nodes:
+            return {}
+        tmp = onnx.ModelProto()
+        tmp.CopyFrom(m)
+        del tmp.graph.node[:]
+        tmp.graph.node.extend(nodes)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(tmp)
+        except Exception:  # noqa: BLE001
+            return {}
+        dims = {}
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+            if vi.type.tensor_type.HasField("shape"):
+                dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None
+                                 for d in vi.type.tensor_type.shape.dim]
+        out = {}
+        for n in nodes:
+            if n.op_type != "Gather" or n.input[0] not in shape_nodes or n.input[1] not in values:
+                continue
+            sh = shape_nodes[n.input[0]]
+            full = dims.get(sh.input[0])
+            if full is None:
+                continue
+            rank = len(full)
+            start = next((a.i for a in sh.attribute if a.name == "start"), 0)
+            end = next((a.i for a in sh.attribute if a.name == "end"), rank)
+            start, end = (start + rank if start < 0 else start), (end + rank if end < 0 else end)
+            part = full[max(start, 0):min(end, rank)]
+            idx = numpy_helper.to_array(values[n.input[1]]).astype(np.int64)
+            picked = [part[int(i) + len(part) if i < 0 else int(i)] for i in idx.reshape(-1)]
+            if all(isinstance(v, int) and v > 0 for v in picked):
+                out[n.output[0]] = np.asarray(picked, dtype=np.int64).reshape(idx.shape)
+        return out
 
     @staticmethod
     def _fold_constant_identities(m: onnx.ModelProto, nodes: list[onnx.NodeProto]
