@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from onnxprune import api
-from onnxprune.errors import OnnxPruneError, OutputError
+from onnxprune.errors import OnnxPruneError, OutputError, PassError
 from onnxprune.modelio import check_output_path
 from onnxprune.select import METHODS
 
@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prune":
             return _cmd_prune(args)
         return _cmd_inspect(args)
+    except PassError as exc:  # our fault, not the input's: exit 1
+        sys.stderr.write(f"onnxprune: error: {exc}\n")
+        return 1
     except OnnxPruneError as exc:
         sys.stderr.write(f"onnxprune: error: {exc}\n")
         return 2

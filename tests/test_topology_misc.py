@@ -76,6 +76,33 @@ class PadResize(nn.Module):
         return self.fc(h.amax(dim=(2, 3)))
 
 
+class Activations(nn.Module):
+    """SiLU (Sigmoid·Mul), exact GELU (Erf chain or Gelu op), Hardsigmoid, PReLU, Linear tail."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.act = nn.PReLU(12)
+        self.c2 = nn.Conv2d(12, 10, 3, padding=1)
+        self.l1 = nn.Linear(10, 16)
+        self.l2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = nn.functional.silu(self.c1(x))
+        h = self.act(h) * nn.functional.hardsigmoid(h)
+        h = nn.functional.gelu(self.c2(h)).mean(dim=(2, 3))
+        return self.l2(nn.functional.gelu(self.l1(h)))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_activation_chains_pass_through(tmp_path, exporter):
+    torch.manual_seed(8)
+    path = export(Activations(), torch.randn(2, 3, 6, 6), tmp_path / "m.onnx", exporter)
+    rep = onnxprune.inspect(path)
+    assert sorted(g.total for g in rep.groups if g.prunable) == [10, 12, 16], rep.to_text()
+    check_prune_roundtrip(path, (3, 6, 6), min_param_cut=0.35)
+
+
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
 def test_split_and_slice_ranges(tmp_path, exporter):
     torch.manual_seed(4)
