@@ -51,6 +51,9 @@ def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
         model = m
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Idle worker threads must not spin: the pass shares the cores with whatever runs beside it.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
