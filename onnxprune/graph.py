@@ -118,23 +118,21 @@ class Graph:
     def _subgraph_references(self) -> set[str]:
         refs: set[str] = set()
 
+        def subgraphs(node: onnx.NodeProto):
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield a.g
+                yield from a.graphs
+
         def visit(graph: onnx.GraphProto) -> None:
             for n in graph.node:
                 refs.update(x for x in n.input if x)
-                for a in n.attribute:
-                    if a.type == onnx.AttributeProto.GRAPH:
-                        visit(a.g)
-                    elif a.type == onnx.AttributeProto.GRAPHS:
-                        for sg in a.graphs:
-                            visit(sg)
+                for sg in subgraphs(n):
+                    visit(sg)
 
         for n in self.nodes:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    visit(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for sg in a.graphs:
-                        visit(sg)
+            for sg in subgraphs(n):
+                visit(sg)
         return refs
 
     # -- queries -------------------------------------------------------------------------------

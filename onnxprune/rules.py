@@ -84,6 +84,18 @@ class Rule:
         return None
 
 
+class OnData(Rule):
+    """Rules that act only when channels arrive on input 0: ``flow`` gets that layout."""
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if lay is not None:
+            self.flow(node, ctx, lay)
+
+    def flow(self, node, ctx, lay: Layout) -> None:
+        raise NotImplementedError
+
+
 class PassThrough(Rule):
     """Unary elementwise ops and friends: channel i stays channel i (all outputs)."""
 
@@ -208,11 +220,8 @@ class PerChannelParams(Rule):
                 rw.set_input(node, i, np.take(rw.value(node, i), keep, axis=0))
 
 
-class LayerNorm(Rule):
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+class LayerNorm(OnData):
+    def flow(self, node, ctx, lay):
         rank = ctx.graph.rank(node.input[0])
         if rank is None or lay.axis >= _norm(attr(node, "axis", -1), rank):
             ctx.stop(lay, f"{_where(node)} normalises over the channel axis")
@@ -449,13 +458,10 @@ class MatMul(Rule):
             rw.set_input(add, other, c + bias_delta.reshape(c.shape))
 
 
-class Pool(Rule):
+class Pool(OnData):
     """Spatial pooling on NCHW: channel i stays channel i."""
 
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+    def flow(self, node, ctx, lay):
         if lay.axis != 1 or lay.g != 1:
             ctx.stop(lay, f"{_where(node)} pools an axis that carries channels")
             return
@@ -465,13 +471,10 @@ class Pool(Rule):
         ctx.set_layout(node.output[0], lay)
 
 
-class Reduce(Rule):
+class Reduce(OnData):
     """Reduce*/ArgMax over axes other than the channel axis (e.g. ReduceMean over H, W)."""
 
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+    def flow(self, node, ctx, lay):
         rank = ctx.graph.rank(node.input[0])
         if node.op_type in ("ArgMax", "ArgMin"):
             axes = [int(attr(node, "axis", 0))]
@@ -495,13 +498,10 @@ class Reduce(Rule):
         ctx.set_layout(node.output[0], lay.with_axis(new_axis))
 
 
-class Resize(Rule):
+class Resize(OnData):
     """Resize/Upsample with a unit scale on the channel axis (sizes constants are patched)."""
 
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+    def flow(self, node, ctx, lay):
         g = ctx.graph
         if any(ctx.layout(x) for x in node.input[1:]):
             ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
@@ -544,11 +544,8 @@ class Resize(Rule):
         rw.set_input(node, 3, sizes)
 
 
-class Pad(Rule):
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+class Pad(OnData):
+    def flow(self, node, ctx, lay):
         g = ctx.graph
         rank = g.rank(node.input[0])
         pads = attr(node, "pads")
@@ -606,7 +603,7 @@ class Concat(Rule):
             ctx.stop(lays, f"{_where(node)} mixes channel and non-channel inputs")
 
 
-class Split(Rule):
+class Split(OnData):
     def _sizes(self, node, g: Graph, length: int):
         s = attr(node, "split")
         if s is None and len(node.input) > 1 and node.input[1]:
@@ -620,10 +617,7 @@ class Split(Rule):
             return [length // n] * n
         return [int(x) for x in np.asarray(s).reshape(-1)]
 
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+    def flow(self, node, ctx, lay):
         if len(node.input) > 1 and ctx.layout(node.input[1]):
             ctx.stop_inputs(node, f"{_where(node)} takes channels on its split input")
             return
@@ -671,7 +665,7 @@ class Split(Rule):
             rw.add_input(node, 1, arr, suffix="split")
 
 
-class Slice(Rule):
+class Slice(OnData):
     def _params(self, node, g: Graph, rank: int):
         vals = []
         for i in (1, 2, 3, 4):
@@ -693,10 +687,7 @@ class Slice(Rule):
             v += length
         return min(max(v, 0), length)
 
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+    def flow(self, node, ctx, lay):
         if any(ctx.layout(x) for x in node.input[1:]):
             ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
             return
@@ -739,13 +730,10 @@ class Slice(Rule):
             rw.set_input(node, idx, arr)
 
 
-class Flatten(Rule):
+class Flatten(OnData):
     """(N, C, H, W) → (N, C·H·W): channel c ↦ columns c·H·W … (c+1)·H·W − 1."""
 
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+    def flow(self, node, ctx, lay):
         shp = ctx.graph.shape(node.input[0])
         if shp is None:
             ctx.stop(lay, f"{_where(node)}: input shape unknown")
@@ -832,11 +820,8 @@ class Reshape(Rule):
             rw.set_input(owner, idx, arr)
 
 
-class Transpose(Rule):
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+class Transpose(OnData):
+    def flow(self, node, ctx, lay):
         rank = ctx.graph.rank(node.input[0])
         if rank is None or lay.g != 1:
             ctx.stop(lay, f"{_where(node)} moves flattened channels")
@@ -845,11 +830,8 @@ class Transpose(Rule):
         ctx.set_layout(node.output[0], lay.with_axis(perm.index(lay.axis)))
 
 
-class Squeeze(Rule):
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+class Squeeze(OnData):
+    def flow(self, node, ctx, lay):
         shp = ctx.graph.shape(node.input[0])
         axes = _axes_arg(node, ctx.graph, 1)
         if axes is False or shp is None:
@@ -864,11 +846,8 @@ class Squeeze(Rule):
         ctx.set_layout(node.output[0], lay.with_axis(lay.axis - sum(a < lay.axis for a in axes)))
 
 
-class Unsqueeze(Rule):
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+class Unsqueeze(OnData):
+    def flow(self, node, ctx, lay):
         out_rank = ctx.graph.rank(node.output[0])
         axes = _axes_arg(node, ctx.graph, 1)
         if not axes or out_rank is None:
@@ -879,13 +858,10 @@ class Unsqueeze(Rule):
         ctx.set_layout(node.output[0], lay.with_axis(kept_positions[lay.axis]))
 
 
-class ShapeOp(Rule):
+class ShapeOp(OnData):
     """Shape of a channel tensor is fine as long as only non-channel dims are read from it."""
 
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+    def flow(self, node, ctx, lay):
         g = ctx.graph
         rank = g.rank(node.input[0])
         if rank is None:
@@ -915,11 +891,8 @@ class ShapeOp(Rule):
             return
 
 
-class Softmax(Rule):
-    def analyze(self, node, ctx):
-        lay = ctx.layout(node.input[0])
-        if lay is None:
-            return
+class Softmax(OnData):
+    def flow(self, node, ctx, lay):
         rank = ctx.graph.rank(node.input[0])
         opset = ctx.graph.opset
         axis = _norm(int(attr(node, "axis", -1 if opset >= 13 else 1)), rank or 1)

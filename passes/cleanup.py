@@ -16,30 +16,24 @@ class CleanupPass(Pass):
         m.CopyFrom(model)
         g = m.graph
         needed = {o.name for o in g.output} | Graph(m, infer_shapes=False).subgraph_refs
-        keep = []
-        for node in reversed(list(g.node)):
-            if any(o in needed for o in node.output if o):
-                keep.append(node)
-                needed.update(x for x in node.input if x)
-        keep.reverse()
-        modified = len(keep) != len(g.node)
-        if modified:
-            kept_nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in keep]
-            del g.node[:]
-            g.node.extend(kept_nodes)
-        needed |= {i.name for i in g.input}  # initializers that double as inputs stay
-        inits = [t for t in g.initializer if t.name in needed]
-        if len(inits) != len(g.initializer):
-            modified = True
-            kept_inits = [onnx.TensorProto.FromString(t.SerializeToString()) for t in inits]
-            del g.initializer[:]
-            g.initializer.extend(kept_inits)
-        live = {x for n in g.node for x in list(n.input) + list(n.output)} | {
+        nodes = list(g.node)
+        keep_idx: set[int] = set()
+        for i in range(len(nodes) - 1, -1, -1):
+            if any(o in needed for o in nodes[i].output if o):
+                keep_idx.add(i)
+                needed.update(x for x in nodes[i].input if x)
+        keep = [nodes[i] for i in sorted(keep_idx)]
+        live = {x for n in keep for x in list(n.input) + list(n.output)} | {
             i.name for i in g.input} | {o.name for o in g.output}
-        vis = [v for v in g.value_info if v.name in live]
-        if len(vis) != len(g.value_info):
-            modified = True
-            kept_vi = [onnx.ValueInfoProto.FromString(v.SerializeToString()) for v in vis]
-            del g.value_info[:]
-            g.value_info.extend(kept_vi)
+        needed |= {i.name for i in g.input}  # initializers that double as inputs stay
+        modified = False
+        for field, wanted in ((g.node, lambda i, n: i in keep_idx),
+                              (g.initializer, lambda i, t: t.name in needed),
+                              (g.value_info, lambda i, v: v.name in live)):
+            kept = [type(x).FromString(x.SerializeToString())
+                    for i, x in enumerate(field) if wanted(i, x)]
+            if len(kept) != len(field):
+                modified = True
+                del field[:]
+                field.extend(kept)
         return PassResult(m, modified)
