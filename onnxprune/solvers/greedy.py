@@ -110,7 +110,7 @@ class _ConsumerState:
 def greedy_select(problem: Problem) -> np.ndarray:
     """Greedy maximisation of F(S) under the problem's segment quotas; returns sorted kept ids."""
     C = problem.n_channels
-    states = [_ConsumerState(s, C, problem.ridge_diag(s)) for s in problem.consumers]
+    states = [_ConsumerState(s, C) for s in problem.consumers]
     for st in states:
         if st.stats.has_const:
             ci = st.stats.const_index

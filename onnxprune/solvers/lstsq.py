@@ -8,10 +8,12 @@ channels' columns plus, if present, the constant column):
 * explained energy:   ``F(S) = ‖T‖² − min_X ‖T − B_S X‖² = tr(H_Sᵀ G_SS⁻¹ H_S)``;
 * residual of any X:  ``‖T − B_S X‖² = ‖T‖² − 2·tr(Xᵀ H_S) + tr(Xᵀ G_SS X)``.
 
-``G_SS`` is regularised by a small *relative* ridge ``λ = ridge · tr(G_SS)/|S|`` (solved by
-Cholesky); should that still fail, a pseudo-inverse (eigendecomposition with a relative cutoff)
-handles the rank-deficient block. The ridge keeps the solve stable for collinear or dead (all-zero)
-channels while changing a well-conditioned solution by O(ridge).
+The re-fit is regularised toward the consumer's *own* weights on the kept columns, ``X₀``
+(bias change 0): ``X = (G_SS + λI)⁻¹ (H_S + λ X₀)`` with a small *relative* ridge
+``λ = ridge · tr(G_SS)/|S|`` (Cholesky; a pseudo-inverse step from X₀ if that fails). Where the
+samples determine the fit this is least squares up to O(ridge); in directions they leave
+undetermined — fewer rows than kept columns (a classifier after global pooling sees one row per
+sample), dead or collinear channels — the original weights are kept instead of being zeroed.
 """
 
 from __future__ import annotations
@@ -31,18 +33,28 @@ def _kept_columns(stats: ConsumerStats, kept: np.ndarray) -> np.ndarray:
     return cols
 
 
-def psd_solve(A: np.ndarray, B: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
-    """Solve ``(A + λI) X = B`` for symmetric PSD ``A`` with the relative ridge above."""
+def psd_solve(A: np.ndarray, B: np.ndarray, ridge: float = DEFAULT_RIDGE,
+              prior: np.ndarray | None = None) -> np.ndarray:
+    """Solve ``(A + λI) X = B + λ·prior`` for symmetric PSD ``A`` (relative ridge λ above).
+
+    With a ``prior`` the ridge pulls toward it instead of toward zero: directions the data
+    determine are fitted, directions it leaves undetermined (fewer rows than kept columns, dead
+    channels) keep the prior's values.
+    """
     n = A.shape[0]
     if n == 0:
         return np.zeros((0,) + B.shape[1:])
     scale = float(np.trace(A)) / n
     lam = ridge * scale if scale > 0 else ridge
+    rhs = B if prior is None else B + lam * prior
     try:
         factor = scipy.linalg.cho_factor(A + lam * np.eye(n), lower=False, check_finite=False)
-        return scipy.linalg.cho_solve(factor, B, check_finite=False)
+        return scipy.linalg.cho_solve(factor, rhs, check_finite=False)
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-        return pinvh(A) @ B
+        if prior is None:
+            return pinvh(A) @ B
+        # minimum change from the prior: prior + A⁺(B − A·prior)
+        return prior + pinvh(A) @ (B - A @ prior)
 
 
 def pinvh(A: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
@@ -63,8 +75,12 @@ def refit(problem: Problem, kept: np.ndarray, ridge: float = DEFAULT_RIDGE
     out = []
     for stats in problem.consumers:
         cols = _kept_columns(stats, kept)
-        Gs = stats.G[np.ix_(cols, cols)] + np.diag(problem.ridge_diag(stats)[cols])
-        X = psd_solve(Gs, stats.H[cols], ridge)
+        D = problem.ridge_diag(stats)[cols]
+        X0 = np.zeros((len(cols), stats.H.shape[1]))
+        n_w = len(cols) - int(stats.has_const)
+        X0[:n_w] = stats.weight[:, cols[:n_w]].T  # prior: the consumer's own (sliced) weights
+        X = psd_solve(stats.G[np.ix_(cols, cols)] + np.diag(D), stats.H[cols] + D[:, None] * X0,
+                      ridge, prior=X0)
         if stats.has_const:
             out.append((X[:-1].T.copy(), X[-1].copy()))
         else:
