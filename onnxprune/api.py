@@ -84,16 +84,23 @@ def _sample_shapes(calib: Calibration) -> tuple[dict[str, tuple[int, ...]], int]
 
 def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
           method: str = "inchange", reweight: bool = True, seed: int = 0, holdout: float = 0.2,
-          max_positions: int = 256, batch_size: int = 32,
+          max_positions: int = 256, batch_size: int = 32, ridge: float | str = 0.0,
           progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune ``ratio`` of the channels of every prunable group of ``model``.
 
     ``calib``: a .npz path (keys = input names), a .npy path (single input), or a mapping of
     arrays, each with the sample axis first. A fraction ``holdout`` of the samples is kept aside to
-    measure fidelity; the rest drives selection and re-fitting.
+    measure fidelity; the rest drives selection and re-fitting. ``ridge``: regularisation of the
+    re-fit (and of the greedy) toward the layer's original weights, relative to each input's
+    variance — 0 (default): plain least squares, directions the samples leave undetermined keep
+    the original weights; ``"auto"``: per layer by generalised cross-validation.
     """
     start = time.perf_counter()
     validate_options(ratio, method, holdout, max_positions, seed)
+    if ridge == "auto":
+        ridge = None
+    elif isinstance(ridge, str) or not (math.isfinite(ridge) and ridge >= 0):
+        raise OptionError(f"--ridge must be a non-negative number or 'auto', got {ridge!r}")
     say = progress or (lambda msg: None)
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
@@ -101,7 +108,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
     cal = load_calibration(calib, normalized)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
     options = PruneOptions(ratio=ratio, method=method, reweight=reweight, seed=seed,
-                           max_positions=max_positions, batch_size=batch_size)
+                           max_positions=max_positions, batch_size=batch_size, ridge=ridge)
     say("analysing channel groups")
     pruned, results = run_passes([ChannelPrunePass(cal, sel_idx, options, say), CleanupPass()],
                                  normalized)

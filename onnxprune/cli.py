@@ -34,6 +34,20 @@ def _ratio(text: str) -> float:
     return v
 
 
+def _ridge(text: str):
+    if text == "auto":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--ridge must be a non-negative number or 'auto', "
+                                         f"got {text!r}")
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"--ridge must be a non-negative number or 'auto', "
+                                         f"got {text}")
+    return v
+
+
 def _seed(text: str) -> int:
     try:
         v = int(text)
@@ -67,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-positions", type=int, default=256,
                     help="cap on sampled output positions per sample for conv consumers "
                          "(default 256)")
+    pr.add_argument("--ridge", type=_ridge, default=0.0,
+                    help="regularisation of the re-fit toward the layer's original weights, "
+                         "relative to each input's variance (default 0: least squares), or "
+                         "'auto' (generalised cross-validation per layer)")
     pr.add_argument("--report", help="write the JSON report here")
     pr.add_argument("--force", action="store_true", help="allow overwriting the input model")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -130,7 +148,8 @@ def _cmd_prune(args) -> int:
     report_path = _check_report_path(args.report, protected) if args.report else None
     result = api.prune(args.input, args.calib, ratio=args.ratio, method=args.method,
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
-                       max_positions=args.max_positions, progress=_progress(args.quiet))
+                       max_positions=args.max_positions, ridge=args.ridge,
+                       progress=_progress(args.quiet))
     result.save(out)
     r = result.report
     if report_path is not None:

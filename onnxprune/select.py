@@ -25,15 +25,15 @@ from onnxprune.solvers import (
     greedy_select,
     keep_count,
     random_scores,
+    choose_ridge,
     refit,
+    regularized,
     relative_error,
     select_top,
     sliced,
     weight_norm_scores,
 )
 
-import os
-RIDGE = float(os.environ.get("ONNXPRUNE_RIDGE", "0"))
 METHODS = ("inchange", "weight-norm", "act-norm", "random")
 
 
@@ -63,7 +63,7 @@ def segments_and_quotas(group: Group, ratio: float) -> tuple[np.ndarray, np.ndar
 
 
 def build_problem(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
-                  ratio: float, ridge: float = 0.0) -> Problem:
+                  ratio: float) -> Problem:
     nodes = {n.name: n for n in graph.nodes}
     consumers = []
     for site, st in zip(group.consumers, stats):
@@ -80,33 +80,53 @@ def build_problem(graph: Graph, analysis: Analysis, group: Group, stats: Sequenc
         H = G[:, :K] @ W.T
         t2 = float(np.sum(W * (W @ G[:K, :K])))
         consumers.append(ConsumerStats(G=G, H=H, t_norm2=t2, channels=channels, g=site.g,
-                                       has_const=st.has_const, weight=W, out_scale=scale))
+                                       has_const=st.has_const, weight=W, out_scale=scale,
+                                       rows=st.rows))
     seg, quotas, forced = segments_and_quotas(group, ratio)
     return Problem(n_channels=group.size, consumers=tuple(consumers), segments=seg,
-                   quotas=quotas, forced=forced, ridge=ridge)
+                   quotas=quotas, forced=forced)
 
 
-def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index: int
-          ) -> tuple[np.ndarray, list, float]:
-    if method == "inchange":
-        kept = greedy_select(problem)
-    elif method == "weight-norm":
-        kept = select_top(problem, weight_norm_scores(problem))
-    elif method == "act-norm":
-        kept = select_top(problem, act_norm_scores(problem))
-    elif method == "random":
-        kept = select_top(problem, random_scores(problem, seed * 1_000_003 + group_index))
-    else:
+def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index: int,
+          ridge: float | None = None) -> tuple[np.ndarray, list, float]:
+    """Select and re-fit.
+
+    Regularisation toward the original weights: ρ_q is fixed (``ridge``) or chosen by GCV of the
+    re-fit on a first selection (only consumers with < 20 rows per kept column can get ρ > 0).
+    If any ρ_q > 0 the greedy runs again on the regularised statistics, and the re-fit uses them.
+    The reported error is always measured on the plain statistics.
+    """
+    def select(prob: Problem) -> np.ndarray:
+        if method == "inchange":
+            return greedy_select(prob)
+        if method == "weight-norm":
+            return select_top(problem, weight_norm_scores(problem))
+        if method == "act-norm":
+            return select_top(problem, act_norm_scores(problem))
+        if method == "random":
+            return select_top(problem, random_scores(problem, seed * 1_000_003 + group_index))
         raise ValueError(f"unknown method {method!r}")
-    fits = refit(problem, kept) if reweight else sliced(problem, kept)
+
+    kept = select(problem)
+    if not reweight:
+        fits = sliced(problem, kept)
+        return kept, fits, relative_error(problem, kept, fits)
+    if ridge is None:
+        rhos = [choose_ridge(s, kept) for s in problem.consumers]
+    else:
+        rhos = [float(ridge)] * len(problem.consumers)
+    reg = regularized(problem, rhos)
+    if any(r > 0 for r in rhos) and method == "inchange":
+        kept = select(reg)
+    fits = refit(reg, kept, 0.0)
     return kept, fits, relative_error(problem, kept, fits)
 
 
 def decide(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
-           ratio: float, method: str, reweight: bool, seed: int, group_index: int
-           ) -> GroupDecision:
-    problem = build_problem(graph, analysis, group, stats, ratio, RIDGE)
-    kept, fits, rel = solve(problem, method, reweight, seed, group_index)
+           ratio: float, method: str, reweight: bool, seed: int, group_index: int,
+           ridge: float | None = None) -> GroupDecision:
+    problem = build_problem(graph, analysis, group, stats, ratio)
+    kept, fits, rel = solve(problem, method, reweight, seed, group_index, ridge)
     set_keeps = {}
     for s, off in zip(group.sets, group.offsets):
         local = kept[(kept >= off) & (kept < off + s.size)] - off

@@ -32,6 +32,7 @@ class PruneOptions:
     seed: int = 0
     max_positions: int = calibrate.DEFAULT_MAX_POSITIONS
     batch_size: int = 32
+    ridge: float | None = 0.0  # None: generalised cross-validation per consumer
 
 
 class ChannelPrunePass(Pass):
@@ -67,7 +68,8 @@ class ChannelPrunePass(Pass):
         for n, (i, g) in enumerate(todo):
             self.progress(f"selecting group {n + 1}/{len(todo)} '{g.name}' ({g.size} channels)")
             decisions[g.name] = decide(graph, analysis, g, [by_site[s] for s in g.consumers],
-                                       opt.ratio, opt.method, opt.reweight, opt.seed, i)
+                                       opt.ratio, opt.method, opt.reweight, opt.seed, i,
+                                       opt.ridge)
         keeps = {sid: k for d in decisions.values() for sid, k in d.set_keeps.items()}
         weights = {site: w for d in decisions.values() for site, w in d.weights.items()}
         pruned = rewrite.apply(model, graph, analysis, keeps, weights)

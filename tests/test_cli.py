@@ -162,8 +162,9 @@ def test_ratio_zero_reproduces_outputs(tmp_path):
 
 @pytest.mark.parametrize("flags", [["--method", "inchange"], ["--method", "weight-norm"],
                                    ["--method", "act-norm"], ["--method", "random"],
-                                   ["--no-reweight"]],
-                         ids=["inchange", "weight-norm", "act-norm", "random", "no-reweight"])
+                                   ["--no-reweight"], ["--ridge", "auto"], ["--ridge", "0.1"]],
+                         ids=["inchange", "weight-norm", "act-norm", "random", "no-reweight",
+                              "ridge-auto", "ridge-0.1"])
 def test_methods(tmp_path, flags):
     out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
     proc = ok(run_cli("prune", MLP, out, "--calib", CALIB_FLAT, "--ratio", "0.5", "--seed", "1",

@@ -182,6 +182,11 @@ def test_bad_ratio(tmp_path, out_dir, ratio):
     prune_error(tmp_path, out_dir, MLP, CALIB_FLAT, "--ratio", ratio, mention=["ratio", ratio])
 
 
+@pytest.mark.parametrize("ridge", ["-1", "nan", "big"])
+def test_bad_ridge(tmp_path, out_dir, ridge):
+    prune_error(tmp_path, out_dir, MLP, CALIB_FLAT, "--ridge", ridge, mention=["ridge", ridge])
+
+
 def test_unknown_method(tmp_path, out_dir):
     prune_error(tmp_path, out_dir, MLP, CALIB_FLAT, "--method", "magic",
                 mention=["magic", "inchange"])

@@ -210,3 +210,91 @@ def test_score_baselines_respect_quotas_and_scores():
                                                  (3, 0.5, 2), (5, 0.0, 5), (1, 0.9, 1)])
 def test_keep_count(size, ratio, expected):
     assert keep_count(size, ratio) == expected
+
+
+def _stats_from(B, T, W, const=True):
+    Bc = np.hstack([B, np.ones((len(B), 1))]) if const else B
+    return ConsumerStats(G=Bc.T @ Bc, H=Bc.T @ T, t_norm2=float((T ** 2).sum()),
+                         channels=np.arange(B.shape[1]), g=1, has_const=const, weight=W,
+                         rows=len(B))
+
+
+def test_cross_validated_ridge_is_as_good_as_least_squares_when_data_is_plentiful():
+    rng = np.random.default_rng(11)
+    B = rng.standard_normal((2000, 10)) + 1.0
+    W = rng.standard_normal((3, 10))
+    T = B @ W.T
+    prob = _single(_stats_from(B, T, W), 10, 6)
+    kept = np.array([0, 2, 3, 5, 7, 9])
+    fresh = rng.standard_normal((5000, 10)) + 1.0
+    Tf = fresh @ W.T
+
+    def test_error(fit):
+        (Wn, b), = fit
+        return np.sum((Tf - fresh[:, kept] @ Wn.T - b) ** 2) / np.sum(Tf ** 2)
+
+    ls, cv = test_error(refit(prob, kept, ridge=0.0)), test_error(refit(prob, kept))
+    assert cv <= 1.01 * ls, (cv, ls)
+    # and in-sample the reported error of the GCV fit is within 1 % of the least-squares optimum
+    assert relative_error(prob, kept, refit(prob, kept)) <= 1.01 * relative_error(
+        prob, kept, refit(prob, kept, ridge=0.0))
+
+
+def test_cross_validated_ridge_generalises_when_columns_outnumber_samples():
+    """A classifier after global pooling: 60 samples, 120 kept features. Plain least squares
+    interpolates the calibration set; GCV shrinks toward the original weights and predicts
+    fresh samples better."""
+    rng = np.random.default_rng(12)
+    C, n, m = 160, 60, 5
+    mix = rng.standard_normal((C, 20)) / np.sqrt(20)
+
+    def sample(k):
+        return np.maximum(rng.standard_normal((k, 20)) @ mix.T + 0.3 * rng.standard_normal((k, C)), 0)
+
+    W = rng.standard_normal((m, C)) / np.sqrt(C)
+    B = sample(n)
+    T = B @ W.T
+    prob = _single(_stats_from(B, T, W), C, 120)
+    kept = np.sort(rng.choice(C, 120, replace=False))
+    fresh = sample(2000)
+    Tf = fresh @ W.T
+
+    def test_error(fit):
+        (Wn, b), = fit
+        return np.sum((Tf - fresh[:, kept] @ Wn.T - b) ** 2) / np.sum(Tf ** 2)
+
+    ls = test_error(refit(prob, kept, ridge=0.0))
+    cv = test_error(refit(prob, kept))
+    sliced_err = test_error([(sliced(prob, kept)[0][0], np.zeros(m))])
+    assert cv < 0.8 * ls, (cv, ls)
+    assert cv < sliced_err, (cv, sliced_err)
+
+
+def test_directions_without_data_keep_the_original_weights():
+    rng = np.random.default_rng(13)
+    B = rng.standard_normal((300, 5))
+    B[:, 2] = 0.0  # a dead channel: no data about its weight
+    W = rng.standard_normal((2, 5))
+    T = B @ W.T
+    prob = _single(_stats_from(B, T, W), 5, 4)
+    kept = np.array([0, 1, 2, 4])
+    for ridge in (None, 0.0):
+        (Wn, _), = refit(prob, kept, ridge=ridge)
+        np.testing.assert_allclose(Wn[:, 2], W[:, 2])
+
+
+def test_augmented_statistics_are_the_ridge_toward_the_original_weights():
+    """Least squares on augment(stats, ρ) equals the direct ridge-toward-W solve."""
+    from onnxprune.solvers import augment
+    rng = np.random.default_rng(14)
+    B = rng.standard_normal((50, 6)) + 0.5
+    W = rng.standard_normal((2, 6))
+    T = B @ W.T + rng.standard_normal((50, 2))
+    st = _stats_from(B, T, W, const=False)
+    rho = 0.3
+    (W_aug, _), = refit(_single(augment(st, rho), 6, 6), np.arange(6), ridge=0.0)
+    V = np.diag(np.diag(B.T @ B))
+    direct = np.linalg.solve(B.T @ B + rho * V, B.T @ T + rho * V @ W.T).T
+    np.testing.assert_allclose(W_aug, direct, rtol=1e-8, atol=1e-10)
+    (W_fixed, _), = refit(_single(st, 6, 6), np.arange(6), ridge=rho)
+    np.testing.assert_allclose(W_fixed, direct, rtol=1e-8, atol=1e-10)

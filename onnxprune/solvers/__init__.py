@@ -8,18 +8,29 @@ re-fitted by :mod:`~onnxprune.solvers.lstsq`.
 
 from onnxprune.solvers.baselines import act_norm_scores, random_scores, select_top, weight_norm_scores
 from onnxprune.solvers.greedy import greedy_select
-from onnxprune.solvers.lstsq import objective, refit, relative_error, sliced
+from onnxprune.solvers.lstsq import (
+    augment,
+    choose_ridge,
+    objective,
+    refit,
+    regularized,
+    relative_error,
+    sliced,
+)
 from onnxprune.solvers.problem import ConsumerStats, Problem, keep_count
 
 __all__ = [
     "ConsumerStats",
     "Problem",
     "act_norm_scores",
+    "augment",
+    "choose_ridge",
     "greedy_select",
     "keep_count",
     "objective",
     "random_scores",
     "refit",
+    "regularized",
     "relative_error",
     "select_top",
     "sliced",

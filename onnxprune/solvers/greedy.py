@@ -40,13 +40,10 @@ RTOL = 1e-9
 class _ConsumerState:
     """Residual statistics of one consumer during the greedy run."""
 
-    def __init__(self, stats: ConsumerStats, n_channels: int,
-                 ridge_diag: np.ndarray | None = None) -> None:
+    def __init__(self, stats: ConsumerStats, n_channels: int) -> None:
         self.stats = stats
         self.g = stats.g
         self.R = stats.G.copy()
-        if ridge_diag is not None:
-            self.R[np.diag_indices_from(self.R)] += ridge_diag
         self.Hr = stats.H.copy()
         nb = stats.n_blocks
         # Position of each group channel among this consumer's column blocks (-1: not seen).

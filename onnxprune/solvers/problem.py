@@ -38,6 +38,7 @@ class ConsumerStats:
     has_const: bool
     weight: np.ndarray  # (m, len(channels)*g): the consumer's original effective weight
     out_scale: np.ndarray | None = None  # per-output factor folded into weight/H (e.g. BN γ/σ)
+    rows: int = 0  # rows accumulated into G (for cross-validating the ridge; 0 = unknown)
 
     def __post_init__(self) -> None:
         n = len(self.channels) * self.g + int(self.has_const)
@@ -79,7 +80,6 @@ class Problem:
     segments: np.ndarray
     quotas: np.ndarray
     forced: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    ridge: float = 0.0
 
     def __post_init__(self) -> None:
         if self.segments.shape != (self.n_channels,):
@@ -92,17 +92,6 @@ class Problem:
         forced_counts = np.bincount(self.segments[self.forced], minlength=len(self.quotas))
         if np.any(forced_counts > self.quotas):
             raise ValueError("more forced channels than the quota of their segment")
-
-    def ridge_diag(self, stats: ConsumerStats) -> np.ndarray:
-        """Diagonal added to G: ``ridge · G_ii`` per channel column, 0 on the constant column.
-
-        Equivalent to appending rows ``sqrt(ridge·G_ii)·e_i`` with zero targets to B: the greedy
-        and the re-fit then solve a ridge regression on per-column standardised inputs.
-        """
-        d = self.ridge * np.diag(stats.G).copy()
-        if stats.has_const:
-            d[-1] = 0.0
-        return d
 
     @property
     def n_keep(self) -> int:
