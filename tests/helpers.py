@@ -13,6 +13,12 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
+MLP = MODELS / "mlp_skl.onnx"
+VGG = MODELS / "vgg_dynamo.onnx"
+VGG_DATA = MODELS / "vgg_dynamo.onnx.data"
+RESNET = MODELS / "resnet_legacy.onnx"
+CALIB_FLAT = MODELS / "digits_calib_flat.npz"
+CALIB_IMG = MODELS / "digits_calib.npz"
 
 
 def run(model, feeds: dict) -> list[np.ndarray]:
@@ -41,6 +47,14 @@ def randomize_bn(module, seed: int = 0) -> None:
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def exported(request, tmp_path_factory, module, example, seed: int) -> Path:
+    """Module-scoped fixture body: ``module`` with random BatchNorm statistics, exported with the
+    exporter named by ``request.param``."""
+    randomize_bn(module, seed)
+    path = tmp_path_factory.mktemp(type(module).__name__) / f"m_{request.param}.onnx"
+    return export(module, example, path, request.param)
 
 
 def export(module, example, path: Path, exporter: str, dynamic_batch: bool = True) -> Path:

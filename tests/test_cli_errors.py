@@ -21,13 +21,9 @@ import pytest
 
 import onnxprune
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "models"
-MLP = MODELS / "mlp_skl.onnx"
-VGG = MODELS / "vgg_dynamo.onnx"
-VGG_DATA = MODELS / "vgg_dynamo.onnx.data"
-CALIB_FLAT = MODELS / "digits_calib_flat.npz"
-CALIB_IMG = MODELS / "digits_calib.npz"
+from helpers import (  # noqa: E402
+    CALIB_FLAT, CALIB_IMG, MLP, MODELS, RESNET, ROOT, VGG, VGG_DATA,
+)
 
 ERROR_PREFIX = "onnxprune: error: "
 

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import onnxprune  # noqa: E402
-from helpers import check_prune_roundtrip, export, init_shapes, randomize_bn  # noqa: E402
+from helpers import check_prune_roundtrip, exported, init_shapes  # noqa: E402
 
 
 def cbr(cin, cout, k):
@@ -44,10 +44,7 @@ class TinyInception(nn.Module):
 @pytest.fixture(scope="module", params=["legacy", "dynamo"])
 def inception(request, tmp_path_factory):
     torch.manual_seed(3)
-    m = TinyInception()
-    randomize_bn(m, 3)
-    path = tmp_path_factory.mktemp("incep") / f"incep_{request.param}.onnx"
-    return export(m, torch.randn(2, 1, 10, 10), path, request.param)
+    return exported(request, tmp_path_factory, TinyInception(), torch.randn(2, 1, 10, 10), 3)
 
 
 def test_concat_joins_branches_into_one_group(inception):

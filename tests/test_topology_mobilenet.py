@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import onnxprune  # noqa: E402
-from helpers import check_prune_roundtrip, export, init_shapes, randomize_bn  # noqa: E402
+from helpers import check_prune_roundtrip, exported, init_shapes  # noqa: E402
 
 
 class InvRes(nn.Module):
@@ -47,10 +47,7 @@ class TinyMobileNet(nn.Module):
 @pytest.fixture(scope="module", params=["legacy", "dynamo"])
 def mobilenet(request, tmp_path_factory):
     torch.manual_seed(1)
-    m = TinyMobileNet()
-    randomize_bn(m, 1)
-    path = tmp_path_factory.mktemp("mbv2") / f"mbv2_{request.param}.onnx"
-    return export(m, torch.randn(2, 3, 16, 16), path, request.param)
+    return exported(request, tmp_path_factory, TinyMobileNet(), torch.randn(2, 3, 16, 16), 1)
 
 
 def test_depthwise_is_pass_through(mobilenet):

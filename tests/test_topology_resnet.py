@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import onnxprune  # noqa: E402
-from helpers import check_prune_roundtrip, export, node_weight_shapes, randomize_bn  # noqa: E402
+from helpers import check_prune_roundtrip, exported, node_weight_shapes  # noqa: E402
 
 
 class Block(nn.Module):
@@ -46,10 +46,7 @@ class TinyResNet(nn.Module):
 @pytest.fixture(scope="module", params=["legacy", "dynamo"])
 def resnet(request, tmp_path_factory):
     torch.manual_seed(0)
-    m = TinyResNet()
-    randomize_bn(m)
-    path = tmp_path_factory.mktemp("resnet") / f"resnet_{request.param}.onnx"
-    return export(m, torch.randn(2, 3, 12, 12), path, request.param)
+    return exported(request, tmp_path_factory, TinyResNet(), torch.randn(2, 3, 12, 12), 0)
 
 
 def test_groups_follow_residual_joins(resnet):

@@ -1,0 +1,41 @@
+"""Shared by the benchmark scripts: single-threaded onnxruntime sessions for latency, and
+CPU-contention measurement (this machine has 2 cores and other jobs may run beside a benchmark:
+every row records how busy the rest of the machine was)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import onnx
+import onnxruntime as ort
+
+
+def session(model, threads: int = 1) -> ort.InferenceSession:
+    """A sequential CPU session with ``threads`` intra-op threads (1: stable latencies)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(wall s, busy CPU-seconds of the whole machine, CPU-seconds of this process)."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(vals[:8]) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # all but idle/iowait
+    t = os.times()
+    return time.perf_counter(), busy, t.user + t.system
+
+
+def other_cpu_load(start, end, digits: int = 3) -> float | None:
+    """Average number of cores busy with *other* processes between two snapshots."""
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]), digits)
