@@ -22,6 +22,7 @@ from onnxprune.solvers import (
     ConsumerStats,
     Problem,
     act_norm_scores,
+    greedy_remove,
     greedy_select,
     keep_count,
     random_scores,
@@ -98,7 +99,7 @@ def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index:
     """
     def select(prob: Problem) -> np.ndarray:
         if method == "inchange":
-            return greedy_select(prob)
+            return greedy_select(prob) if reweight else greedy_remove(problem)
         if method == "weight-norm":
             return select_top(problem, weight_norm_scores(problem))
         if method == "act-norm":

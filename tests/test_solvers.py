@@ -298,3 +298,43 @@ def test_augmented_statistics_are_the_ridge_toward_the_original_weights():
     np.testing.assert_allclose(W_aug, direct, rtol=1e-8, atol=1e-10)
     (W_fixed, _), = refit(_single(st, 6, 6), np.arange(6), ridge=rho)
     np.testing.assert_allclose(W_fixed, direct, rtol=1e-8, atol=1e-10)
+
+
+def _sliced_error(B, W, kept, g=1):
+    cols = (np.asarray(kept)[:, None] * g + np.arange(g)).reshape(-1)
+    return float(np.sum((B @ W.T - B[:, cols] @ W[:, cols].T) ** 2))
+
+
+def test_removal_costs_give_the_sliced_output_error():
+    from onnxprune.solvers import removal_costs
+    rng = np.random.default_rng(20)
+    B, T, stats = _layer(rng, rows=200, C=6, g=2, m=3)
+    prob = _single(stats, 6, 3)
+    Q = removal_costs(prob)
+    for kept in ([0, 1, 2], [1, 3, 5], [0, 4, 5]):
+        removed = [c for c in range(6) if c not in kept]
+        assert Q[np.ix_(removed, removed)].sum() == pytest.approx(_sliced_error(B, stats.weight,
+                                                                               kept, 2), rel=1e-9)
+        # and it is what relative_error reports for sliced weights
+        assert relative_error(prob, np.array(kept), sliced(prob, np.array(kept))) == pytest.approx(
+            _sliced_error(B, stats.weight, kept, 2) / stats.t_norm2, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_greedy_removal_is_near_the_exhaustive_optimum_without_refit(seed):
+    from onnxprune.solvers import greedy_remove
+    rng = np.random.default_rng(200 + seed)
+    C = int(rng.integers(6, 11))
+    B = rng.standard_normal((300, C)) + 0.5 * rng.standard_normal((300, 1))
+    W = rng.standard_normal((3, C)) * rng.random(C) * 2
+    stats = ConsumerStats(G=B.T @ B, H=B.T @ (B @ W.T), t_norm2=float(((B @ W.T) ** 2).sum()),
+                          channels=np.arange(C), g=1, has_const=False, weight=W)
+    k = int(rng.integers(1, C))
+    prob = _single(stats, C, k)
+    kept = greedy_remove(prob)
+    assert len(kept) == k
+    best = min(_sliced_error(B, W, S) for S in itertools.combinations(range(C), k))
+    err = _sliced_error(B, W, kept)
+    assert err <= 1.05 * best + 1e-9 * stats.t_norm2
+    # never worse than keeping the largest-norm weights
+    assert err <= _sliced_error(B, W, select_top(prob, weight_norm_scores(prob))) + 1e-9

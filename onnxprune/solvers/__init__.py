@@ -7,7 +7,7 @@ re-fitted by :mod:`~onnxprune.solvers.lstsq`.
 """
 
 from onnxprune.solvers.baselines import act_norm_scores, random_scores, select_top, weight_norm_scores
-from onnxprune.solvers.greedy import greedy_select
+from onnxprune.solvers.greedy import greedy_remove, greedy_select, removal_costs
 from onnxprune.solvers.lstsq import (
     augment,
     choose_ridge,
@@ -25,11 +25,13 @@ __all__ = [
     "act_norm_scores",
     "augment",
     "choose_ridge",
+    "greedy_remove",
     "greedy_select",
     "keep_count",
     "objective",
     "random_scores",
     "refit",
+    "removal_costs",
     "regularized",
     "relative_error",
     "select_top",

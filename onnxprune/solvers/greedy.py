@@ -131,3 +131,42 @@ def greedy_select(problem: Problem) -> np.ndarray:
         for st in states:
             st.select_channel(c)
     return np.nonzero(selected)[0]
+
+
+def removal_costs(problem: Problem) -> np.ndarray:
+    """``Q`` (C × C) with ``Q_ij = Σ_q tr(W_q,i G_q,ij W_q,jᵀ)``: the error of keeping the consumers'
+    weights unchanged while removing the set R is ``‖Σ_{c∈R} B_c W_cᵀ‖² = Σ_{i,j∈R} Q_ij``."""
+    C = problem.n_channels
+    Q = np.zeros((C, C))
+    for s in problem.consumers:
+        K = s.n_blocks * s.g
+        A = (s.weight.T @ s.weight) * s.G[:K, :K]
+        blocks = A.reshape(s.n_blocks, s.g, s.n_blocks, s.g).sum(axis=(1, 3))
+        Q[np.ix_(s.channels, s.channels)] += blocks
+    return Q
+
+
+def greedy_remove(problem: Problem) -> np.ndarray:
+    """Selection for pruning *without* re-fitting (``--no-reweight``).
+
+    With the consumers' weights only sliced, the output error of removing R is the quadratic
+    ``E(R) = Σ_{i,j∈R} Q_ij`` (:func:`removal_costs`), so the LS-based objective above does not
+    apply. Greedy backward elimination: repeatedly remove the channel with the smallest increase
+    ``ΔE(c | R) = Q_cc + 2 Σ_{j∈R} Q_cj`` among those whose segment is above its quota (forced
+    channels are never removed; ties → lowest index). Returns the sorted kept channels.
+    """
+    Q = removal_costs(problem)
+    C = problem.n_channels
+    removed = np.zeros(C, dtype=bool)
+    size = np.bincount(problem.segments, minlength=len(problem.quotas))
+    excess = size - problem.quotas
+    cross = np.zeros(C)  # Σ_{j∈R} Q_cj
+    diag = np.diag(Q).copy()
+    for _ in range(int(excess.sum())):
+        delta = diag + 2.0 * cross
+        open_ = (~removed) & (~problem.forced) & (excess[problem.segments] > 0)
+        c = int(np.argmin(np.where(open_, delta, np.inf)))
+        removed[c] = True
+        excess[problem.segments[c]] -= 1
+        cross += Q[:, c]
+    return np.nonzero(~removed)[0]
