@@ -12,7 +12,7 @@ Writes ``<out-prefix>.json`` (every row + metadata) and ``<out-prefix>.md`` (tab
 rewritten after every row, so an interrupted run leaves partial results (``"complete": false``
 in the JSON metadata, a "PARTIAL" banner in the markdown).
 
-    python benchmarks/run_digits.py                 # full benchmark (~30 min on 2 cores)
+    python benchmarks/run_digits.py                 # full benchmark (~1.5 min on 2 idle cores)
     python benchmarks/run_digits.py --quick         # resnet_legacy + mlp_skl at ratio 0.5
 """
 
@@ -65,15 +65,9 @@ def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-
-
 def accuracy(sess: ort.InferenceSession, x: np.ndarray, y: np.ndarray, output: str) -> float:
     out = sess.run([output], {"input": x})[0]
     return float(np.mean(np.argmax(out, axis=1) == y))
-
-
-
-
 
 
 def latency_side_by_side(orig: ort.InferenceSession, pruned: ort.InferenceSession | None,
