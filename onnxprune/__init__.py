@@ -4,9 +4,15 @@ least-squares re-fitting of the next layer (Halabi, Lacoste-Julien & Srinivas, 2
 >>> import onnxprune
 >>> result = onnxprune.prune("model.onnx", "calib.npz", ratio=0.5)   # doctest: +SKIP
 >>> result.save("model.pruned.onnx")                                 # doctest: +SKIP
+
+The public names are resolved lazily, so that ``import onnxprune.solvers`` (pure NumPy) does not
+load onnx or onnxruntime.
 """
 
-from onnxprune.api import PruneResult, inspect, prune
+from __future__ import annotations
+
+import importlib
+
 from onnxprune.errors import (
     CalibrationError,
     ModelError,
@@ -15,10 +21,27 @@ from onnxprune.errors import (
     OutputError,
     PassError,
 )
-from onnxprune.report import GroupReport, InspectReport, Report
-from onnxprune.select import METHODS
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "PruneResult": "onnxprune.api",
+    "inspect": "onnxprune.api",
+    "prune": "onnxprune.api",
+    "GroupReport": "onnxprune.report",
+    "InspectReport": "onnxprune.report",
+    "Report": "onnxprune.report",
+    "METHODS": "onnxprune.select",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")
+
 
 __all__ = [
     "METHODS",

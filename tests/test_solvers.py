@@ -338,3 +338,13 @@ def test_greedy_removal_is_near_the_exhaustive_optimum_without_refit(seed):
     assert err <= 1.05 * best + 1e-9 * stats.t_norm2
     # never worse than keeping the largest-norm weights
     assert err <= _sliced_error(B, W, select_top(prob, weight_norm_scores(prob))) + 1e-9
+
+
+def test_solvers_do_not_load_onnx():
+    """Layers don't leak: the solvers take ndarrays, importing them loads neither onnx nor ORT."""
+    import subprocess
+    import sys
+    code = ("import sys, onnxprune.solvers; "
+            "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
