@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
+from onnxprune.calibrate import session
 from onnxprune.errors import ModelError, OptionError
 from onnxprune.graph import Graph
 from onnxprune.metrics import count_macs, count_params
@@ -59,10 +61,10 @@ def validate_options(ratio: float, method: str, holdout: float, max_positions: i
         raise OptionError(f"--seed must be a non-negative integer, got {seed!r}")
 
 
-def _check_runs(model: onnx.ModelProto) -> None:
-    from onnxprune.calibrate import session
+def _open_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """The model's onnxruntime session; a model onnxruntime cannot load is a user error."""
     try:
-        session(model)
+        return session(model)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnxruntime cannot load the model ({msg[:300]}); the model must run "
@@ -104,7 +106,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
     say = progress or (lambda msg: None)
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
-    _check_runs(normalized)
+    reference = _open_session(normalized)
     cal = load_calibration(calib, normalized)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
     options = PruneOptions(ratio=ratio, method=method, reweight=reweight, seed=seed,
@@ -115,7 +117,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
     info = results[0].info
     say("verifying the pruned model")
     check_structure(pruned)
-    fid = fidelity(normalized, pruned, cal, hold_idx, batch_size)
+    fid = fidelity(reference, pruned, cal, hold_idx, batch_size)
     shapes, per = _sample_shapes(cal)
     decisions = info["decisions"]
     groups = []

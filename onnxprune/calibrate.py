@@ -92,9 +92,8 @@ class GramAccumulator:
                  max_positions: int = DEFAULT_MAX_POSITIONS) -> None:
         self.graph = graph
         self.sites = list(sites)
-        self.nodes = {n.name: n for n in graph.nodes}
-        self.rules = [rule_for(self.nodes[s.node]) for s in self.sites]
-        self.has_const = [r.has_bias_slot(self.nodes[s.node], graph)
+        self.rules = [rule_for(graph.node(s.node)) for s in self.sites]
+        self.has_const = [r.has_bias_slot(graph.node(s.node), graph)
                           for r, s in zip(self.rules, self.sites)]
         self.selects = [_selector(np.random.default_rng([seed, i]), max_positions)
                         for i in range(len(self.sites))]
@@ -108,7 +107,7 @@ class GramAccumulator:
     def update(self, batch: dict[str, np.ndarray]) -> None:
         for i, site in enumerate(self.sites):
             x = batch[site.tensor]
-            B = self.rules[i].rows(self.nodes[site.node], self.graph, x, self.selects[i])
+            B = self.rules[i].rows(self.graph.node(site.node), self.graph, x, self.selects[i])
             B = B.astype(np.float64, copy=False)
             if self.has_const[i]:
                 B = np.hstack([B, np.ones((B.shape[0], 1))])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from onnxprune import api
 from onnxprune.errors import OnnxPruneError, OutputError, PassError
-from onnxprune.modelio import check_output_path
+from onnxprune.modelio import check_output_path, file_mode
 from onnxprune.select import METHODS
 
 
@@ -110,9 +110,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".json", dir=parent)
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, allow_nan=False)
             f.write("\n")

@@ -74,6 +74,7 @@ class Graph:
         self.model = model
         g = model.graph
         self.nodes: list[onnx.NodeProto] = list(g.node)
+        self._by_name = {n.name: n for n in self.nodes}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
         for node in self.nodes:
@@ -143,6 +144,10 @@ class Graph:
         if name not in self._const_cache:
             self._const_cache[name] = numpy_helper.to_array(self.initializers[name])
         return self._const_cache[name]
+
+    def node(self, name: str) -> onnx.NodeProto:
+        """The node called ``name`` (names are unique after NormalizePass)."""
+        return self._by_name[name]
 
     def shape(self, name: str) -> Shape | None:
         return self.shapes.get(name)

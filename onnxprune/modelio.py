@@ -108,7 +108,8 @@ def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None, for
     return out_p
 
 
-def _umask_mode() -> int:
+def file_mode() -> int:
+    """Permission bits of a newly created regular file under the current umask."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -149,7 +150,7 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
         if external_data:
             _mark_external(copy, location)
         onnx.save_model(copy, str(tmp_model))
-        mode = _umask_mode()
+        mode = file_mode()
         written = []
         if external_data and (tmpdir / location).exists():
             os.chmod(tmpdir / location, mode)

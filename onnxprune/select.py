@@ -65,11 +65,11 @@ def segments_and_quotas(group: Group, ratio: float) -> tuple[np.ndarray, np.ndar
 
 def build_problem(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
                   ratio: float) -> Problem:
-    nodes = {n.name: n for n in graph.nodes}
     consumers = []
     for site, st in zip(group.consumers, stats):
-        W = rule_for(nodes[site.node]).weight_matrix(nodes[site.node], graph)
-        scale = output_scale(nodes[site.node], graph)
+        node = graph.node(site.node)
+        W = rule_for(node).weight_matrix(node, graph)
+        scale = output_scale(node, graph)
         if scale is not None:
             W = W * scale[:, None]
         channels = analysis.group_channels(group, site.layout)
@@ -133,10 +133,9 @@ def decide(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteS
         local = kept[(kept >= off) & (kept < off + s.size)] - off
         if len(local) < s.size:
             set_keeps[s.id] = local
-    nodes = {n.name: n for n in graph.nodes}
     weights = {}
     for site, (W, bias), st in zip(group.consumers, fits, problem.consumers):
-        scale = output_scale(nodes[site.node], graph)
+        scale = st.out_scale
         if scale is not None:  # back from the post-BatchNormalization scale of the objective
             live = scale > 0
             inv = np.where(live, 1.0 / np.where(live, scale, 1.0), 0.0)

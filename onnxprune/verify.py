@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from onnxprune.calibrate import run_outputs, session
 from onnxprune.errors import PassError
@@ -49,10 +50,13 @@ def check_structure(model: onnx.ModelProto) -> None:
                         "please report this model") from None
 
 
-def fidelity(original: onnx.ModelProto, pruned: onnx.ModelProto, calib: Calibration,
-             indices: np.ndarray, batch_size: int = 32) -> dict[str, OutputFidelity]:
-    names = [o.name for o in original.graph.output]
-    ref_runs = run_outputs(session(original), calib, indices, names, batch_size)
+def fidelity(original: onnx.ModelProto | ort.InferenceSession, pruned: onnx.ModelProto,
+             calib: Calibration, indices: np.ndarray, batch_size: int = 32
+             ) -> dict[str, OutputFidelity]:
+    """Compare outputs on ``indices``; ``original`` may be an already open session."""
+    ref = original if isinstance(original, ort.InferenceSession) else session(original)
+    names = [o.name for o in ref.get_outputs()]
+    ref_runs = run_outputs(ref, calib, indices, names, batch_size)
     new_runs = run_outputs(session(pruned), calib, indices, names, batch_size)
     acc = {n: {"max": 0.0, "d2": 0.0, "r2": 0.0, "cos": 0.0, "agree": 0, "n": 0} for n in names}
     top1 = {}

@@ -29,32 +29,26 @@ def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None  # sparse_value / value_string(s): left as nodes
 
 
-def toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    """Stable topological order (Kahn's algorithm keeping the original order among ready nodes)."""
+def topo_order(nodes: list[onnx.NodeProto]) -> list[int]:
+    """Stable topological order (Kahn's algorithm keeping the original order among ready nodes),
+    as indices into ``nodes``."""
     produced_by = {}
     for i, n in enumerate(nodes):
         for o in n.output:
             if o:
                 produced_by[o] = i
-    deps = []
-    for n in nodes:
-        deps.append({produced_by[x] for x in _all_inputs(n) if x in produced_by})
+    deps = [{produced_by[x] for x in _all_inputs(n) if x in produced_by} for n in nodes]
     order, done = [], set()
     remaining = list(range(len(nodes)))
     while remaining:
-        progressed = False
-        rest = []
-        for i in remaining:
-            if deps[i] <= done:
-                order.append(i)
-                done.add(i)
-                progressed = True
-            else:
-                rest.append(i)
-        if not progressed:
+        ready = [i for i in remaining if deps[i] <= done]
+        if not ready:
             raise PassError("the graph has a cycle; it is not a valid ONNX model")
-        remaining = rest
-    return [nodes[i] for i in order]
+        for i in ready:
+            order.append(i)
+            done.add(i)
+        remaining = [i for i in remaining if i not in done]
+    return order
 
 
 def _all_inputs(node: onnx.NodeProto) -> list[str]:
@@ -98,6 +92,10 @@ class NormalizePass(Pass):
                     modified = True
                     continue
             keep_nodes.append(node)
+        order = topo_order(keep_nodes)
+        if order != list(range(len(keep_nodes))):
+            modified = True
+        keep_nodes = [keep_nodes[i] for i in order]
         keep_nodes = self._fold_constant_identities(m, keep_nodes)
         keep_nodes = self._fold_constants(m, keep_nodes)
         if len(keep_nodes) != len(g.node):
@@ -114,11 +112,7 @@ class NormalizePass(Pass):
                 used.add(name)
                 modified = True
             seen.add(n.name)
-        available = {i.name for i in g.input} | {t.name for t in g.initializer}
-        ordered = toposort(keep_nodes, available)
-        if [id(n) for n in ordered] != [id(n) for n in g.node]:
-            modified = True
-        new_nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+        new_nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in keep_nodes]
         del g.node[:]
         g.node.extend(new_nodes)
         return PassResult(m, modified)
@@ -128,7 +122,8 @@ class NormalizePass(Pass):
     @classmethod
     def _fold_constants(cls, m: onnx.ModelProto, nodes: list[onnx.NodeProto]
                         ) -> list[onnx.NodeProto]:
-        """Evaluate nodes fed only by constants (topological order) into initializers."""
+        """Evaluate nodes fed only by constants into initializers (``nodes`` in topological
+        order, so a folded value is available to the nodes after it)."""
         from onnx.reference import ReferenceEvaluator
 
         g = m.graph
@@ -141,7 +136,7 @@ class NormalizePass(Pass):
             values[name] = t
         nodes = [n for n in nodes if not (n.output and n.output[0] in static_dims)]
         kept = []
-        for n in toposort(nodes, set()):
+        for n in nodes:
             foldable = (n.domain in ("", "ai.onnx") and n.input and all(
                 x == "" or x in values for x in n.input) and not n.op_type.startswith("Random")
                 and n.op_type not in ("Identity",) and not any(o in outputs for o in n.output)
