@@ -6,14 +6,17 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune import calibrate
+from onnxprune.analysis import Analysis, Group, analyze
+from onnxprune.budget import ALLOCATIONS, Allocation, Budget, plan_for_budget
 from onnxprune.calibrate import session
 from onnxprune.errors import ModelError, OptionError
 from onnxprune.graph import Graph
@@ -22,8 +25,9 @@ from onnxprune.modelio import Calibration, load_calibration, load_model, save_mo
 from onnxprune.passbase import run_passes
 from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import PruneOptions
+from onnxprune.passes.prune import Lineage, find_group
 from onnxprune.report import InspectReport, Report, group_entry, inspect_report
-from onnxprune.select import METHODS
+from onnxprune.select import METHODS, KeepPlan, removes_anything, segment_sizes
 from onnxprune.verify import check_structure, fidelity
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,67 @@ def validate_options(ratio: float, method: str, holdout: float, max_positions: i
         raise OptionError(f"--seed must be a non-negative integer, got {seed!r}")
 
 
+def _positive_int(value, flag: str, limit: int = 1 << 20) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= limit:
+        raise OptionError(f"{flag} must be an integer in [1, {limit}], got {value!r}")
+    return int(value)
+
+
+def budget_option(target_macs: float | None, target_params: float | None,
+                  allocation: str) -> Budget | None:
+    given = [(k, v) for k, v in (("macs", target_macs), ("params", target_params))
+             if v is not None]
+    if len(given) > 1:
+        raise OptionError("give either --target-macs or --target-params, not both")
+    if allocation not in ALLOCATIONS:
+        raise OptionError(f"unknown allocation {allocation!r}; choose one of "
+                          f"{', '.join(ALLOCATIONS)}")
+    if not given:
+        return None
+    kind, v = given[0]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or not 0 < v <= 1:
+        raise OptionError(f"--target-{kind} must be in (0, 1] (the fraction of the original "
+                          f"{'MACs' if kind == 'macs' else 'parameters'} to keep), got {v!r}")
+    return Budget(kind=kind, fraction=float(v), allocation=allocation)
+
+
+def resolve_exclude(names: Sequence[str], analysis: Analysis) -> frozenset[str]:
+    """Group names for ``--exclude`` entries: a group name, else the groups a node produces,
+    else the groups it consumes."""
+    if isinstance(names, str):
+        names = [names]
+    out: set[str] = set()
+    for name in names:
+        hits = [g.name for g in analysis.groups if g.name == name or name in g.producers]
+        if not hits:
+            hits = [g.name for g in analysis.groups if any(c.node == name for c in g.consumers)]
+        if not hits:
+            raise OptionError(f"--exclude {name!r}: no channel group or node of that name; run "
+                              "'onnxprune inspect MODEL' to list them")
+        out.update(hits)
+    return frozenset(out)
+
+
+def cubic_schedule(final: float, steps: int) -> list[float]:
+    """Zhu & Gupta: s_t = s_f + (s_i − s_f)(1 − t/N)³ with s_i = 0, for t = 1 … N."""
+    return [final * (1.0 - (1.0 - t / steps) ** 3) for t in range(1, steps + 1)]
+
+
+def round_plans(plan: KeepPlan, groups: Sequence[Group], steps: int) -> list[KeepPlan]:
+    """Per-round plans for gradual pruning: after round t a fraction s_t of each group's
+    original channels is gone (ratios relative to the original segment sizes, ``KeepPlan.base``),
+    so the last round lands on exactly the one-shot widths (``--round-to`` rounds every round's
+    widths; rounding is monotone in the ratio, so no round goes below the final width)."""
+    if steps == 1:
+        return [plan]
+    final = {g.name: plan.ratio_of(g) for g in groups}
+    base = {g.name: segment_sizes(g) for g in groups}
+    sched = {n: cubic_schedule(r, steps) for n, r in final.items()}
+    return [replace(plan, ratio=0.0, ratios={n: s[t] for n, s in sched.items()}, base=base)
+            for t in range(steps)]
+
+
 def _open_session(model: onnx.ModelProto) -> ort.InferenceSession:
     """The model's onnxruntime session; a model onnxruntime cannot load is a user error."""
     try:
@@ -84,11 +149,26 @@ def _sample_shapes(calib: Calibration) -> tuple[dict[str, tuple[int, ...]], int]
     return shapes, (calib.batch if calib.mode == "fixed" else 1)
 
 
-def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
+#: Calibration samples used to measure each group's sensitivity for budgets.
+SENSITIVITY_SAMPLES = 64
+
+
+def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           method: str = "inchange", reweight: bool = True, seed: int = 0, holdout: float = 0.2,
           max_positions: int = 256, batch_size: int = 32, ridge: float | str = 0.0,
+          target_macs: float | None = None, target_params: float | None = None,
+          allocation: str = "marginal", round_to: int = 1, min_keep: int = 1,
+          exclude: Sequence[str] = (), steps: int = 1,
           progress: Callable[[str], None] | None = None) -> PruneResult:
-    """Prune ``ratio`` of the channels of every prunable group of ``model``.
+    """Prune channels of every prunable group of ``model``.
+
+    How much: ``ratio`` (fraction removed from every group, default 0.5), or a budget —
+    ``target_macs`` / ``target_params``, the fraction of the original cost to keep, split among
+    groups by measured output sensitivity (``allocation``: "marginal" or "equal-loss"; see
+    :mod:`onnxprune.budget`). Kept counts are multiples of ``round_to`` (or the whole segment),
+    at least ``min_keep``; groups named (or produced by the nodes named) in ``exclude`` are not
+    pruned. ``steps`` > 1 prunes gradually in that many rounds on the cubic schedule, with
+    statistics re-collected between rounds.
 
     ``calib``: a .npz path (keys = input names), a .npy path (single input), or a mapping of
     arrays, each with the sample axis first. A fraction ``holdout`` of the samples is kept aside to
@@ -98,7 +178,15 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
     the original weights; ``"auto"``: per layer by generalised cross-validation.
     """
     start = time.perf_counter()
+    budget = budget_option(target_macs, target_params, allocation)
+    if budget is not None and ratio is not None:
+        raise OptionError("give either --ratio or a --target-macs/--target-params budget, "
+                          "not both")
+    ratio = 0.5 if ratio is None else ratio
     validate_options(ratio, method, holdout, max_positions, seed)
+    round_to = _positive_int(round_to, "--round-to", 4096)
+    min_keep = _positive_int(min_keep, "--min-keep")
+    steps = _positive_int(steps, "--steps", 100)
     if ridge == "auto":
         ridge = None
     elif isinstance(ridge, str) or not (math.isfinite(ridge) and ridge >= 0):
@@ -109,28 +197,62 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
     reference = _open_session(normalized)
     cal = load_calibration(calib, normalized)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
-    options = PruneOptions(ratio=ratio, method=method, reweight=reweight, seed=seed,
-                           max_positions=max_positions, batch_size=batch_size, ridge=ridge)
-    say("analysing channel groups")
-    pruned, results = run_passes([ChannelPrunePass(cal, sel_idx, options, say), CleanupPass()],
-                                 normalized)
-    info = results[0].info
+    shapes, per = _sample_shapes(cal)
+    graph = Graph(normalized)
+    analysis = analyze(graph)
+    plan = KeepPlan(ratio=0.0 if budget else ratio, round_to=round_to, min_keep=min_keep,
+                    excluded=resolve_exclude(exclude, analysis))
+    alloc: Allocation | None = None
+    if budget is not None:
+        say("analysing channel groups and measuring sensitivities for the budget")
+        groups = [g for g in analysis.groups if g.prunable and g.name not in plan.excluded]
+        sites = [s for g in groups for s in g.consumers]
+        stats = calibrate.collect(normalized, graph, cal, sel_idx, sites, seed, max_positions,
+                                  batch_size)
+        alloc = plan_for_budget(normalized, graph, analysis, dict(zip(sites, stats)), cal,
+                                sel_idx[:SENSITIVITY_SAMPLES], budget, plan, method, reweight,
+                                seed, ridge, shapes, batch_size, say)
+        plan = replace(plan, ratios=dict(alloc.ratios))
+    current, lineage = normalized, Lineage()
+    decisions: dict = {}
+    for t, round_plan in enumerate(round_plans(plan, analysis.groups, steps)):
+        if steps > 1:
+            say(f"round {t + 1}/{steps}")
+        options = PruneOptions(plan=round_plan, method=method, reweight=reweight, seed=seed,
+                               max_positions=max_positions, batch_size=batch_size, ridge=ridge)
+        current, results = run_passes(
+            [ChannelPrunePass(cal, sel_idx, options, say, reference=normalized,
+                              lineage=lineage)], current)
+        lineage = results[0].info["lineage"]
+        decisions.update(results[0].info["decisions"])
+    pruned, _ = run_passes([CleanupPass()], current)
     say("verifying the pruned model")
     check_structure(pruned)
     fid = fidelity(reference, pruned, cal, hold_idx, batch_size)
-    shapes, per = _sample_shapes(cal)
-    decisions = info["decisions"]
+    final = analyze(Graph(pruned))
     groups = []
-    for g in info["analysis"].groups:
+    for g in analysis.groups:
         d = decisions.get(g.name)
-        groups.append(group_entry(g, len(d.kept) if d else g.size, d.rel_error if d else None))
+        now = find_group(final, g.name)
+        kept = now.size if (d is not None and now is not None) else g.size
+        planned = plan.ratio_of(g) if removes_anything(g, plan) else 0.0
+        sens = alloc.sensitivity.get(g.name) if alloc is not None else None
+        entry = group_entry(g, kept, d.rel_error if d else None, planned, sens)
+        if g.name in plan.excluded and g.prunable:
+            entry = replace(entry, reason="excluded by --exclude")
+        groups.append(entry)
     report = Report(
-        method=method, ratio=float(ratio), reweight=bool(reweight), seed=int(seed),
+        method=method, ratio=float(ratio) if budget is None else None, reweight=bool(reweight),
+        seed=int(seed),
         params_before=count_params(normalized), params_after=count_params(pruned),
         macs_before=count_macs(normalized, shapes) // per, macs_after=count_macs(pruned, shapes) // per,
         seconds=round(time.perf_counter() - start, 3),
         calib_samples=len(sel_idx), holdout_samples=len(hold_idx),
-        groups=tuple(groups), fidelity=fid)
+        groups=tuple(groups), fidelity=fid, steps=steps, round_to=round_to, min_keep=min_keep,
+        exclude=tuple(sorted(plan.excluded)),
+        budget=None if budget is None else {
+            "kind": budget.kind, "target": budget.fraction, "allocation": budget.allocation,
+            "predicted": alloc.predicted, "planned": alloc.exact})
     return PruneResult(model=pruned, report=report, external_data=loaded.external_data)
 
 
@@ -138,5 +260,4 @@ def inspect(model: ModelSource) -> InspectReport:
     """Channel groups of ``model``: sizes, producers, consumers, and why some are unprunable."""
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
-    from onnxprune.analysis import analyze
     return inspect_report(analyze(Graph(normalized)))

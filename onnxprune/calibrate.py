@@ -6,6 +6,15 @@ column is appended when the consumer can absorb a bias change, and ``G += B_bᵀ
 accumulated in float64. Nothing else is kept between batches, so memory is
 O(Σ_q (C_q·g_q)²) — independent of the number of samples.
 
+Cross statistics (AsymInChange): the current model and a reference model run on the same batch;
+their inputs to the same consumer give rows ``B`` (current, plus the constant column) and ``A``
+(reference) at the *same* sampled positions, and ``C = B_augᵀA``, ``G_A = AᵀA`` are accumulated
+beside ``G``.
+
+Only what is needed runs: the session is built on the sub-graph of the ancestors of the captured
+tensors (the rest of the model is dropped), which matters when statistics are collected once per
+group (sequential methods).
+
 Position cap: a convolution consumer contributes at most ``max_positions`` output positions per
 sample (drawn uniformly without replacement from a generator seeded by ``seed`` and the site; all
 positions when there are fewer). This bounds the cost on large images; the statistics stay
@@ -57,6 +66,30 @@ def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
+def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """Copy of ``model`` computing only ``names``: the nodes they depend on, those as the outputs
+    (graph inputs are all kept so that every feed stays valid)."""
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    need, stack = set(), [producer[x] for x in names if x in producer]
+    while stack:
+        i = stack.pop()
+        if i in need:
+            continue
+        need.add(i)
+        stack.extend(producer[x] for x in nodes[i].input if x in producer and producer[x] not in need)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.node[:]
+    m.graph.node.extend(n for i, n in enumerate(nodes) if i in need)
+    used = {x for i in need for x in nodes[i].input} | {x.name for x in model.graph.input}
+    kept = [t for t in model.graph.initializer if t.name in used or t.name in names]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    del m.graph.output[:]
+    return m
+
+
 def run_outputs(sess: ort.InferenceSession, calib: Calibration, indices: np.ndarray,
                 names: Sequence[str], batch_size: int = 32):
     """Yield ``{name: array}`` per batch, sample axis first, padding rows dropped."""
@@ -83,53 +116,101 @@ class SiteStats:
     G: np.ndarray  # (n, n) with the constant column last when has_const
     rows: int
     has_const: bool
+    C: np.ndarray | None = None  # (n, n_A): B_augᵀ A against a reference model (asym only)
+    GA: np.ndarray | None = None  # (n_A, n_A): AᵀA
+
+
+class _Replay:
+    """A position selector whose draws can be replayed (same rows for two models' tensors)."""
+
+    def __init__(self, select: Callable[[int, int], np.ndarray]) -> None:
+        self.select = select
+        self.last: np.ndarray | None = None
+
+    def draw(self, n: int, p: int) -> np.ndarray:
+        self.last = self.select(n, p)
+        return self.last
+
+    def replay(self, n: int, p: int) -> np.ndarray:
+        assert self.last is not None
+        return self.last
 
 
 class GramAccumulator:
     """Streams ``G = BᵀB`` for a list of consumer sites."""
 
     def __init__(self, graph: Graph, sites: Sequence[ConsumerSite], seed: int,
-                 max_positions: int = DEFAULT_MAX_POSITIONS) -> None:
+                 max_positions: int = DEFAULT_MAX_POSITIONS, reference: Graph | None = None
+                 ) -> None:
         self.graph = graph
+        self.reference = reference
         self.sites = list(sites)
         self.rules = [rule_for(graph.node(s.node)) for s in self.sites]
         self.has_const = [r.has_bias_slot(graph.node(s.node), graph)
                           for r, s in zip(self.rules, self.sites)]
-        self.selects = [_selector(np.random.default_rng([seed, i]), max_positions)
+        self.selects = [_Replay(_selector(np.random.default_rng([seed, i]), max_positions))
                         for i in range(len(self.sites))]
         self.G: list[np.ndarray | None] = [None] * len(self.sites)
+        self.C: list[np.ndarray | None] = [None] * len(self.sites)
+        self.GA: list[np.ndarray | None] = [None] * len(self.sites)
         self.rows = [0] * len(self.sites)
 
     @property
     def tensors(self) -> list[str]:
         return sorted({s.tensor for s in self.sites})
 
-    def update(self, batch: dict[str, np.ndarray]) -> None:
+    def update(self, batch: dict[str, np.ndarray],
+               reference: dict[str, np.ndarray] | None = None) -> None:
         for i, site in enumerate(self.sites):
             x = batch[site.tensor]
-            B = self.rules[i].rows(self.graph.node(site.node), self.graph, x, self.selects[i])
+            B = self.rules[i].rows(self.graph.node(site.node), self.graph, x,
+                                   self.selects[i].draw)
             B = B.astype(np.float64, copy=False)
             if self.has_const[i]:
                 B = np.hstack([B, np.ones((B.shape[0], 1))])
-            gram = B.T @ B
-            self.G[i] = gram if self.G[i] is None else self.G[i] + gram
+            self.G[i] = _add(self.G[i], B.T @ B)
             self.rows[i] += B.shape[0]
+            if reference is not None:
+                ref = self.reference
+                A = self.rules[i].rows(ref.node(site.node), ref, reference[site.tensor],
+                                       self.selects[i].replay).astype(np.float64, copy=False)
+                self.C[i] = _add(self.C[i], B.T @ A)
+                self.GA[i] = _add(self.GA[i], A.T @ A)
 
     def result(self) -> list[SiteStats]:
-        return [SiteStats(G=G, rows=r, has_const=c)
-                for G, r, c in zip(self.G, self.rows, self.has_const)]
+        return [SiteStats(G=G, rows=r, has_const=c, C=C, GA=GA)
+                for G, r, c, C, GA in zip(self.G, self.rows, self.has_const, self.C, self.GA)]
+
+
+def _add(acc: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    return x if acc is None else acc + x
 
 
 def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: np.ndarray,
             sites: Sequence[ConsumerSite], seed: int, max_positions: int = DEFAULT_MAX_POSITIONS,
-            batch_size: int = 32) -> list[SiteStats]:
-    """Run the model on ``indices`` and return every site's streamed statistics."""
-    acc = GramAccumulator(graph, sites, seed, max_positions)
+            batch_size: int = 32, reference: tuple[onnx.ModelProto, Graph] | None = None,
+            truncate: bool = True) -> list[SiteStats]:
+    """Run the model on ``indices`` and return every site's streamed statistics; with
+    ``reference`` (a model and its index, same tensor and node names) also the cross statistics.
+    ``truncate``: run only the ancestors of the captured tensors."""
+    acc = GramAccumulator(graph, sites, seed, max_positions,
+                          None if reference is None else reference[1])
     if not sites:
         return []
     names = acc.tensors
-    sess = session(model, names, graph.elem_types)
-    for batch in run_outputs(sess, calib, indices, names, batch_size):
-        acc.update(batch)
+
+    def open_(m: onnx.ModelProto, g: Graph) -> ort.InferenceSession:
+        if truncate:
+            return session(probe_model(m, names), names, g.elem_types)
+        return session(m, names, g.elem_types)
+
+    runs = run_outputs(open_(model, graph), calib, indices, names, batch_size)
+    if reference is None:
+        for batch in runs:
+            acc.update(batch)
+    else:
+        ref_runs = run_outputs(open_(*reference), calib, indices, names, batch_size)
+        for batch, ref in zip(runs, ref_runs):
+            acc.update(batch, ref)
     log.debug("collected statistics of %d consumer(s) on %d sample(s)", len(sites), len(indices))
     return acc.result()

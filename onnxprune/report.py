@@ -18,17 +18,25 @@ class GroupReport:
     rel_error: float | None
     producers: tuple[str, ...] = ()
     consumers: tuple[str, ...] = ()
+    ratio: float | None = None  # planned fraction removed (uniform, budget or exclusion)
+    sensitivity: tuple[tuple[float, float], ...] | None = None  # budgets: (keep fraction, damage)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "total": self.total, "kept": self.kept,
-                "prunable": self.prunable, "reason": self.reason, "rel_error": self.rel_error,
-                "producers": list(self.producers), "consumers": list(self.consumers)}
+        d = {"name": self.name, "total": self.total, "kept": self.kept,
+             "prunable": self.prunable, "reason": self.reason, "rel_error": self.rel_error,
+             "producers": list(self.producers), "consumers": list(self.consumers)}
+        if self.ratio is not None:
+            d["ratio"] = self.ratio
+            d["keep_fraction"] = self.kept / self.total if self.total else 1.0
+        if self.sensitivity is not None:
+            d["sensitivity"] = [list(p) for p in self.sensitivity]
+        return d
 
 
 @dataclass(frozen=True)
 class Report:
     method: str
-    ratio: float
+    ratio: float | None  # None when a budget chose per-group ratios
     reweight: bool
     seed: int
     params_before: int
@@ -40,6 +48,11 @@ class Report:
     holdout_samples: int
     groups: tuple[GroupReport, ...]
     fidelity: dict[str, OutputFidelity] = field(default_factory=dict)
+    steps: int = 1
+    round_to: int = 1
+    min_keep: int = 1
+    exclude: tuple[str, ...] = ()
+    budget: dict | None = None  # kind, target, allocation, predicted and planned cost fraction
 
     def to_dict(self) -> dict:
         return {
@@ -51,13 +64,20 @@ class Report:
             "calib_samples": self.calib_samples, "holdout_samples": self.holdout_samples,
             "groups": [g.to_dict() for g in self.groups],
             "fidelity": {k: v.to_dict() for k, v in self.fidelity.items()},
+            "steps": self.steps, "round_to": self.round_to, "min_keep": self.min_keep,
+            "exclude": list(self.exclude), "budget": self.budget,
+            "macs_fraction": self.macs_after / self.macs_before if self.macs_before else 1.0,
+            "params_fraction": (self.params_after / self.params_before
+                                if self.params_before else 1.0),
         }
 
 
-def group_entry(group: Group, kept: int, rel_error: float | None) -> GroupReport:
+def group_entry(group: Group, kept: int, rel_error: float | None, ratio: float | None = None,
+                sensitivity: tuple[tuple[float, float], ...] | None = None) -> GroupReport:
     return GroupReport(name=group.name, total=group.size, kept=kept, prunable=group.prunable,
                        reason=group.reason, rel_error=rel_error, producers=group.producers,
-                       consumers=tuple(c.node for c in group.consumers))
+                       consumers=tuple(c.node for c in group.consumers), ratio=ratio,
+                       sensitivity=sensitivity)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,23 @@ from onnxprune.rules import rule_for
 log = logging.getLogger(__name__)
 
 
+def kept_positions(analysis: Analysis, keeps: Mapping[int, np.ndarray], name: str
+                   ) -> np.ndarray | None:
+    """Kept channel positions along tensor ``name``'s channel axis given the kept channels of each
+    channel set (``keeps``), or None if nothing is removed there."""
+    lay = analysis.layouts.get(name)
+    if lay is None:
+        return None
+    parts, pos, changed = [], 0, False
+    for s in lay.spans:
+        k = keeps.get(analysis.block_set[s.block])
+        local = np.arange(s.lo, s.hi) if k is None else k[(k >= s.lo) & (k < s.hi)]
+        changed |= len(local) != s.size
+        parts.append(pos + local - s.lo)
+        pos += s.size
+    return np.concatenate(parts).astype(np.int64) if changed else None
+
+
 class RewriteContext:
     """What a rule may do during rewrite."""
 
@@ -59,17 +76,7 @@ class RewriteContext:
 
     def keep(self, name: str) -> np.ndarray | None:
         """Kept channel positions along ``name``'s channel axis, or None if nothing is removed."""
-        lay = self.layout(name)
-        if lay is None:
-            return None
-        parts, pos, changed = [], 0, False
-        for s in lay.spans:
-            k = self.keeps.get(self.analysis.block_set[s.block])
-            local = np.arange(s.lo, s.hi) if k is None else k[(k >= s.lo) & (k < s.hi)]
-            changed |= len(local) != s.size
-            parts.append(pos + local - s.lo)
-            pos += s.size
-        return np.concatenate(parts).astype(np.int64) if changed else None
+        return kept_positions(self.analysis, self.keeps, name)
 
     def keep_cols(self, name: str) -> np.ndarray | None:
         """Kept positions in entries (each channel spans ``g`` entries along the axis)."""

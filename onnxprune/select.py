@@ -9,8 +9,9 @@ column), LayerInChange's target is its own pre-bias output ``T = B Wᵀ``, so
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,7 +36,51 @@ from onnxprune.solvers import (
     weight_norm_scores,
 )
 
-METHODS = ("inchange", "weight-norm", "act-norm", "random")
+METHODS = ("inchange", "seq", "asym", "weight-norm", "act-norm", "random", "sampling")
+#: Methods that prune one group at a time on the model pruned so far (see passes/prune.py).
+SEQUENTIAL = ("seq", "asym")
+#: Methods whose selection maximises the InChange objective.
+INCHANGE = ("inchange", "seq", "asym")
+
+
+@dataclass(frozen=True, eq=False)
+class KeepPlan:
+    """How many channels each segment of each group keeps.
+
+    ``ratio`` is the fraction removed from every group not listed in ``ratios`` (per-group
+    overrides, e.g. from a MAC budget). Each segment keeps ``⌈(1−r)·n⌉`` channels, at least
+    ``min_keep`` (and ≥ 1); with ``round_to = K`` the count is then rounded to the nearest multiple
+    of K that is ≥ ``min_keep`` — or the whole segment when it has ≤ K channels or rounding reaches
+    its size. Groups named in ``excluded`` keep everything. For a group listed in ``base`` (its
+    segment sizes in an earlier, larger version of the model — gradual pruning) the ratio is
+    relative to those sizes: a segment keeps ``min(now, keep(base))`` channels.
+    """
+
+    ratio: float = 0.5
+    ratios: Mapping[str, float] = field(default_factory=dict)
+    round_to: int = 1
+    min_keep: int = 1
+    excluded: frozenset[str] = frozenset()
+    base: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def ratio_of(self, group: Group) -> float:
+        if group.name in self.excluded:
+            return 0.0
+        return float(self.ratios.get(group.name, self.ratio))
+
+    def segment_keep(self, size: int, ratio: float) -> int:
+        if ratio <= 0:
+            return size
+        k = max(keep_count(size, ratio), min(self.min_keep, size))
+        K = self.round_to
+        if K > 1:
+            if size <= K:
+                return size
+            r = K * max(1, int(math.floor(k / K + 0.5)))
+            if r < min(self.min_keep, size):
+                r += K
+            k = min(r, size)
+        return k
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,8 +92,18 @@ class GroupDecision:
     rel_error: float
 
 
-def segments_and_quotas(group: Group, ratio: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def segment_sizes(group: Group) -> tuple[int, ...]:
+    """Sizes of the group's segments, in order."""
+    return tuple(hi - lo for s in group.sets for lo, hi in zip(s.boundaries[:-1], s.boundaries[1:]))
+
+
+def segments_and_quotas(group: Group, plan: KeepPlan
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Segment id per group channel, kept count per segment, forced-channel mask."""
+    ratio = plan.ratio_of(group)
+    base = plan.base.get(group.name)
+    if base is not None and len(base) != len(segment_sizes(group)):
+        base = None
     seg = np.zeros(group.size, dtype=np.int64)
     quotas: list[int] = []
     forced = np.zeros(group.size, dtype=bool)
@@ -57,14 +112,25 @@ def segments_and_quotas(group: Group, ratio: float) -> tuple[np.ndarray, np.ndar
         b = s.boundaries
         for lo, hi in zip(b[:-1], b[1:]):
             seg[off + lo:off + hi] = len(quotas)
-            quotas.append(keep_count(hi - lo, ratio) if prunable else hi - lo)
+            n = hi - lo
+            if not prunable:
+                quotas.append(n)
+            elif base is not None:
+                quotas.append(min(n, plan.segment_keep(base[len(quotas)], ratio)))
+            else:
+                quotas.append(plan.segment_keep(n, ratio))
         if not prunable:
             forced[off:off + s.size] = True
     return seg, np.asarray(quotas, dtype=np.int64), forced
 
 
 def build_problem(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
-                  ratio: float) -> Problem:
+                  plan: KeepPlan, targets: Mapping[ConsumerSite, np.ndarray] | None = None
+                  ) -> Problem:
+    """The group's selection problem. Layer-wise target: the consumer's own output
+    (``H = G Wᵀ``). With ``targets`` (AsymInChange) a site's statistics hold cross products
+    ``C = B_augᵀ A`` and ``G_A = AᵀA`` with a reference model's input ``A``, and its target is
+    ``T = A W_tᵀ``: ``H = C W_tᵀ``, ``‖T‖² = tr(W_t G_A W_tᵀ)``."""
     consumers = []
     for site, st in zip(group.consumers, stats):
         node = graph.node(site.node)
@@ -78,12 +144,19 @@ def build_problem(graph: Graph, analysis: Analysis, group: Group, stats: Sequenc
             raise ValueError(f"consumer {site.node}: weight has {W.shape[1]} columns, layout "
                              f"implies {K}")
         G = st.G
-        H = G[:, :K] @ W.T
-        t2 = float(np.sum(W * (W @ G[:K, :K])))
+        if targets is not None and st.C is not None:
+            Wt = targets[site]
+            if scale is not None:
+                Wt = Wt * scale[:, None]
+            H = st.C @ Wt.T
+            t2 = float(np.sum(Wt * (Wt @ st.GA)))
+        else:
+            H = G[:, :K] @ W.T
+            t2 = float(np.sum(W * (W @ G[:K, :K])))
         consumers.append(ConsumerStats(G=G, H=H, t_norm2=t2, channels=channels, g=site.g,
                                        has_const=st.has_const, weight=W, out_scale=scale,
                                        rows=st.rows))
-    seg, quotas, forced = segments_and_quotas(group, ratio)
+    seg, quotas, forced = segments_and_quotas(group, plan)
     return Problem(n_channels=group.size, consumers=tuple(consumers), segments=seg,
                    quotas=quotas, forced=forced)
 
@@ -98,7 +171,7 @@ def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index:
     The reported error is always measured on the plain statistics.
     """
     def select(prob: Problem) -> np.ndarray:
-        if method == "inchange":
+        if method in INCHANGE:
             return greedy_select(prob) if reweight else greedy_remove(problem)
         if method == "weight-norm":
             return select_top(problem, weight_norm_scores(problem))
@@ -117,16 +190,17 @@ def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index:
     else:
         rhos = [float(ridge)] * len(problem.consumers)
     reg = regularized(problem, rhos)
-    if any(r > 0 for r in rhos) and method == "inchange":
+    if any(r > 0 for r in rhos) and method in INCHANGE:
         kept = select(reg)
     fits = refit(reg, kept, 0.0)
     return kept, fits, relative_error(problem, kept, fits)
 
 
 def decide(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
-           ratio: float, method: str, reweight: bool, seed: int, group_index: int,
-           ridge: float | None = None) -> GroupDecision:
-    problem = build_problem(graph, analysis, group, stats, ratio)
+           plan: KeepPlan, method: str, reweight: bool, seed: int, group_index: int,
+           ridge: float | None = None,
+           targets: Mapping[ConsumerSite, np.ndarray] | None = None) -> GroupDecision:
+    problem = build_problem(graph, analysis, group, stats, plan, targets)
     kept, fits, rel = solve(problem, method, reweight, seed, group_index, ridge)
     set_keeps = {}
     for s, off in zip(group.sets, group.offsets):
@@ -147,8 +221,8 @@ def decide(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteS
                          rel_error=rel)
 
 
-def removes_anything(group: Group, ratio: float) -> bool:
+def removes_anything(group: Group, plan: KeepPlan) -> bool:
     if not group.prunable:
         return False
-    _, quotas, _ = segments_and_quotas(group, ratio)
+    _, quotas, _ = segments_and_quotas(group, plan)
     return int(quotas.sum()) < group.size

@@ -1,80 +1,182 @@
 """The channel-pruning pass: analyse → calibrate → select → rewrite.
 
-One-shot LayerInChange (and the score baselines): every group's statistics come from the original
-model, each group is solved independently, and all decisions are applied in one rewrite.
+* One-shot (``inchange`` = LayerInChange, and the score baselines): every group's statistics come
+  from the input model, each group is solved independently, all decisions go into one rewrite.
+* Sequential (``seq`` = SeqInChange, ``asym`` = AsymInChange): groups are handled one at a time in
+  topological order (order of their first producer). Before each group the model pruned and
+  re-fitted so far is re-analysed and run — only the sub-graph up to the group's consumer inputs
+  (:func:`onnxprune.calibrate.probe_model`) — so a group's statistics ``G = BᵀB`` see the errors
+  of everything pruned before it. ``seq``: the target is the current model's own consumer output
+  ``T = B Wᵀ``, so each re-fit only compensates for the channels removed in its own group.
+  ``asym``: the target is the *reference* (original) model's consumer output ``T = A W_refᵀ``,
+  rebuilt from the pruned model's features: ``H = Bᵀ A W_refᵀ``; the re-fit then also absorbs
+  the drift accumulated upstream. ``W_ref`` keeps only the reference outputs that still exist
+  (the :class:`Lineage` maps each remaining channel to its original index).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from onnxprune import calibrate, rewrite
-from onnxprune.analysis import Analysis, analyze
+from onnxprune.analysis import Analysis, ConsumerSite, Group, analyze
 from onnxprune.errors import PassError
 from onnxprune.graph import Graph
 from onnxprune.modelio import Calibration
 from onnxprune.passbase import Pass, PassResult
-from onnxprune.select import GroupDecision, decide, removes_anything
+from onnxprune.rules import rule_for
+from onnxprune.select import SEQUENTIAL, GroupDecision, KeepPlan, decide, removes_anything
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PruneOptions:
-    ratio: float = 0.5
+    plan: KeepPlan = field(default_factory=KeepPlan)
     method: str = "inchange"
     reweight: bool = True
     seed: int = 0
     max_positions: int = calibrate.DEFAULT_MAX_POSITIONS
     batch_size: int = 32
     ridge: float | None = 0.0  # None: generalised cross-validation per consumer
+    truncate: bool = True  # run only the sub-graph needed for the statistics
+
+
+@dataclass(frozen=True, eq=False)
+class Lineage:
+    """For tensors whose channel axis lost channels: the original index of each remaining
+    channel position (absent: nothing removed yet)."""
+
+    origin: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def positions(self, tensor: str, n: int) -> np.ndarray:
+        return self.origin.get(tensor, np.arange(n))
+
+    def after(self, analysis: Analysis, keeps: Mapping[int, np.ndarray]) -> Lineage:
+        new = dict(self.origin)
+        for name, lay in analysis.layouts.items():
+            k = rewrite.kept_positions(analysis, keeps, name)
+            if k is not None:
+                new[name] = self.positions(name, lay.channels)[k]
+        return Lineage(new)
+
+
+def find_group(analysis: Analysis, name: str) -> Group | None:
+    return next((g for g in analysis.groups if g.name == name), None)
 
 
 class ChannelPrunePass(Pass):
     name = "channel-prune"
 
     def __init__(self, calib: Calibration, indices: np.ndarray, options: PruneOptions,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 reference: onnx.ModelProto | None = None, lineage: Lineage | None = None
+                 ) -> None:
         self.calib = calib
         self.indices = np.asarray(indices)
         self.options = options
         self.progress = progress or (lambda msg: None)
+        self.reference = reference  # asym's target model (default: the pass's input model)
+        self.lineage = lineage or Lineage()
 
     def requires(self, model: onnx.ModelProto) -> None:
         names = [n.name for n in model.graph.node]
         if len(set(names)) != len(names) or not all(names):
             raise PassError("channel-prune requires unique node names (run NormalizePass first)")
 
+    def _collect(self, model, graph, sites, reference=None):
+        opt = self.options
+        return calibrate.collect(model, graph, self.calib, self.indices, sites, opt.seed,
+                                 opt.max_positions, opt.batch_size, reference, opt.truncate)
+
+    def _decide(self, graph, analysis, group, stats, index, targets=None) -> GroupDecision:
+        opt = self.options
+        return decide(graph, analysis, group, stats, opt.plan, opt.method, opt.reweight,
+                      opt.seed, index, opt.ridge, targets)
+
     def call(self, model: onnx.ModelProto) -> PassResult:
         opt = self.options
         graph = Graph(model)
         analysis = analyze(graph)
-        todo = [(i, g) for i, g in enumerate(analysis.groups) if removes_anything(g, opt.ratio)]
-        info: dict = {"analysis": analysis, "decisions": {}}
+        todo = [(i, g) for i, g in enumerate(analysis.groups) if removes_anything(g, opt.plan)]
+        info: dict = {"analysis": analysis, "decisions": {}, "lineage": self.lineage}
         if not todo:
             return PassResult(model, False, info)
+        if opt.method in SEQUENTIAL:
+            pruned, decisions, lineage = self._sequential(model, graph, analysis, todo)
+        else:
+            pruned, decisions, lineage = self._one_shot(model, graph, analysis, todo)
+        info.update(decisions=decisions, lineage=lineage)
+        return PassResult(pruned, True, info)
+
+    def _one_shot(self, model, graph, analysis, todo):
         sites = [s for _, g in todo for s in g.consumers]
         self.progress(f"calibrating {len(sites)} consumer(s) of {len(todo)} group(s) on "
                       f"{len(self.indices)} sample(s)")
-        stats = calibrate.collect(model, graph, self.calib, self.indices, sites, opt.seed,
-                                  opt.max_positions, opt.batch_size)
-        by_site = dict(zip(sites, stats))
+        by_site = dict(zip(sites, self._collect(model, graph, sites)))
         decisions: dict[str, GroupDecision] = {}
         for n, (i, g) in enumerate(todo):
             self.progress(f"selecting group {n + 1}/{len(todo)} '{g.name}' ({g.size} channels)")
-            decisions[g.name] = decide(graph, analysis, g, [by_site[s] for s in g.consumers],
-                                       opt.ratio, opt.method, opt.reweight, opt.seed, i,
-                                       opt.ridge)
+            decisions[g.name] = self._decide(graph, analysis, g, [by_site[s] for s in g.consumers],
+                                             i)
         keeps = {sid: k for d in decisions.values() for sid, k in d.set_keeps.items()}
         weights = {site: w for d in decisions.values() for site, w in d.weights.items()}
         pruned = rewrite.apply(model, graph, analysis, keeps, weights)
-        info["decisions"] = decisions
-        return PassResult(pruned, True, info)
+        return pruned, decisions, self.lineage.after(analysis, keeps)
+
+    def _sequential(self, model, graph, analysis, todo):
+        opt = self.options
+        asym = opt.method == "asym"
+        ref = self.reference if self.reference is not None else model
+        ref_graph = Graph(ref) if asym else None
+        lineage = self.lineage
+        decisions: dict[str, GroupDecision] = {}
+        current = model
+        for n, (index, first) in enumerate(todo):
+            if n:
+                graph = Graph(current)
+                analysis = analyze(graph)
+            group = find_group(analysis, first.name)
+            if group is None or not removes_anything(group, opt.plan):
+                log.warning("group '%s' changed while pruning earlier groups; left as it is",
+                            first.name)
+                continue
+            self.progress(f"group {n + 1}/{len(todo)} '{group.name}' ({group.size} channels): "
+                          f"calibrating the model pruned so far and selecting")
+            targets = self._targets(group, graph, ref_graph, lineage) if asym else None
+            stats = self._collect(current, graph, group.consumers,
+                                  (ref, ref_graph) if asym else None)
+            d = self._decide(graph, analysis, group, stats, index, targets)
+            current = rewrite.apply(current, graph, analysis, d.set_keeps, d.weights)
+            lineage = lineage.after(analysis, d.set_keeps)
+            decisions[group.name] = d
+        return current, decisions, lineage
+
+    @staticmethod
+    def _targets(group: Group, graph: Graph, ref_graph: Graph, lineage: Lineage
+                 ) -> dict[ConsumerSite, np.ndarray]:
+        """Reference weights of each consumer, restricted to its outputs that still exist."""
+        out = {}
+        for site in group.consumers:
+            try:
+                ref_node = ref_graph.node(site.node)
+            except KeyError:
+                raise PassError(f"asym: consumer '{site.node}' is missing from the reference "
+                                "model; please report this model") from None
+            W_ref = rule_for(ref_node).weight_matrix(ref_node, ref_graph)
+            node = graph.node(site.node)
+            m = rule_for(node).weight_matrix(node, graph).shape[0]
+            rows = lineage.positions(node.output[0], m)
+            if len(rows) != m:
+                raise PassError(f"asym: lost track of the outputs of '{site.node}'; please "
+                                "report this model")
+            out[site] = W_ref[rows]
+        return out
 
     def ensures(self, model: onnx.ModelProto) -> None:
         super().ensures(model)

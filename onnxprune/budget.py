@@ -1,0 +1,345 @@
+"""Label-free per-group budgets: which fraction of each group to keep so that the pruned model
+meets a MAC or parameter target with the least damage to its output.
+
+**Sensitivity.** For every prunable group ``g`` and keep fractions ``f ∈ PROBES`` the group alone
+is pruned (the method's own one-shot selection and re-fit, everything else untouched) and the
+model is run on calibration samples. Its damage is the relative squared change of all outputs
+
+    d_g(f) = Σ_outputs ‖y_f − y‖² / Σ_outputs ‖y‖²
+
+(no labels: ``y`` is the original model's output). ``d_g(1) = 0``; between probes ``d_g`` is
+interpolated linearly on a grid of ``1/GRID`` steps and made non-increasing in ``f`` (a smaller
+group never counts as less damaged).
+
+**Cost.** MACs and parameters are multilinear in the kept fractions: a layer's cost is the
+product of the fractions of the groups on its input and output channel axes. With removed
+fractions ``u_g = 1 − f_g``:
+
+    cost(u) = C − Σ_g α_g u_g + Σ_{(g,h)} β_gh u_g u_h
+
+over pairs of groups that meet at some node. ``α`` and ``β`` are identified exactly from the
+model itself (one rewrite + count per group, one per pair) — no per-op cost knowledge.
+
+**Allocation.** Minimise ``Σ_g d_g(f_g)`` subject to ``cost ≤ target``. ``marginal`` (default):
+start from the full model and repeatedly lower, by one grid step, the group with the smallest
+damage increase per unit of cost removed. ``equal-loss`` (the paper's): the smallest common
+damage level ε such that pruning every group as far as ``d_g ≤ ε`` allows meets the target
+(bisection on ε). Afterwards the exact cost of the resulting plan (with ``--round-to`` and
+``--min-keep``) is counted on the rewritten model and marginal steps continue until it is met.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+
+from onnxprune import calibrate, rewrite
+from onnxprune.analysis import Analysis, ConsumerSite, Group
+from onnxprune.calibrate import SiteStats
+from onnxprune.errors import OptionError
+from onnxprune.graph import Graph
+from onnxprune.metrics import count_macs, count_params
+from onnxprune.modelio import Calibration
+from onnxprune.rules import rule_for
+from onnxprune.select import INCHANGE, KeepPlan, decide, removes_anything, segments_and_quotas
+
+log = logging.getLogger(__name__)
+
+PROBES = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
+GRID = 32
+ALLOCATIONS = ("marginal", "equal-loss")
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "macs" or "params"
+    fraction: float  # of the original cost to keep
+    allocation: str = "marginal"
+
+
+@dataclass(frozen=True, eq=False)
+class Allocation:
+    ratios: Mapping[str, float]  # group name → fraction removed
+    sensitivity: Mapping[str, tuple[tuple[float, float], ...]]  # group → ((keep f, damage), …)
+    predicted: float  # cost fraction predicted by the cost model
+    exact: float  # cost fraction counted on the rewritten model
+
+
+# -- cost --------------------------------------------------------------------------------------
+
+def _kept_first(group: Group, plan: KeepPlan) -> dict[int, np.ndarray]:
+    """Kept channels of every set when each segment keeps its quota's first channels."""
+    seg, quotas, _ = segments_and_quotas(group, plan)
+    kept = []
+    for s in range(len(quotas)):
+        kept.extend(np.nonzero(seg == s)[0][: quotas[s]].tolist())
+    kept = np.asarray(kept, dtype=np.int64)
+    out = {}
+    for cs, off in zip(group.sets, group.offsets):
+        local = kept[(kept >= off) & (kept < off + cs.size)] - off
+        if len(local) < cs.size:
+            out[cs.id] = local
+    return out
+
+
+def sliced_weights(graph: Graph, analysis: Analysis, group: Group, keeps: Mapping[int, np.ndarray]
+                   ) -> dict[ConsumerSite, tuple[np.ndarray, None]]:
+    """Consumers' original weights on the kept columns (no re-fit)."""
+    out = {}
+    for site in group.consumers:
+        node = graph.node(site.node)
+        W = rule_for(node).weight_matrix(node, graph)
+        pos = rewrite.kept_positions(analysis, keeps, site.tensor)
+        if pos is None:
+            continue
+        g = W.shape[1] // analysis.layouts[site.tensor].channels
+        cols = (pos[:, None] * g + np.arange(g)[None, :]).reshape(-1)
+        out[site] = (W[:, cols], None)
+    return out
+
+
+class CostModel:
+    """Exact multilinear model of MACs or parameters in the groups' removed fractions."""
+
+    def __init__(self, model: onnx.ModelProto, graph: Graph, analysis: Analysis,
+                 groups: Sequence[Group], kind: str, shapes: Mapping[str, tuple[int, ...]],
+                 base_plan: KeepPlan) -> None:
+        self.model, self.graph, self.analysis = model, graph, analysis
+        self.kind, self.shapes = kind, shapes
+        self.groups = list(groups)
+        self.index = {g.name: i for i, g in enumerate(self.groups)}
+        self.plain = replace(base_plan, ratio=0.0, round_to=1, min_keep=1, excluded=frozenset())
+        self.full = self.exact({}, self.plain)
+        n = len(self.groups)
+        self.alpha = np.zeros(n)
+        self.beta = np.zeros((n, n))
+        probe = {}
+        for i, g in enumerate(self.groups):
+            u = self._removed(g, 0.5)
+            probe[i] = u
+            self.alpha[i] = (self.full - self.exact({g.name: 0.5}, self.plain)) / u
+        for i, j in self._pairs():
+            gi, gj = self.groups[i], self.groups[j]
+            both = self.exact({gi.name: 0.5, gj.name: 0.5}, self.plain)
+            b = (both - self.full + self.alpha[i] * probe[i] + self.alpha[j] * probe[j]) / (
+                probe[i] * probe[j])
+            self.beta[i, j] = self.beta[j, i] = b
+
+    def _removed(self, group: Group, ratio: float) -> float:
+        plan = replace(self.plain, ratios={group.name: ratio})
+        _, quotas, _ = segments_and_quotas(group, plan)
+        return 1.0 - float(quotas.sum()) / group.size
+
+    def _pairs(self) -> list[tuple[int, int]]:
+        """Pairs of groups whose channel axes meet at a node (input and output)."""
+        set_group = {s.id: self.index[g.name] for g in self.groups for s in g.sets}
+        pairs: set[tuple[int, int]] = set()
+        for node in self.graph.nodes:
+            found = set()
+            for x in list(node.input) + list(node.output):
+                lay = self.analysis.layouts.get(x)
+                if lay is None:
+                    continue
+                for sp in lay.spans:
+                    gi = set_group.get(self.analysis.block_set[sp.block])
+                    if gi is not None:
+                        found.add(gi)
+            pairs.update(itertools.combinations(sorted(found), 2))
+        return sorted(pairs)
+
+    def count(self, model: onnx.ModelProto) -> int:
+        return count_macs(model, self.shapes) if self.kind == "macs" else count_params(model)
+
+    def exact(self, ratios: Mapping[str, float], plan: KeepPlan) -> float:
+        """Cost of the model with the given groups pruned as ``plan`` (its rounding) says —
+        the first channels of each segment kept, no re-fit (cost does not depend on which)."""
+        keeps: dict[int, np.ndarray] = {}
+        weights: dict = {}
+        plan = replace(plan, ratio=0.0, ratios=dict(ratios))
+        for g in self.groups:
+            if g.name in ratios and removes_anything(g, plan):
+                k = _kept_first(g, plan)
+                keeps.update(k)
+        for g in self.groups:
+            if g.name in ratios:
+                weights.update(sliced_weights(self.graph, self.analysis, g, keeps))
+        if not keeps:
+            return float(self.count(self.model))
+        pruned = rewrite.apply(self.model, self.graph, self.analysis, keeps, weights)
+        return float(self.count(pruned))
+
+    def predict(self, u: np.ndarray) -> float:
+        return float(self.full - self.alpha @ u + 0.5 * u @ self.beta @ u)
+
+
+# -- sensitivity -------------------------------------------------------------------------------
+
+def _damage(ref: list[np.ndarray], outs: list[np.ndarray]) -> float:
+    num = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, ref))
+    den = sum(float(np.sum(r ** 2)) for r in ref)
+    return num / den if den > 0 else num
+
+
+def _run(model: onnx.ModelProto, calib: Calibration, indices: np.ndarray, batch_size: int
+         ) -> list[np.ndarray]:
+    sess = calibrate.session(model)
+    names = [o.name for o in sess.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for batch in calibrate.run_outputs(sess, calib, indices, names, batch_size):
+        for n in names:
+            parts[n].append(np.asarray(batch[n], dtype=np.float64))
+    return [np.concatenate(parts[n]) for n in names if np.issubdtype(parts[n][0].dtype, np.floating)]
+
+
+def sensitivity(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
+                groups: Sequence[tuple[int, Group]], stats: Mapping[ConsumerSite, SiteStats],
+                calib: Calibration, indices: np.ndarray, method: str, reweight: bool, seed: int,
+                ridge: float | None, base_plan: KeepPlan, batch_size: int = 32,
+                progress: Callable[[str], None] | None = None
+                ) -> dict[str, tuple[tuple[float, float], ...]]:
+    """``d_g(f)`` at every probe fraction, for every group (module docstring)."""
+    say = progress or (lambda msg: None)
+    one_shot = "inchange" if method in INCHANGE else method
+    ref = _run(model, calib, indices, batch_size)
+    out = {}
+    for n, (index, g) in enumerate(groups):
+        say(f"sensitivity of group {n + 1}/{len(groups)} '{g.name}'")
+        points = [(1.0, 0.0)]
+        for f in PROBES:
+            plan = replace(base_plan, ratio=0.0, ratios={g.name: 1.0 - f}, round_to=1,
+                           min_keep=1, excluded=frozenset())
+            if not removes_anything(g, plan):
+                continue
+            d = decide(graph, analysis, g, [stats[s] for s in g.consumers], plan, one_shot,
+                       reweight, seed, index, ridge)
+            pruned = rewrite.apply(model, graph, analysis, d.set_keeps, d.weights)
+            points.append((f, _damage(ref, _run(pruned, calib, indices, batch_size))))
+        out[g.name] = tuple(points)
+    return out
+
+
+def _damage_curve(points: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Damage at keep fractions k/GRID, k = GRID … 1 (index 0 = full), non-increasing in f."""
+    fs = np.array([p[0] for p in points])[::-1]
+    ds = np.array([p[1] for p in points])[::-1]
+    grid = np.arange(GRID, 0, -1) / GRID
+    curve = np.interp(grid, fs, ds, left=ds[0] if len(ds) else 0.0)
+    # below the smallest probe: extrapolate flat-then-worse — a group never gets cheaper to cut
+    return np.maximum.accumulate(curve)
+
+
+# -- allocation --------------------------------------------------------------------------------
+
+def allocate(cost: CostModel, sens: Mapping[str, Sequence[tuple[float, float]]], target: float,
+             allocation: str) -> dict[str, float]:
+    """Per-group removed fraction meeting ``cost ≤ target·full`` (module docstring)."""
+    names = [g.name for g in cost.groups]
+    curves = np.stack([_damage_curve(sens[n]) for n in names])  # (groups, GRID)
+    floor = np.array([GRID - max(1, int(np.ceil(GRID / g.size))) for g in cost.groups])
+    goal = target * cost.full
+
+    def predicted(level: np.ndarray) -> float:
+        return cost.predict(level / GRID)
+
+    level = np.zeros(len(names), dtype=np.int64)
+    if allocation == "equal-loss":
+        eps_values = np.unique(curves)
+        lo, hi = 0, len(eps_values) - 1
+
+        def levels(eps: float) -> np.ndarray:
+            ok = curves <= eps
+            # deepest level whose damage stays within eps (curves are non-decreasing in level)
+            return np.minimum(ok.sum(axis=1) - 1, floor)
+
+        if predicted(levels(eps_values[hi])) > goal:
+            level = levels(eps_values[hi])
+        else:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if predicted(levels(eps_values[mid])) <= goal:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            level = levels(eps_values[lo])
+    level = _marginal(level, curves, floor, predicted, goal)
+    return {n: float(l) / GRID for n, l in zip(names, level)}
+
+
+def _marginal(level: np.ndarray, curves: np.ndarray, floor: np.ndarray,
+              predicted: Callable[[np.ndarray], float], goal: float) -> np.ndarray:
+    level = level.copy()
+    now = predicted(level)
+    while now > goal:
+        best, best_i, best_cost = np.inf, -1, now
+        for i in range(len(level)):
+            if level[i] >= floor[i]:
+                continue
+            trial = level.copy()
+            trial[i] += 1
+            c = predicted(trial)
+            saved = now - c
+            if saved <= 0:
+                continue
+            score = (curves[i, level[i] + 1] - curves[i, level[i]]) / saved
+            if score < best:
+                best, best_i, best_cost = score, i, c
+        if best_i < 0:
+            break
+        level[best_i] += 1
+        now = best_cost
+    return level
+
+
+def plan_for_budget(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
+                    stats: Mapping[ConsumerSite, SiteStats], calib: Calibration,
+                    indices: np.ndarray, budget: Budget, base_plan: KeepPlan, method: str,
+                    reweight: bool, seed: int, ridge: float | None,
+                    shapes: Mapping[str, tuple[int, ...]], batch_size: int = 32,
+                    progress: Callable[[str], None] | None = None) -> Allocation:
+    """Measure sensitivities, allocate, and check the plan's exact cost (module docstring)."""
+    say = progress or (lambda msg: None)
+    probe_plan = replace(base_plan, ratio=0.5)
+    groups = [(i, g) for i, g in enumerate(analysis.groups)
+              if g.name not in base_plan.excluded and removes_anything(g, probe_plan)]
+    if not groups:
+        raise OptionError("no prunable group: a budget cannot be met (see 'onnxprune inspect')")
+    say(f"measuring the cost model of {len(groups)} group(s)")
+    cost = CostModel(model, graph, analysis, [g for _, g in groups], budget.kind, shapes,
+                     base_plan)
+    sens = sensitivity(model, graph, analysis, groups, stats, calib, indices, method, reweight,
+                       seed, ridge, base_plan, batch_size, progress)
+    say("allocating the budget")
+    ratios = allocate(cost, sens, budget.fraction, budget.allocation)
+    names = [g.name for _, g in groups]
+    curves = np.stack([_damage_curve(sens[n]) for n in names])
+    floor = np.array([GRID - max(1, int(np.ceil(GRID / g.size))) for _, g in groups])
+    level = np.array([int(round(ratios[n] * GRID)) for n in names])
+    goal = budget.fraction * cost.full
+    # The exact count includes ceil rounding, --round-to and --min-keep: tighten until it is met.
+    exact = cost.exact(ratios, base_plan)
+    for _ in range(50):
+        if exact <= goal:
+            break
+        aim = cost.predict(level / GRID) - (exact - goal) - 1e-9 * cost.full
+        new = _marginal(level, curves, floor, lambda lv: cost.predict(lv / GRID), aim)
+        if np.array_equal(new, level):
+            new = _marginal(level, curves, floor, lambda lv: cost.predict(lv / GRID),
+                            cost.predict(level / GRID) - 1e-6 * cost.full)
+            if np.array_equal(new, level):
+                break
+        level = new
+        ratios = {n: float(lv) / GRID for n, lv in zip(names, level)}
+        exact = cost.exact(ratios, base_plan)
+    if exact > goal * 1.0000001:
+        raise OptionError(f"the {budget.kind} target {budget.fraction:g} cannot be reached: "
+                          f"pruning every group as far as allowed leaves "
+                          f"{exact / cost.full:.3f} of the original (lower --min-keep, "
+                          "--round-to or --exclude, or raise the target)")
+    return Allocation(ratios=ratios, sensitivity=sens,
+                      predicted=cost.predict(level / GRID) / cost.full,
+                      exact=exact / cost.full)
