@@ -158,7 +158,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           max_positions: int = 256, batch_size: int = 32, ridge: float | str = 0.0,
           target_macs: float | None = None, target_params: float | None = None,
           allocation: str = "marginal", round_to: int = 1, min_keep: int = 1,
-          exclude: Sequence[str] = (), steps: int = 1,
+          exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
           progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune channels of every prunable group of ``model``.
 
@@ -168,7 +168,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     :mod:`onnxprune.budget`). Kept counts are multiples of ``round_to`` (or the whole segment),
     at least ``min_keep``; groups named (or produced by the nodes named) in ``exclude`` are not
     pruned. ``steps`` > 1 prunes gradually in that many rounds on the cubic schedule, with
-    statistics re-collected between rounds.
+    statistics re-collected between rounds. ``truncate=False`` runs the whole model whenever
+    statistics are collected, instead of only the sub-graph they need (for benchmarking).
 
     ``calib``: a .npz path (keys = input names), a .npy path (single input), or a mapping of
     arrays, each with the sample axis first. A fraction ``holdout`` of the samples is kept aside to
@@ -208,7 +209,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         groups = [g for g in analysis.groups if g.prunable and g.name not in plan.excluded]
         sites = [s for g in groups for s in g.consumers]
         stats = calibrate.collect(normalized, graph, cal, sel_idx, sites, seed, max_positions,
-                                  batch_size)
+                                  batch_size, sensitivity=method == "sampling")
         alloc = plan_for_budget(normalized, graph, analysis, dict(zip(sites, stats)), cal,
                                 sel_idx[:SENSITIVITY_SAMPLES], budget, plan, method, reweight,
                                 seed, ridge, shapes, batch_size, say)
@@ -219,7 +220,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         if steps > 1:
             say(f"round {t + 1}/{steps}")
         options = PruneOptions(plan=round_plan, method=method, reweight=reweight, seed=seed,
-                               max_positions=max_positions, batch_size=batch_size, ridge=ridge)
+                               max_positions=max_positions, batch_size=batch_size, ridge=ridge,
+                               truncate=truncate)
         current, results = run_passes(
             [ChannelPrunePass(cal, sel_idx, options, say, reference=normalized,
                               lineage=lineage)], current)
@@ -241,8 +243,11 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         if g.name in plan.excluded and g.prunable:
             entry = replace(entry, reason="excluded by --exclude")
         groups.append(entry)
+    if budget is not None:  # the overall fraction of prunable channels the budget removed
+        tot = sum(g.total for g in groups if g.prunable)
+        ratio = 1.0 - sum(g.kept for g in groups if g.prunable) / tot if tot else 0.0
     report = Report(
-        method=method, ratio=float(ratio) if budget is None else None, reweight=bool(reweight),
+        method=method, ratio=float(ratio), reweight=bool(reweight),
         seed=int(seed),
         params_before=count_params(normalized), params_after=count_params(pruned),
         macs_before=count_macs(normalized, shapes) // per, macs_after=count_macs(pruned, shapes) // per,

@@ -35,10 +35,13 @@ from onnxprune.analysis import ConsumerSite
 from onnxprune.graph import Graph
 from onnxprune.modelio import Calibration
 from onnxprune.rules import rule_for
+from onnxprune.solvers.baselines import pfp_sensitivity
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_POSITIONS = 256
+#: Rows per batch and consumer on which PFP sensitivities are evaluated (``--method sampling``).
+PFP_ROWS = 128
 
 
 def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
@@ -118,6 +121,7 @@ class SiteStats:
     has_const: bool
     C: np.ndarray | None = None  # (n, n_A): B_augᵀ A against a reference model (asym only)
     GA: np.ndarray | None = None  # (n_A, n_A): AᵀA
+    sensitivity: np.ndarray | None = None  # PFP sensitivity per channel block (sampling only)
 
 
 class _Replay:
@@ -140,10 +144,11 @@ class GramAccumulator:
     """Streams ``G = BᵀB`` for a list of consumer sites."""
 
     def __init__(self, graph: Graph, sites: Sequence[ConsumerSite], seed: int,
-                 max_positions: int = DEFAULT_MAX_POSITIONS, reference: Graph | None = None
-                 ) -> None:
+                 max_positions: int = DEFAULT_MAX_POSITIONS, reference: Graph | None = None,
+                 sensitivity: bool = False) -> None:
         self.graph = graph
         self.reference = reference
+        self.pfp_rng = np.random.default_rng([seed, 7919]) if sensitivity else None
         self.sites = list(sites)
         self.rules = [rule_for(graph.node(s.node)) for s in self.sites]
         self.has_const = [r.has_bias_slot(graph.node(s.node), graph)
@@ -153,6 +158,7 @@ class GramAccumulator:
         self.G: list[np.ndarray | None] = [None] * len(self.sites)
         self.C: list[np.ndarray | None] = [None] * len(self.sites)
         self.GA: list[np.ndarray | None] = [None] * len(self.sites)
+        self.sens: list[np.ndarray | None] = [None] * len(self.sites)
         self.rows = [0] * len(self.sites)
 
     @property
@@ -170,6 +176,8 @@ class GramAccumulator:
                 B = np.hstack([B, np.ones((B.shape[0], 1))])
             self.G[i] = _add(self.G[i], B.T @ B)
             self.rows[i] += B.shape[0]
+            if self.pfp_rng is not None:
+                self._sensitivity(i, site, B[:, :-1] if self.has_const[i] else B)
             if reference is not None:
                 ref = self.reference
                 A = self.rules[i].rows(ref.node(site.node), ref, reference[site.tensor],
@@ -177,9 +185,18 @@ class GramAccumulator:
                 self.C[i] = _add(self.C[i], B.T @ A)
                 self.GA[i] = _add(self.GA[i], A.T @ A)
 
+    def _sensitivity(self, i: int, site: ConsumerSite, B: np.ndarray) -> None:
+        node = self.graph.node(site.node)
+        W = self.rules[i].weight_matrix(node, self.graph)
+        rows = B if B.shape[0] <= PFP_ROWS else B[np.sort(self.pfp_rng.choice(
+            B.shape[0], PFP_ROWS, replace=False))]
+        s = pfp_sensitivity(rows, W, W.shape[1] // site.g, site.g)
+        self.sens[i] = s if self.sens[i] is None else np.maximum(self.sens[i], s)
+
     def result(self) -> list[SiteStats]:
-        return [SiteStats(G=G, rows=r, has_const=c, C=C, GA=GA)
-                for G, r, c, C, GA in zip(self.G, self.rows, self.has_const, self.C, self.GA)]
+        return [SiteStats(G=G, rows=r, has_const=c, C=C, GA=GA, sensitivity=sv)
+                for G, r, c, C, GA, sv in zip(self.G, self.rows, self.has_const, self.C, self.GA,
+                                              self.sens)]
 
 
 def _add(acc: np.ndarray | None, x: np.ndarray) -> np.ndarray:
@@ -189,12 +206,13 @@ def _add(acc: np.ndarray | None, x: np.ndarray) -> np.ndarray:
 def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: np.ndarray,
             sites: Sequence[ConsumerSite], seed: int, max_positions: int = DEFAULT_MAX_POSITIONS,
             batch_size: int = 32, reference: tuple[onnx.ModelProto, Graph] | None = None,
-            truncate: bool = True) -> list[SiteStats]:
+            truncate: bool = True, sensitivity: bool = False) -> list[SiteStats]:
     """Run the model on ``indices`` and return every site's streamed statistics; with
     ``reference`` (a model and its index, same tensor and node names) also the cross statistics.
-    ``truncate``: run only the ancestors of the captured tensors."""
+    ``truncate``: run only the ancestors of the captured tensors; ``sensitivity``: also the PFP
+    sensitivities (``--method sampling``)."""
     acc = GramAccumulator(graph, sites, seed, max_positions,
-                          None if reference is None else reference[1])
+                          None if reference is None else reference[1], sensitivity)
     if not sites:
         return []
     names = acc.tensors

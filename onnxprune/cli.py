@@ -34,6 +34,31 @@ def _ratio(text: str) -> float:
     return v
 
 
+def _fraction(flag: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number in (0, 1], got {text!r}")
+        if not 0 < v <= 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be in (0, 1] (the fraction of the "
+                                             f"original to keep), got {text}")
+        return v
+    return parse
+
+
+def _count(flag: str, limit: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}")
+        if not 1 <= v <= limit:
+            raise argparse.ArgumentTypeError(f"{flag} must be in [1, {limit}], got {text}")
+        return v
+    return parse
+
+
 def _ridge(text: str):
     if text == "auto":
         return text
@@ -67,11 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("output", help="where to write the pruned model (.onnx)")
     pr.add_argument("--calib", required=True,
                     help=".npz keyed by input name (or .npy for a single input), sample axis first")
-    pr.add_argument("--ratio", type=_ratio, default=0.5,
+    pr.add_argument("--ratio", type=_ratio, default=None,
                     help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
-                         "(default 0.5)")
+                         "(default 0.5 unless a --target-* budget is given)")
+    pr.add_argument("--target-macs", type=_fraction("--target-macs"), metavar="F",
+                    help="keep this fraction of the original MACs; per-group ratios are chosen "
+                         "from each group's measured output sensitivity (instead of --ratio)")
+    pr.add_argument("--target-params", type=_fraction("--target-params"), metavar="F",
+                    help="keep this fraction of the original parameters (as --target-macs)")
+    pr.add_argument("--allocation", choices=("marginal", "equal-loss"), default="marginal",
+                    help="how a budget is split among groups: least output damage per unit of "
+                         "cost removed (default) or equal damage per group (the paper's)")
+    pr.add_argument("--round-to", type=_count("--round-to", 4096), default=1, metavar="K",
+                    help="kept widths are multiples of K (or the whole width) for SIMD/NPU-"
+                         "friendly shapes (default 1)")
+    pr.add_argument("--min-keep", type=_count("--min-keep", 1 << 20), default=1, metavar="N",
+                    help="keep at least N channels of every producer (default 1)")
+    pr.add_argument("--exclude", action="append", default=[], metavar="NODE_OR_GROUP",
+                    help="do not prune this group, or the groups this node produces "
+                         "(repeatable; names as 'onnxprune inspect' shows them)")
+    pr.add_argument("--steps", type=_count("--steps", 100), default=1, metavar="N",
+                    help="prune gradually in N rounds on the cubic schedule, re-collecting "
+                         "statistics between rounds (default 1: one shot)")
     pr.add_argument("--method", choices=METHODS, default="inchange",
-                    help="selection method (default inchange)")
+                    help="selection method (default inchange): inchange = LayerInChange, seq = "
+                         "SeqInChange, asym = AsymInChange, sampling = PFP sensitivity sampling, "
+                         "weight-norm, act-norm, random")
     pr.add_argument("--no-reweight", action="store_true",
                     help="only slice the next layer's weights (no least-squares re-fit)")
     pr.add_argument("--seed", type=_seed, default=0, help="seed for sampling and splits (default 0)")
@@ -147,6 +193,9 @@ def _cmd_prune(args) -> int:
     result = api.prune(args.input, args.calib, ratio=args.ratio, method=args.method,
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
                        max_positions=args.max_positions, ridge=args.ridge,
+                       target_macs=args.target_macs, target_params=args.target_params,
+                       allocation=args.allocation, round_to=args.round_to,
+                       min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
                        progress=_progress(args.quiet))
     result.save(out)
     r = result.report

@@ -36,7 +36,7 @@ class GroupReport:
 @dataclass(frozen=True)
 class Report:
     method: str
-    ratio: float | None  # None when a budget chose per-group ratios
+    ratio: float  # with a budget: the fraction of prunable channels it removed
     reweight: bool
     seed: int
     params_before: int

@@ -26,7 +26,9 @@ from onnxprune.solvers import (
     greedy_remove,
     greedy_select,
     keep_count,
+    pfp_scores,
     random_scores,
+    sample_keys,
     choose_ridge,
     refit,
     regularized,
@@ -155,7 +157,7 @@ def build_problem(graph: Graph, analysis: Analysis, group: Group, stats: Sequenc
             t2 = float(np.sum(W * (W @ G[:K, :K])))
         consumers.append(ConsumerStats(G=G, H=H, t_norm2=t2, channels=channels, g=site.g,
                                        has_const=st.has_const, weight=W, out_scale=scale,
-                                       rows=st.rows))
+                                       rows=st.rows, sensitivity=st.sensitivity))
     seg, quotas, forced = segments_and_quotas(group, plan)
     return Problem(n_channels=group.size, consumers=tuple(consumers), segments=seg,
                    quotas=quotas, forced=forced)
@@ -179,6 +181,9 @@ def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index:
             return select_top(problem, act_norm_scores(problem))
         if method == "random":
             return select_top(problem, random_scores(problem, seed * 1_000_003 + group_index))
+        if method == "sampling":
+            return select_top(problem, sample_keys(pfp_scores(problem),
+                                                   seed * 1_000_003 + group_index))
         raise ValueError(f"unknown method {method!r}")
 
     kept = select(problem)

@@ -92,7 +92,8 @@ class ChannelPrunePass(Pass):
     def _collect(self, model, graph, sites, reference=None):
         opt = self.options
         return calibrate.collect(model, graph, self.calib, self.indices, sites, opt.seed,
-                                 opt.max_positions, opt.batch_size, reference, opt.truncate)
+                                 opt.max_positions, opt.batch_size, reference, opt.truncate,
+                                 opt.method == "sampling")
 
     def _decide(self, graph, analysis, group, stats, index, targets=None) -> GroupDecision:
         opt = self.options

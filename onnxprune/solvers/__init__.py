@@ -6,7 +6,15 @@ A group's selection problem is described by :class:`~onnxprune.solvers.problem.P
 re-fitted by :mod:`~onnxprune.solvers.lstsq`.
 """
 
-from onnxprune.solvers.baselines import act_norm_scores, random_scores, select_top, weight_norm_scores
+from onnxprune.solvers.baselines import (
+    act_norm_scores,
+    pfp_scores,
+    pfp_sensitivity,
+    random_scores,
+    sample_keys,
+    select_top,
+    weight_norm_scores,
+)
 from onnxprune.solvers.greedy import greedy_remove, greedy_select, removal_costs
 from onnxprune.solvers.lstsq import (
     augment,
@@ -29,9 +37,12 @@ __all__ = [
     "greedy_select",
     "keep_count",
     "objective",
+    "pfp_scores",
+    "pfp_sensitivity",
     "random_scores",
     "refit",
     "removal_costs",
+    "sample_keys",
     "regularized",
     "relative_error",
     "select_top",

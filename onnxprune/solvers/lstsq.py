@@ -139,7 +139,8 @@ def augment(stats: ConsumerStats, rho: float) -> ConsumerStats:
     t2 = stats.t_norm2 + float(np.sum(d[:, None] * stats.weight.T ** 2))
     return ConsumerStats(G=G2, H=H2, t_norm2=t2, channels=stats.channels, g=stats.g,
                          has_const=stats.has_const, weight=stats.weight,
-                         out_scale=stats.out_scale, rows=stats.rows)
+                         out_scale=stats.out_scale, rows=stats.rows,
+                         sensitivity=stats.sensitivity)
 
 
 def regularized(problem: Problem, rhos: list[float]) -> Problem:

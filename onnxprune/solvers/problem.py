@@ -39,6 +39,7 @@ class ConsumerStats:
     weight: np.ndarray  # (m, len(channels)*g): the consumer's original effective weight
     out_scale: np.ndarray | None = None  # per-output factor folded into weight/H (e.g. BN γ/σ)
     rows: int = 0  # rows accumulated into G (for cross-validating the ridge; 0 = unknown)
+    sensitivity: np.ndarray | None = None  # PFP sensitivity per column block (sampling only)
 
     def __post_init__(self) -> None:
         n = len(self.channels) * self.g + int(self.has_const)
