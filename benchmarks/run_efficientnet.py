@@ -259,7 +259,8 @@ def run_one(spec: dict, model_path: Path, calib, x_eval, ref_logits, sess_orig, 
     try:
         src = calib if isinstance(calib, dict) else str(calib)
         res = onnxprune.prune(str(model_path), src, ratio=spec["ratio"], method=spec["method"],
-                              reweight=spec["reweight"], seed=0)
+                              reweight=spec["reweight"], seed=0,
+                              round_to=spec.get("round_to", 1))
     except Exception as e:  # noqa: BLE001
         row.update(status="error", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc())
@@ -283,7 +284,8 @@ def run_one(spec: dict, model_path: Path, calib, x_eval, ref_logits, sess_orig, 
     except Exception as e:  # noqa: BLE001
         row["check_model"] = f"{type(e).__name__}: {e}"
     try:
-        out = save_dir / f"{spec['exporter']}_{spec['method']}_{spec['ratio']}_{spec['tag']}.onnx"
+        out = save_dir / (f"{spec['exporter']}_{spec['method']}_{spec['ratio']}_{spec['tag']}"
+                          f"_r{spec.get('round_to', 1)}.onnx")
         res.save(str(out))
         sess_pruned = session(out)
         got = logits_of(sess_pruned, x_eval)
@@ -444,7 +446,8 @@ def write_outputs(state: dict, prefix: Path) -> None:
           "|" + "---|" * 18]
     for r in state["rows"]:
         label = r["method"] + ("" if r["reweight"] else " no-LS") + (
-            f" ({r['tag']})" if r["tag"] not in ("main", "no-ls") else "")
+            f" ({r['tag']})" if r["tag"] not in ("main", "no-ls") else "") + (
+            f" round-to {r['round_to']}" if r.get("round_to", 1) > 1 else "")
         if r.get("status") not in ("ok", "invalid-model"):
             L.append(f"| {r['exporter']} | {label} | {r['ratio']} | **{r.get('status')}**: "
                      f"{r.get('error', '')[:200]} |" + " |" * 14)
@@ -512,6 +515,8 @@ def main(argv=None) -> int:
     ap.add_argument("--exporters", default=",".join(EXPORTERS))
     ap.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--round-to", default="1",
+                    help="comma-separated --round-to values to compare (default 1)")
     ap.add_argument("--quick", action="store_true", help="legacy only, ratio 0.25")
     ap.add_argument("--no-diagnostics", action="store_true")
     ap.add_argument("--big-calib", type=int, default=1024,
@@ -522,6 +527,7 @@ def main(argv=None) -> int:
     exporters = [e for e in args.exporters.split(",") if e]
     ratios = [float(r) for r in args.ratios.split(",") if r]
     methods = [m for m in args.methods.split(",") if m]
+    round_tos = [int(k) for k in args.round_to.split(",") if k]
     if args.quick:
         exporters, ratios = ["legacy"], [0.25]
 
@@ -595,8 +601,8 @@ def main(argv=None) -> int:
     write_outputs(state, prefix)
 
     specs = [{"exporter": e, "method": m, "ratio": r, "reweight": True, "tag": "main",
-              "calib": calib_path}
-             for e in exporters for r in ratios for m in methods]
+              "calib": calib_path, "round_to": k}
+             for e in exporters for r in ratios for k in round_tos for m in methods]
     if not args.no_diagnostics and "legacy" in exporters:
         specs.append({"exporter": "legacy", "method": "inchange", "ratio": 0.25, "reweight": False,
                       "tag": "no-ls", "calib": calib_path})

@@ -149,7 +149,7 @@ class ChannelPrunePass(Pass):
                 continue
             self.progress(f"group {n + 1}/{len(todo)} '{group.name}' ({group.size} channels): "
                           f"calibrating the model pruned so far and selecting")
-            targets = self._targets(group, graph, ref_graph, lineage) if asym else None
+            targets = self._targets(group, graph, analysis, ref_graph, lineage) if asym else None
             stats = self._collect(current, graph, group.consumers,
                                   (ref, ref_graph) if asym else None)
             d = self._decide(graph, analysis, group, stats, index, targets)
@@ -159,8 +159,8 @@ class ChannelPrunePass(Pass):
         return current, decisions, lineage
 
     @staticmethod
-    def _targets(group: Group, graph: Graph, ref_graph: Graph, lineage: Lineage
-                 ) -> dict[ConsumerSite, np.ndarray]:
+    def _targets(group: Group, graph: Graph, analysis: Analysis, ref_graph: Graph,
+                 lineage: Lineage) -> dict[ConsumerSite, np.ndarray]:
         """Reference weights of each consumer, restricted to its outputs that still exist."""
         out = {}
         for site in group.consumers:
@@ -172,7 +172,10 @@ class ChannelPrunePass(Pass):
             W_ref = rule_for(ref_node).weight_matrix(ref_node, ref_graph)
             node = graph.node(site.node)
             m = rule_for(node).weight_matrix(node, graph).shape[0]
-            rows = lineage.positions(node.output[0], m)
+            lay = analysis.layouts.get(node.output[0])
+            g = lay.g if lay is not None else 1  # entries per channel (a head: head_dim)
+            pos = lineage.positions(node.output[0], m // g)
+            rows = (pos[:, None] * g + np.arange(g)[None, :]).reshape(-1)
             if len(rows) != m:
                 raise PassError(f"asym: lost track of the outputs of '{site.node}'; please "
                                 "report this model")
