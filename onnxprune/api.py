@@ -87,7 +87,8 @@ def _sample_shapes(calib: Calibration) -> tuple[dict[str, tuple[int, ...]], int]
 def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
           method: str = "inchange", reweight: bool = True, seed: int = 0, holdout: float = 0.2,
           max_positions: int = 256, batch_size: int = 32, ridge: float | str = 0.0,
-          progress: Callable[[str], None] | None = None) -> PruneResult:
+          progress: Callable[[str], None] | None = None,
+          head_ratio: float | None = None) -> PruneResult:
     """Prune ``ratio`` of the channels of every prunable group of ``model``.
 
     ``calib``: a .npz path (keys = input names), a .npy path (single input), or a mapping of
@@ -95,10 +96,15 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
     measure fidelity; the rest drives selection and re-fitting. ``ridge``: regularisation of the
     re-fit (and of the greedy) toward the layer's original weights, relative to each input's
     variance — 0 (default): plain least squares, directions the samples leave undetermined keep
-    the original weights; ``"auto"``: per layer by generalised cross-validation.
+    the original weights; ``"auto"``: per layer by generalised cross-validation. ``head_ratio``:
+    the fraction of attention heads removed from head groups (None: ``ratio``).
     """
     start = time.perf_counter()
     validate_options(ratio, method, holdout, max_positions, seed)
+    if head_ratio is not None and (isinstance(head_ratio, bool) or not isinstance(
+            head_ratio, (int, float)) or not math.isfinite(head_ratio) or not 0 <= head_ratio < 1):
+        raise OptionError(f"--head-ratio must be in [0, 1) (the fraction of attention heads "
+                          f"removed), got {head_ratio!r}")
     if ridge == "auto":
         ridge = None
     elif isinstance(ridge, str) or not (math.isfinite(ridge) and ridge >= 0):
@@ -110,7 +116,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float = 0.5,
     cal = load_calibration(calib, normalized)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
     options = PruneOptions(ratio=ratio, method=method, reweight=reweight, seed=seed,
-                           max_positions=max_positions, batch_size=batch_size, ridge=ridge)
+                           max_positions=max_positions, batch_size=batch_size, ridge=ridge,
+                           head_ratio=None if head_ratio is None else float(head_ratio))
     say("analysing channel groups")
     pruned, results = run_passes([ChannelPrunePass(cal, sel_idx, options, say), CleanupPass()],
                                  normalized)

@@ -34,6 +34,17 @@ def _ratio(text: str) -> float:
     return v
 
 
+def _head_ratio(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--head-ratio must be a number in [0, 1), got {text!r}")
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"--head-ratio must be in [0, 1) (the fraction of "
+                                         f"attention heads removed), got {text}")
+    return v
+
+
 def _ridge(text: str):
     if text == "auto":
         return text
@@ -70,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--ratio", type=_ratio, default=0.5,
                     help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
                          "(default 0.5)")
+    pr.add_argument("--head-ratio", type=_head_ratio, default=None,
+                    help="fraction of attention heads removed from every head group, 0 ≤ R < 1 "
+                         "(default: --ratio)")
     pr.add_argument("--method", choices=METHODS, default="inchange",
                     help="selection method (default inchange)")
     pr.add_argument("--no-reweight", action="store_true",
@@ -147,7 +161,7 @@ def _cmd_prune(args) -> int:
     result = api.prune(args.input, args.calib, ratio=args.ratio, method=args.method,
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
                        max_positions=args.max_positions, ridge=args.ridge,
-                       progress=_progress(args.quiet))
+                       progress=_progress(args.quiet), head_ratio=args.head_ratio)
     result.save(out)
     r = result.report
     if report_path is not None:

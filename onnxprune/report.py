@@ -18,9 +18,10 @@ class GroupReport:
     rel_error: float | None
     producers: tuple[str, ...] = ()
     consumers: tuple[str, ...] = ()
+    kind: str = "channels"  # "heads": elements are attention heads (total/kept count heads)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "total": self.total, "kept": self.kept,
+        return {"name": self.name, "kind": self.kind, "total": self.total, "kept": self.kept,
                 "prunable": self.prunable, "reason": self.reason, "rel_error": self.rel_error,
                 "producers": list(self.producers), "consumers": list(self.consumers)}
 
@@ -57,7 +58,7 @@ class Report:
 def group_entry(group: Group, kept: int, rel_error: float | None) -> GroupReport:
     return GroupReport(name=group.name, total=group.size, kept=kept, prunable=group.prunable,
                        reason=group.reason, rel_error=rel_error, producers=group.producers,
-                       consumers=tuple(c.node for c in group.consumers))
+                       consumers=tuple(c.node for c in group.consumers), kind=group.kind)
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,16 @@ class InspectReport:
         lines.append("")
         lines.append("prunable groups:")
         for g in ok:
-            lines.append(f"  {g.name}  size={g.total}  producers={', '.join(g.producers) or '-'}"
+            lines.append(f"  {g.name}  {'heads' if g.kind == 'heads' else 'size'}={g.total}"
+                         f"  producers={', '.join(g.producers) or '-'}"
                          f"  consumers={', '.join(g.consumers) or '-'}")
             if g.reason:
                 lines.append(f"      partly kept: {g.reason}")
         lines.append("")
         lines.append("unprunable groups:")
         for g in bad:
-            lines.append(f"  {g.name}  size={g.total}  producers={', '.join(g.producers) or '-'}"
+            lines.append(f"  {g.name}  {'heads' if g.kind == 'heads' else 'size'}={g.total}"
+                         f"  producers={', '.join(g.producers) or '-'}"
                          f"  consumers={', '.join(g.consumers) or '-'}")
             lines.append(f"      reason: {g.reason}")
         return "\n".join(lines)

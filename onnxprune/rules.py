@@ -168,7 +168,8 @@ class Elementwise(Rule):
             if g.const(x) is None and ctx.shapes.dim(x, k) == Dim(1):
                 continue  # proven to broadcast (an attention mask [b, 1, 1, s])
             ctx.stop(layouts, f"{_where(node)}: operand '{x}' spans the channel axis but is not "
-                              "made by a prunable layer")
+                              "made by a prunable layer (e.g. a residual stream whose other "
+                              "users are not all handled: its width is kept)")
             return
         joined = ctx.join(node, wide)
         if joined is not None and out_shape is not None:

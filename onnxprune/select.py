@@ -147,6 +147,15 @@ def decide(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteS
                          rel_error=rel)
 
 
+def group_ratio(group: Group, options) -> float:
+    """The fraction removed from ``group``: ``options.head_ratio`` for attention-head groups
+    when it is set, ``options.ratio`` otherwise."""
+    head_ratio = getattr(options, "head_ratio", None)
+    if group.kind == "heads" and head_ratio is not None:
+        return float(head_ratio)
+    return float(options.ratio)
+
+
 def removes_anything(group: Group, ratio: float) -> bool:
     if not group.prunable:
         return False

@@ -19,7 +19,7 @@ from onnxprune.errors import PassError
 from onnxprune.graph import Graph
 from onnxprune.modelio import Calibration
 from onnxprune.passbase import Pass, PassResult
-from onnxprune.select import GroupDecision, decide, removes_anything
+from onnxprune.select import GroupDecision, decide, group_ratio, removes_anything
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class PruneOptions:
     max_positions: int = calibrate.DEFAULT_MAX_POSITIONS
     batch_size: int = 32
     ridge: float | None = 0.0  # None: generalised cross-validation per consumer
+    head_ratio: float | None = None  # attention-head groups; None: same as ratio
 
 
 class ChannelPrunePass(Pass):
@@ -54,7 +55,8 @@ class ChannelPrunePass(Pass):
         opt = self.options
         graph = Graph(model)
         analysis = analyze(graph)
-        todo = [(i, g) for i, g in enumerate(analysis.groups) if removes_anything(g, opt.ratio)]
+        todo = [(i, g) for i, g in enumerate(analysis.groups)
+                if removes_anything(g, group_ratio(g, opt))]
         info: dict = {"analysis": analysis, "decisions": {}}
         if not todo:
             return PassResult(model, False, info)
@@ -68,7 +70,7 @@ class ChannelPrunePass(Pass):
         for n, (i, g) in enumerate(todo):
             self.progress(f"selecting group {n + 1}/{len(todo)} '{g.name}' ({g.size} channels)")
             decisions[g.name] = decide(graph, analysis, g, [by_site[s] for s in g.consumers],
-                                       opt.ratio, opt.method, opt.reweight, opt.seed, i,
+                                       group_ratio(g, opt), opt.method, opt.reweight, opt.seed, i,
                                        opt.ridge)
         keeps = {sid: k for d in decisions.values() for sid, k in d.set_keeps.items()}
         weights = {site: w for d in decisions.values() for site, w in d.weights.items()}
