@@ -28,6 +28,7 @@ import onnx
 
 from onnxprune.graph import Graph, node_label
 from onnxprune.layout import Layout, Span
+from onnxprune.shapes import ShapeEval
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class ChannelSet:
     tensors: tuple[str, ...]
     boundaries: tuple[int, ...]
     reasons: tuple[str, ...]
+    kind: str = "channels"
 
     @property
     def prunable(self) -> bool:
@@ -72,6 +74,11 @@ class Group:
     @property
     def size(self) -> int:
         return sum(s.size for s in self.sets)
+
+    @property
+    def kind(self) -> str:
+        """``"heads"`` when the group's elements are attention heads, else ``"channels"``."""
+        return "heads" if any(s.kind == "heads" for s in self.sets) else "channels"
 
     @property
     def prunable(self) -> bool:
@@ -131,13 +138,18 @@ class _Block:
     tensor: str
     producer: str | None
     reasons: list[str] = field(default_factory=list)
+    kind: str = "channels"
 
 
 class AnalysisContext:
     """What a rule may do during analysis (see module docstring)."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, units: Mapping[str, int] | None = None,
+                 shapes: ShapeEval | None = None) -> None:
         self.graph = graph
+        self.units = dict(units or {})  # producer node → channels per element (head_dim)
+        self.unit_requests: list[tuple[int, int, str]] = []  # (block, unit, requesting node)
+        self.shapes = shapes if shapes is not None else ShapeEval(graph)
         self.layouts: dict[str, Layout] = {}
         self.blocks: list[_Block] = []
         self.parent: list[int] = []
@@ -175,12 +187,20 @@ class AnalysisContext:
 
     def new_block(self, node: onnx.NodeProto | None, tensor: str, size: int, axis: int,
                   reason: str | None = None) -> Layout:
+        """Channels created by ``node`` along ``axis`` of ``tensor``. When an earlier analysis
+        round found that they are split into heads (:meth:`request_unit`), the block's elements
+        are heads: ``size / unit`` of them, each ``unit`` consecutive entries (``g``)."""
         b = len(self.blocks)
+        unit = self.units.get(node.name, 1) if node is not None else 1
+        if unit > 1 and size % unit == 0:
+            size, kind = size // unit, "heads"
+        else:
+            unit, kind = 1, "channels"
         self.blocks.append(_Block(size=size, tensor=tensor,
                                   producer=node.name if node is not None else None,
-                                  reasons=[reason] if reason else []))
+                                  reasons=[reason] if reason else [], kind=kind))
         self.parent.append(b)
-        lay = Layout(axis=axis, spans=(Span(b, 0, size),))
+        lay = Layout(axis=axis, spans=(Span(b, 0, size),), g=unit)
         self.set_layout(tensor, lay)
         if node is not None:
             self.touch(node)
@@ -194,8 +214,16 @@ class AnalysisContext:
         self.parent.append(b)
         return Layout(axis=axis, spans=(Span(b, 0, size),))
 
+    def request_unit(self, node: onnx.NodeProto, layout: Layout, unit: int) -> None:
+        """``node`` splits ``layout``'s channels into groups of ``unit`` (attention heads): the
+        next analysis round makes the producers of those channels create heads instead."""
+        for s in layout.spans:
+            self.unit_requests.append((s.block, unit, node.name))
+
     def stop(self, layouts, reason: str) -> None:
         """Make every block in ``layouts`` unprunable with ``reason``."""
+        if layouts is None:
+            return
         if isinstance(layouts, Layout):
             layouts = [layouts]
         for lay in layouts:
@@ -288,7 +316,8 @@ class AnalysisContext:
                 producers=tuple(self.blocks[b].producer for b in members[r]
                                 if self.blocks[b].producer),
                 tensors=tuple(self.blocks[b].tensor for b in members[r]),
-                boundaries=tuple(sorted(bounds[r])), reasons=tuple(reasons))
+                boundaries=tuple(sorted(bounds[r])), reasons=tuple(reasons),
+                kind=self.blocks[r].kind)
 
         # Group channel sets that feed a common consumer.
         gparent = {r: r for r in roots}
@@ -324,20 +353,51 @@ class AnalysisContext:
                         touched=tuple(self.touched))
 
 
+    def new_units(self) -> dict[str, int]:
+        """Producer units requested in this round that the next round can apply."""
+        members: dict[int, list[int]] = {}
+        for b in range(len(self.blocks)):
+            members.setdefault(self.find(b), []).append(b)
+        units = dict(self.units)
+        for block, unit, _ in self.unit_requests:
+            for b in members[self.find(block)]:
+                prod = self.blocks[b].producer
+                if prod is not None and prod not in units and self.blocks[b].size % unit == 0:
+                    units[prod] = unit
+        return units
+
+
+MAX_ROUNDS = 4
+
+
 def analyze(graph: Graph) -> Analysis:
-    """Run every node's rule in topological order and gather the channel groups."""
+    """Run every node's rule in topological order and gather the channel groups.
+
+    Attention heads are found in rounds: a Reshape that splits a channel axis of ``h·d`` entries
+    into ``(h, d)`` asks for *units* of ``d`` (:meth:`AnalysisContext.request_unit`); the next
+    round's producers of those channels then create ``h`` elements of ``g = d`` entries each, which
+    flow through the head axis, the attention MatMuls and back. Rounds stop when no new unit is
+    requested (at most ``MAX_ROUNDS``).
+    """
     from onnxprune.rules import rule_for  # the registry
 
-    ctx = AnalysisContext(graph)
-    for node in graph.nodes:
-        rule = rule_for(node)
-        has_layout = any(ctx.layout(x) for x in node.input)
-        if rule is None:
+    shapes = ShapeEval(graph)
+    units: dict[str, int] = {}
+    for _ in range(MAX_ROUNDS):
+        ctx = AnalysisContext(graph, units, shapes)
+        for node in graph.nodes:
+            rule = rule_for(node)
+            has_layout = any(ctx.layout(x) for x in node.input)
+            if rule is None:
+                if has_layout:
+                    ctx.stop_inputs(node, f"flows into {node.op_type} node '{node_label(node)}', "
+                                          "which has no channel rule")
+                continue
             if has_layout:
-                ctx.stop_inputs(node, f"flows into {node.op_type} node '{node_label(node)}', "
-                                      "which has no channel rule")
-            continue
-        if has_layout:
-            ctx.touch(node)
-        rule.analyze(node, ctx)
+                ctx.touch(node)
+            rule.analyze(node, ctx)
+        new = ctx.new_units()
+        if new == units:
+            break
+        units = new
     return ctx.finish()

@@ -159,10 +159,12 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           target_macs: float | None = None, target_params: float | None = None,
           allocation: str = "marginal", round_to: int = 1, min_keep: int = 1,
           exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
+          head_ratio: float | None = None,
           progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune channels of every prunable group of ``model``.
 
-    How much: ``ratio`` (fraction removed from every group, default 0.5), or a budget —
+    How much: ``ratio`` (fraction removed from every group, default 0.5; attention-head groups:
+    ``head_ratio`` when given), or a budget —
     ``target_macs`` / ``target_params``, the fraction of the original cost to keep, split among
     groups by measured output sensitivity (``allocation``: "marginal" or "equal-loss"; see
     :mod:`onnxprune.budget`). Kept counts are multiples of ``round_to`` (or the whole segment),
@@ -176,10 +178,14 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     measure fidelity; the rest drives selection and re-fitting. ``ridge``: regularisation of the
     re-fit (and of the greedy) toward the layer's original weights, relative to each input's
     variance — 0 (default): plain least squares, directions the samples leave undetermined keep
-    the original weights; ``"auto"``: per layer by generalised cross-validation.
+    the original weights; ``"auto"``: per layer by generalised cross-validation. ``head_ratio``:
+    the fraction of attention heads removed from head groups (None: ``ratio``).
     """
     start = time.perf_counter()
     budget = budget_option(target_macs, target_params, allocation)
+    if budget is not None and head_ratio is not None:
+        raise OptionError("give either --head-ratio or a --target-macs/--target-params budget, "
+                          "not both")
     if budget is not None and ratio is not None:
         raise OptionError("give either --ratio or a --target-macs/--target-params budget, "
                           "not both")
@@ -188,6 +194,10 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     round_to = _positive_int(round_to, "--round-to", 4096)
     min_keep = _positive_int(min_keep, "--min-keep")
     steps = _positive_int(steps, "--steps", 100)
+    if head_ratio is not None and (isinstance(head_ratio, bool) or not isinstance(
+            head_ratio, (int, float)) or not math.isfinite(head_ratio) or not 0 <= head_ratio < 1):
+        raise OptionError(f"--head-ratio must be in [0, 1) (the fraction of attention heads "
+                          f"removed), got {head_ratio!r}")
     if ridge == "auto":
         ridge = None
     elif isinstance(ridge, str) or not (math.isfinite(ridge) and ridge >= 0):
@@ -202,7 +212,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     graph = Graph(normalized)
     analysis = analyze(graph)
     plan = KeepPlan(ratio=0.0 if budget else ratio, round_to=round_to, min_keep=min_keep,
-                    excluded=resolve_exclude(exclude, analysis))
+                    excluded=resolve_exclude(exclude, analysis),
+                    head_ratio=None if head_ratio is None else float(head_ratio))
     alloc: Allocation | None = None
     if budget is not None:
         say("analysing channel groups and measuring sensitivities for the budget")

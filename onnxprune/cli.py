@@ -59,6 +59,17 @@ def _count(flag: str, limit: int):
     return parse
 
 
+def _head_ratio(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--head-ratio must be a number in [0, 1), got {text!r}")
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"--head-ratio must be in [0, 1) (the fraction of "
+                                         f"attention heads removed), got {text}")
+    return v
+
+
 def _ridge(text: str):
     if text == "auto":
         return text
@@ -114,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=_count("--steps", 100), default=1, metavar="N",
                     help="prune gradually in N rounds on the cubic schedule, re-collecting "
                          "statistics between rounds (default 1: one shot)")
+    pr.add_argument("--head-ratio", type=_head_ratio, default=None,
+                    help="fraction of attention heads removed from every head group, 0 ≤ R < 1 "
+                         "(default: --ratio)")
     pr.add_argument("--method", choices=METHODS, default="inchange",
                     help="selection method (default inchange): inchange = LayerInChange, seq = "
                          "SeqInChange, asym = AsymInChange, sampling = PFP sensitivity sampling, "
@@ -196,7 +210,7 @@ def _cmd_prune(args) -> int:
                        target_macs=args.target_macs, target_params=args.target_params,
                        allocation=args.allocation, round_to=args.round_to,
                        min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
-                       progress=_progress(args.quiet))
+                       head_ratio=args.head_ratio, progress=_progress(args.quiet))
     result.save(out)
     r = result.report
     if report_path is not None:

@@ -20,9 +20,10 @@ class GroupReport:
     consumers: tuple[str, ...] = ()
     ratio: float | None = None  # planned fraction removed (uniform, budget or exclusion)
     sensitivity: tuple[tuple[float, float], ...] | None = None  # budgets: (keep fraction, damage)
+    kind: str = "channels"  # "heads": elements are attention heads (total/kept count heads)
 
     def to_dict(self) -> dict:
-        d = {"name": self.name, "total": self.total, "kept": self.kept,
+        d = {"name": self.name, "kind": self.kind, "total": self.total, "kept": self.kept,
              "prunable": self.prunable, "reason": self.reason, "rel_error": self.rel_error,
              "producers": list(self.producers), "consumers": list(self.consumers)}
         if self.ratio is not None:
@@ -77,7 +78,7 @@ def group_entry(group: Group, kept: int, rel_error: float | None, ratio: float |
     return GroupReport(name=group.name, total=group.size, kept=kept, prunable=group.prunable,
                        reason=group.reason, rel_error=rel_error, producers=group.producers,
                        consumers=tuple(c.node for c in group.consumers), ratio=ratio,
-                       sensitivity=sensitivity)
+                       sensitivity=sensitivity, kind=group.kind)
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,16 @@ class InspectReport:
         lines.append("")
         lines.append("prunable groups:")
         for g in ok:
-            lines.append(f"  {g.name}  size={g.total}  producers={', '.join(g.producers) or '-'}"
+            lines.append(f"  {g.name}  {'heads' if g.kind == 'heads' else 'size'}={g.total}"
+                         f"  producers={', '.join(g.producers) or '-'}"
                          f"  consumers={', '.join(g.consumers) or '-'}")
             if g.reason:
                 lines.append(f"      partly kept: {g.reason}")
         lines.append("")
         lines.append("unprunable groups:")
         for g in bad:
-            lines.append(f"  {g.name}  size={g.total}  producers={', '.join(g.producers) or '-'}"
+            lines.append(f"  {g.name}  {'heads' if g.kind == 'heads' else 'size'}={g.total}"
+                         f"  producers={', '.join(g.producers) or '-'}"
                          f"  consumers={', '.join(g.consumers) or '-'}")
             lines.append(f"      reason: {g.reason}")
         return "\n".join(lines)

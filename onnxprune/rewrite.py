@@ -67,8 +67,47 @@ class RewriteContext:
             self.uses[o.name] = self.uses.get(o.name, 0) + 1
         for x in graph.subgraph_refs:
             self.uses[x] = self.uses.get(x, 0) + 1
+        self._shapes = None
+        self._copies: dict[tuple, onnx.NodeProto] = {}
+        self._inserted: list[tuple[str, onnx.NodeProto]] = []  # (after node, new node)
         self._names = {t.name for t in model.graph.initializer} | {
             x for n in model.graph.node for x in list(n.input) + list(n.output)}
+
+    @property
+    def shapes(self):
+        """Symbolic shapes of the *original* graph (``onnxprune.shapes``)."""
+        if self._shapes is None:
+            from onnxprune.shapes import ShapeEval
+            self._shapes = ShapeEval(self.graph)
+        return self._shapes
+
+    def private_producer(self, user: onnx.NodeProto, i: int, producer: onnx.NodeProto,
+                         key: tuple) -> onnx.NodeProto:
+        """``producer`` (which computes ``user.input[i]``, e.g. a target-shape Concat) if
+        ``user`` is its only reader; otherwise a copy of it that ``user`` reads instead — one copy
+        per distinct ``key`` (the patch it will receive), shared by users patching alike."""
+        name = user.input[i]
+        if self.uses.get(name, 0) <= 1:
+            return self.nodes[producer.name]
+        cache_key = (name, key)
+        if cache_key in self._copies:
+            clone = self._copies[cache_key]
+        else:
+            src = self.nodes[producer.name]
+            clone = onnx.NodeProto()
+            clone.CopyFrom(src)
+            clone.name = self._fresh(f"{src.name}__copy")
+            del clone.output[:]
+            clone.output.append(self._fresh(f"{name}__copy"))
+            for x in clone.input:
+                self.uses[x] = self.uses.get(x, 0) + 1
+            self._inserted.append((src.name, clone))
+            self.nodes[clone.name] = clone
+            self._copies[cache_key] = clone
+        self.uses[name] -= 1
+        self.uses[clone.output[0]] = self.uses.get(clone.output[0], 0) + 1
+        user.input[i] = clone.output[0]
+        return clone
 
     # -- channel positions -----------------------------------------------------------------------
     def layout(self, name: str) -> Layout | None:
@@ -133,6 +172,16 @@ class RewriteContext:
     # -- finish ----------------------------------------------------------------------------------
     def finalize(self) -> None:
         g = self.model.graph
+        if self._inserted:  # copies go right after their originals (topological order kept)
+            after: dict[str, list[onnx.NodeProto]] = {}
+            for name, n in self._inserted:
+                after.setdefault(name, []).append(n)
+            nodes = []
+            for n in g.node:
+                nodes.append(onnx.NodeProto.FromString(n.SerializeToString()))
+                nodes.extend(after.get(n.name, []))
+            del g.node[:]
+            g.node.extend(nodes)
         used = {x for n in g.node for x in n.input} | {o.name for o in g.output} | set(
             self.graph.subgraph_refs)
         inits = []

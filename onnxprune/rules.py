@@ -25,6 +25,7 @@ import onnx
 from onnxprune.graph import Graph, attr, node_label, set_attr
 from onnxprune.im2col import conv_pads, im2col
 from onnxprune.layout import Layout
+from onnxprune.shapes import Dim
 
 INT64_MAX = 2**63 - 1
 
@@ -164,8 +165,11 @@ class Elementwise(Rule):
                 continue
             if g.const(x) is not None and shp[k] == length:
                 continue
+            if g.const(x) is None and ctx.shapes.dim(x, k) == Dim(1):
+                continue  # proven to broadcast (an attention mask [b, 1, 1, s])
             ctx.stop(layouts, f"{_where(node)}: operand '{x}' spans the channel axis but is not "
-                              "made by a prunable layer")
+                              "made by a prunable layer (e.g. a residual stream whose other "
+                              "users are not all handled: its width is kept)")
             return
         joined = ctx.join(node, wide)
         if joined is not None and out_shape is not None:
@@ -268,7 +272,7 @@ class Conv(Rule):
             ctx.new_block(node, node.output[0], int(w.shape[0]), axis=1)
 
     def rewrite(self, node, rw):
-        keep = rw.keep(node.output[0])
+        keep = rw.keep_cols(node.output[0])
         if keep is None:
             return
         rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=0))
@@ -321,7 +325,7 @@ class ConvTranspose(Rule):
             ctx.new_block(node, node.output[0], int(w.shape[1]), axis=1)
 
     def rewrite(self, node, rw):
-        keep = rw.keep(node.output[0])
+        keep = rw.keep_cols(node.output[0])
         if keep is None:
             return
         rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=1))
@@ -359,7 +363,7 @@ class Gemm(Rule):
         ctx.new_block(node, node.output[0], n_out, axis=1)
 
     def rewrite(self, node, rw):
-        keep = rw.keep(node.output[0])
+        keep = rw.keep_cols(node.output[0])  # output features (g per element: heads)
         if keep is None:
             return
         transB = int(attr(node, "transB", 0))
@@ -394,18 +398,76 @@ class Gemm(Rule):
 
 
 class MatMul(Rule):
-    """Y = X·W with a constant 2-D W: consumer of X's last axis, producer of W's columns."""
+    """Y = X·W with a constant 2-D W: consumer of X's last axis, producer of W's columns.
+
+    With two run-time operands (attention: ``Q·Kᵀ`` and ``P·V`` on ``[b, heads, s, ·]``) the
+    MatMul is batched over the leading axes: element i of a batch axis of A only meets element i
+    of the same axis of B, so channels (heads) on a batch axis of both operands are *joined*
+    (Q, K and V heads become one index space) and stay on that axis of Y. Channels on A's row axis
+    (or B's column axis) pass to Y's row (column) axis when the other operand carries none. A
+    channel axis that is contracted (A's last, B's second to last) stops.
+    """
+
+    def _batched(self, node, ctx, la: Layout | None, lb: Layout | None) -> None:
+        g = ctx.graph
+        ra, rb, ro = g.rank(node.input[0]), g.rank(node.input[1]), g.rank(node.output[0])
+        lays = [lay for lay in (la, lb) if lay is not None]
+        if ra is None or rb is None or ro is None or ra < 2 or rb < 2:
+            ctx.stop(lays, f"{_where(node)}: operand ranks unknown")
+            return
+        if (la is not None and la.axis == ra - 1) or (lb is not None and lb.axis == rb - 2):
+            ctx.stop(lays, f"{_where(node)} contracts the channel axis of a run-time operand "
+                           "(the other operand is not a constant weight)")
+            return
+        if any(lay.g != 1 for lay in lays):
+            ctx.stop(lays, f"{_where(node)} multiplies flattened channels")
+            return
+        out_axis = {}
+        for lay, r, side in ((la, ra, "A"), (lb, rb, "B")):
+            if lay is None:
+                continue
+            if side == "A" and lay.axis == r - 2:
+                out_axis[side] = ro - 2
+            elif side == "B" and lay.axis == r - 1:
+                out_axis[side] = ro - 1
+            else:
+                out_axis[side] = lay.axis + ro - r
+        if len(out_axis) == 2:
+            if out_axis["A"] != out_axis["B"] or out_axis["A"] >= ro - 2:
+                ctx.stop(lays, f"{_where(node)} multiplies channels on different axes")
+                return
+            joined = ctx.join(node, [la, lb])
+            if joined is not None:
+                ctx.set_layout(node.output[0], joined.with_axis(out_axis["A"]))
+            return
+        side, lay = ("A", la) if la is not None else ("B", lb)
+        axis = out_axis[side]
+        if axis < ro - 2:  # a batch axis: the other operand must broadcast along it
+            other = node.input[1] if side == "A" else node.input[0]
+            r_other = rb if side == "A" else ra
+            shp = g.shape(other)
+            k = axis - (ro - r_other)
+            if k >= 0 and (shp is None or shp[k] != 1):
+                ctx.stop(lay, f"{_where(node)} multiplies channels with a run-time tensor that is "
+                              "not pruned with them")
+                return
+        ctx.touch(node)
+        ctx.set_layout(node.output[0], lay.with_axis(axis))
 
     def analyze(self, node, ctx):
         g = ctx.graph
         la, lb = ctx.layout(node.input[0]), ctx.layout(node.input[1])
         w = g.const(node.input[1])
+        if w is None and g.const(node.input[0]) is None:
+            if la is not None or lb is not None:
+                self._batched(node, ctx, la, lb)
+            return
         if lb is not None:
             ctx.stop([la, lb], f"{_where(node)} multiplies channels on its right-hand operand")
             return
         if w is None or w.ndim != 2:
-            ctx.stop(la, f"{_where(node)} multiplies two run-time tensors (attention-style "
-                         "MatMul is not handled by the core pass)")
+            ctx.stop(la, f"{_where(node)} multiplies channels by a constant that is not a 2-D "
+                         "weight")
             return
         rank = g.rank(node.input[0])
         if la is not None:
@@ -418,7 +480,9 @@ class MatMul(Rule):
             ctx.new_block(node, node.output[0], int(w.shape[1]), axis=out_rank - 1)
 
     def rewrite(self, node, rw):
-        keep = rw.keep(node.output[0])
+        if rw.graph.const(node.input[1]) is None:
+            return  # batched MatMul of two run-time tensors: nothing to slice
+        keep = rw.keep_cols(node.output[0])  # output features (g per element: heads)
         if keep is not None:
             rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=1))
 
@@ -749,27 +813,98 @@ class Flatten(OnData):
 
 
 class Reshape(Rule):
-    """Reshape that keeps the axes up to the channel axis and flattens what follows it
-    (``(N, C, H, W) → (N, C·H·W)`` or ``→ (N, C, H·W)``). A literal channel entry in the target
-    shape constant is patched; ``-1``/``0`` entries are left alone."""
+    """Reshape of a tensor carrying channels, proven with symbolic shapes (``onnxprune.shapes``).
 
-    def _shape_entry(self, node, g: Graph, k: int):
-        """(owner node, input index, flat index) of the target-shape constant holding entry k,
-        or None if that entry cannot be located."""
-        v = g.const(node.input[1])
-        if v is not None:
-            return (node, 1, k)
-        prod = g.producer.get(node.input[1])
-        if prod is None or prod.op_type != "Concat":
-            return None
+    Input ``[P…, C·g, R…]`` (channel axis k, P the leading dimensions, R the trailing ones).
+    The output must start with dimensions whose product is ``ΠP`` (they may be merged or split:
+    ``[s, b, h, d] → [s·b, h·d]``); what follows is one of
+
+    * ``[C·g·ΠR]`` — flatten (``(N, C, H, W) → (N, C·H·W)``; heads ``[b, s, h, d] → [b, s, h·d]``):
+      channel c ↦ entries ``c·g·ΠR … (c+1)·g·ΠR − 1``, so ``g ← g·ΠR``;
+    * ``[C·g, R'…]`` with ``ΠR' = ΠR`` — the channel axis is kept;
+    * ``[C, g]`` — a split into heads (``[b, s, h·d] → [b, s, h, d]``): each element (head) is now
+      one index of the new axis, its ``g = d`` entries on the next axis. When the producers still
+      make single channels (first analysis round, ``g = 1``), the rule asks for units of ``d``
+      (:meth:`~onnxprune.analysis.AnalysisContext.request_unit`) and stops until the next round.
+
+    The target-shape entry at the channel position is patched when it is a literal (an
+    initializer, or a constant piece of a Concat — a Concat shared with other Reshapes is copied
+    first); ``-1`` / ``0`` entries adapt by themselves; a run-time ``Shape`` read of the same
+    channels (``Gather(Shape(q), 1)``) is self-consistent and joins the two layouts. Any other
+    computed entry that encodes the channel count (``Mul(batch, heads)``) cannot be patched and
+    stops. Entries elsewhere must not read a channel count.
+    """
+
+    @staticmethod
+    def plan(node, graph: Graph, shapes, lay: Layout):
+        """(case, output axis, new layout) or a reason string. ``case``: "flatten", "keep",
+        "split" or "unit" (split requested, producers not yet in heads)."""
+        from onnxprune.shapes import Dim, prod
+        x = node.input[0]
+        rank = graph.rank(x)
+        outs = shapes.reshape_dims(node)
+        if rank is None or outs is None:
+            return "shapes unknown"
+        k = lay.axis
+        ins = [shapes.dim(x, i) for i in range(rank)]
+        if any(d is None for d in ins[:k]):
+            return "leading dimensions unknown"
+        lead = prod(ins[:k])
+        kk = None
+        acc = Dim(1)
+        for i in range(len(outs) + 1):
+            if acc == lead:
+                kk = i
+                break
+            if i == len(outs) or outs[i] is None:
+                break
+            acc = acc * outs[i]
+        if kk is None:
+            return "mixes the channel axis with other axes"
+        length = Dim(lay.length)
+        after = ins[k + 1:]
+        rest = outs[kk:]
+        # size-1 axes right before the channel entries belong to neither side
+        while len(rest) > 1 and rest[0] == Dim(1) and length != Dim(1):
+            kk, rest = kk + 1, rest[1:]
+        if any(d is None for d in rest) or any(d is None for d in after):
+            return "mixes the channel axis with other axes"
+        tail = prod(after)
+        if len(rest) == 1 and tail.static is not None and rest[0] == Dim(lay.length * tail.static):
+            return "flatten", kk, Layout(kk, lay.spans, lay.g * tail.static)
+        if rest and rest[0] == length and prod(rest[1:]) == tail:
+            return "keep", kk, Layout(kk, lay.spans, lay.g)
+        if tail == Dim(1) and len(rest) >= 2 and all(d.static for d in rest):
+            h, d = rest[0].static, prod(rest[1:]).static
+            if h * d == lay.length and d > 1:
+                if lay.g == d and h == lay.channels:
+                    return "split", kk, Layout(kk, lay.spans, 1)
+                if lay.g == 1:
+                    return "unit", kk, d
+                return (f"splits {lay.channels} elements of {lay.g} entries into {h} × {d}, "
+                        "which does not line up")
+        return "mixes the channel axis with other axes"
+
+    @staticmethod
+    def locate(graph: Graph, shapes, tensor: str, i: int):
+        """(owner node or None, input index, flat index) of the literal holding entry ``i`` of
+        the shape tensor ``tensor``; "dynamic" if it is computed; None if unknown."""
+        if graph.const(tensor) is not None:
+            return (None, tensor, i)
+        prod_node = graph.producer.get(tensor)
+        if prod_node is None or prod_node.op_type != "Concat":
+            return "dynamic"
         pos = 0
-        for i, x in enumerate(prod.input):
-            s = g.static_shape(x)
-            if s is None or len(s) != 1:
+        for j, x in enumerate(prod_node.input):
+            v = shapes.value(x)
+            if v is None:
                 return None
-            if pos <= k < pos + s[0]:
-                return (prod, i, k - pos) if g.const(x) is not None else "dynamic"
-            pos += s[0]
+            if pos <= i < pos + len(v):
+                if graph.const(x) is not None:
+                    return (prod_node, j, i - pos)
+                return Reshape.locate(graph, shapes, x, i - pos) if graph.producer.get(
+                    x) is not None and graph.producer[x].op_type == "Concat" else "dynamic"
+            pos += len(v)
         return None
 
     def analyze(self, node, ctx):
@@ -778,28 +913,56 @@ class Reshape(Rule):
         if ctx.layout(node.input[1]):
             ctx.stop_inputs(node, f"{_where(node)} takes channels on its shape input")
             return
+        entries = ctx.shapes.value(node.input[1]) or []
+        reads = [(i, e.source, ctx.layout(e.source[0])) for i, e in enumerate(entries)
+                 if e.source is not None and ctx.layout(e.source[0]) is not None
+                 and ctx.layout(e.source[0]).axis == e.source[1]]
         if lay is None:
+            for _, src, other in reads:
+                ctx.stop(other, f"the channel count of '{src[0]}' is read at run time by "
+                                f"{_where(node)}, which reshapes a tensor without those channels")
             return
-        ins, outs = g.shape(node.input[0]), g.shape(node.output[0])
-        k = lay.axis
-        if ins is None or outs is None or len(outs) <= k:
-            ctx.stop(lay, f"{_where(node)}: shapes unknown")
+        plan = self.plan(node, g, ctx.shapes, lay)
+        if isinstance(plan, str):
+            ctx.stop([lay] + [o for _, _, o in reads], f"{_where(node)}: {plan}")
             return
-        after = ins[k + 1:]
-        same_prefix = all(a == b for a, b in zip(ins[:k], outs[:k]))
-        if not all(isinstance(d, int) for d in after) or not same_prefix:
-            ctx.stop(lay, f"{_where(node)} mixes the channel axis with other axes")
+        case, kk, new = plan
+        if case == "unit":
+            ctx.request_unit(node, lay, new)
+            ctx.stop(lay, f"{_where(node)} splits channels into groups of {new} (heads), but "
+                          "their producers cannot make them in such groups")
             return
-        if len(outs) == k + 1 and outs[k] == lay.length * math.prod(after):
-            new = Layout(k, lay.spans, lay.g * math.prod(after))
-        elif outs[k] == ins[k]:
-            new = lay
-        else:
-            ctx.stop(lay, f"{_where(node)} mixes the channel axis with other axes")
+        if kk >= len(entries) and not entries:
+            ctx.stop(lay, f"{_where(node)}: target shape unknown")
             return
-        entry = self._shape_entry(node, g, k)
-        if entry is None:
-            ctx.stop(lay, f"{_where(node)}: target shape is computed at run time and may encode "
+        for i, src, other in reads:
+            if i != kk:
+                ctx.stop([lay, other], f"{_where(node)} reads the channel count of '{src[0]}' "
+                                       "into another axis")
+                return
+        e = entries[kk] if kk < len(entries) else None
+        if e is None:
+            ctx.stop(lay, f"{_where(node)}: target shape unknown")
+            return
+        zero = e.dim is not None and e.dim.static == 0 and not int(attr(node, "allowzero", 0))
+        minus = e.dim is not None and e.dim.static == -1
+        if reads:
+            other = reads[0][2]
+            if other.g != new.g or other.channels != new.channels or ctx.join(
+                    node, [new.with_axis(other.axis), other]) is None:
+                ctx.stop([lay, other], f"{_where(node)} reads a channel count of other channels "
+                                       "at run time")
+                return
+        elif not (zero or minus) and e.source is None:
+            if not isinstance(self.locate(g, ctx.shapes, node.input[1], kk), tuple):
+                ctx.stop(lay, f"{_where(node)}: target shape is computed at run time and "
+                              "encodes the channel count")
+                return
+        elif zero and kk != lay.axis:
+            ctx.stop(lay, f"{_where(node)} copies the channel count into another axis")
+            return
+        elif e.source is not None:
+            ctx.stop(lay, f"{_where(node)}: target shape is computed at run time and encodes "
                           "the channel count")
             return
         ctx.set_layout(node.output[0], new)
@@ -808,23 +971,36 @@ class Reshape(Rule):
         keep = rw.keep(node.input[0])
         if keep is None:
             return
-        k = rw.layout(node.input[0]).axis
-        entry = self._shape_entry(node, rw.graph, k)
-        if entry == "dynamic":
+        lay = rw.layout(node.input[0])
+        plan = self.plan(node, rw.graph, rw.shapes, lay)
+        if isinstance(plan, str) or plan[0] == "unit":
             return
-        owner, idx, flat = entry
+        _, kk, new = plan
+        entries = rw.shapes.value(node.input[1])
+        e = entries[kk]
+        if e.source is not None or e.dim is None or e.dim.static in (0, -1):
+            return
+        where = self.locate(rw.graph, rw.shapes, node.input[1], kk)
+        if not isinstance(where, tuple):
+            return
+        owner, idx, flat = where
+        value = int(len(keep) * new.g)
+        if owner is None:  # the Reshape reads the literal directly
+            arr = np.asarray(rw.value(node, 1)).copy()
+            arr.reshape(-1)[flat] = value
+            rw.set_input(node, 1, arr)
+            return
+        owner = rw.private_producer(node, 1, owner, (idx, flat, value))
         arr = np.asarray(rw.value(owner, idx)).copy()
-        old = int(arr.reshape(-1)[flat])
-        if old > 0:  # a literal extent (not -1 / 0): it is channels · g of the output layout
-            arr.reshape(-1)[flat] = len(keep) * rw.layout(node.output[0]).g
-            rw.set_input(owner, idx, arr)
+        arr.reshape(-1)[flat] = value
+        rw.set_input(owner, idx, arr)
 
 
 class Transpose(OnData):
     def flow(self, node, ctx, lay):
         rank = ctx.graph.rank(node.input[0])
-        if rank is None or lay.g != 1:
-            ctx.stop(lay, f"{_where(node)} moves flattened channels")
+        if rank is None:
+            ctx.stop(lay, f"{_where(node)}: rank unknown")
             return
         perm = [int(p) for p in (attr(node, "perm") or list(range(rank))[::-1])]
         ctx.set_layout(node.output[0], lay.with_axis(perm.index(lay.axis)))
@@ -858,8 +1034,33 @@ class Unsqueeze(OnData):
         ctx.set_layout(node.output[0], lay.with_axis(kept_positions[lay.axis]))
 
 
+_SHAPE_VECTOR_OPS = {"Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity"}
+
+
+def _only_reshape_targets(g: Graph, name: str, seen: set[str] | None = None) -> bool:
+    """True when the shape vector ``name`` only ends up (through index maps) in target-shape
+    inputs of Reshape nodes — which check each read entry themselves."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return True
+    seen.add(name)
+    if name in g.graph_outputs or name in g.subgraph_refs or not g.users(name):
+        return name not in g.graph_outputs and name not in g.subgraph_refs
+    for user, idx in g.users(name):
+        if user.op_type == "Reshape" and idx == 1:
+            continue
+        if user.op_type in _SHAPE_VECTOR_OPS and (idx == 0 or user.op_type == "Concat"):
+            if not all(_only_reshape_targets(g, o, seen) for o in user.output if o):
+                return False
+            continue
+        return False
+    return True
+
+
 class ShapeOp(OnData):
-    """Shape of a channel tensor is fine as long as only non-channel dims are read from it."""
+    """Shape of a channel tensor is fine as long as only non-channel dims are read from it, or
+    the channel count read only feeds Reshape target shapes (the Reshape rule checks that it is
+    the same channels' count, at the channel position)."""
 
     def flow(self, node, ctx, lay):
         g = ctx.graph
@@ -873,6 +1074,8 @@ class ShapeOp(OnData):
         if not start <= lay.axis < end:
             return
         k = lay.axis - start
+        if _only_reshape_targets(g, node.output[0]):
+            return
         for user, _ in g.users(node.output[0]):
             if user.op_type == "Gather" and int(attr(user, "axis", 0)) == 0:
                 idx = g.const(user.input[1])
@@ -908,7 +1111,8 @@ _UNARY = (
     "Softsign Erf Gelu Mish Exp Log Sqrt Reciprocal Neg Abs Floor Ceil Round Sign Sin Cos "
     "Identity Cast IsNaN IsInf Not Shrink Swish"
 ).split()
-_ELEMENTWISE = "Add Sub Mul Div Pow PRelu Max Min Sum Mean Equal Less Greater And Or Mod".split()
+_ELEMENTWISE = ("Add Sub Mul Div Pow PRelu Max Min Sum Mean Equal Less Greater And Or Mod "
+                "Where").split()
 _REDUCE = ("ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
            "ReduceLogSumExp ReduceSumSquare ArgMax ArgMin").split()
 _POOL = "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool".split()

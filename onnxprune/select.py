@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -53,7 +53,8 @@ class KeepPlan:
     overrides, e.g. from a MAC budget). Each segment keeps ``⌈(1−r)·n⌉`` channels, at least
     ``min_keep`` (and ≥ 1); with ``round_to = K`` the count is then rounded to the nearest multiple
     of K that is ≥ ``min_keep`` — or the whole segment when it has ≤ K channels or rounding reaches
-    its size. Groups named in ``excluded`` keep everything. For a group listed in ``base`` (its
+    its size (not for attention-head groups: a head is already a block of head_dim entries).
+    Groups named in ``excluded`` keep everything. For a group listed in ``base`` (its
     segment sizes in an earlier, larger version of the model — gradual pruning) the ratio is
     relative to those sizes: a segment keeps ``min(now, keep(base))`` channels.
     """
@@ -64,11 +65,16 @@ class KeepPlan:
     min_keep: int = 1
     excluded: frozenset[str] = frozenset()
     base: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    head_ratio: float | None = None  # attention-head groups (None: ``ratio``)
 
     def ratio_of(self, group: Group) -> float:
         if group.name in self.excluded:
             return 0.0
-        return float(self.ratios.get(group.name, self.ratio))
+        if group.name in self.ratios:
+            return float(self.ratios[group.name])
+        if group.kind == "heads" and self.head_ratio is not None:
+            return float(self.head_ratio)
+        return float(self.ratio)
 
     def segment_keep(self, size: int, ratio: float) -> int:
         if ratio <= 0:
@@ -103,6 +109,8 @@ def segments_and_quotas(group: Group, plan: KeepPlan
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Segment id per group channel, kept count per segment, forced-channel mask."""
     ratio = plan.ratio_of(group)
+    if group.kind == "heads" and plan.round_to > 1:
+        plan = replace(plan, round_to=1)
     base = plan.base.get(group.name)
     if base is not None and len(base) != len(segment_sizes(group)):
         base = None

@@ -5,7 +5,10 @@
 * nodes are put in topological order;
 * nodes whose inputs are all constants (shape arithmetic of the legacy torch exporter: pads,
   target shapes; weight transposes) are evaluated once with ``onnx.reference`` and replaced by
-  initializers, so the analysis sees literal values.
+  initializers, so the analysis sees literal values;
+* the exporters' attention plumbing is put in canonical form (``attention_forms``: Kᵀ through a
+  batch merge, chunks of a fused QKV projection, heads merged with the batch), proven equal with
+  symbolic shapes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import PassError
+from onnxprune.passes.attention_forms import canonicalize
 from onnxprune.passbase import Pass, PassResult
 
 
@@ -98,6 +102,7 @@ class NormalizePass(Pass):
         keep_nodes = [keep_nodes[i] for i in order]
         keep_nodes = self._fold_constant_identities(m, keep_nodes)
         keep_nodes = self._fold_constants(m, keep_nodes)
+        keep_nodes, _ = canonicalize(m, keep_nodes)
         if len(keep_nodes) != len(g.node):
             modified = True
         used = {n.name for n in keep_nodes if n.name}

@@ -1,0 +1,391 @@
+"""Canonical forms of the attention plumbing the torch exporters write (used by NormalizePass).
+
+Each rewrite replaces a few nodes by fewer, simpler ones that compute exactly the same tensor, so
+that the channel analysis sees head axes it can follow. Every match is proven with symbolic shapes
+(:mod:`onnxprune.shapes`); anything not proven is left untouched (and may then be reported
+unprunable by the analysis).
+
+1. **Kᵀ through a batch merge** (dynamo's ``scaled_dot_product_attention`` decomposition)::
+
+       Reshape(K, [-1, s, d]) → Transpose(0, 2, 1) → Reshape(·, [b, h, d, s])
+       ⇒ Transpose(K, perm=[0, 1, 3, 2])                     (K: [b, h, s, d])
+
+   The first Reshape merges batch and heads into one axis, which no channel layout can follow.
+
+2. **Chunk of a fused projection** (``nn.MultiheadAttention``'s ``in_proj`` output
+   ``X: [..., n·E]`` split into Q, K, V with ``unflatten(-1, (n, E)).unsqueeze(0).transpose(0, -2)
+   .squeeze(-2)[i]``)::
+
+       Reshape(X, [..., n, E]) → Unsqueeze → Transpose → Squeeze → Gather(i, axis=0)
+       ⇒ Slice(X, starts=[i·E], ends=[(i+1)·E], axes=[-1])
+
+   proven by tracking which axis of each intermediate tensor is the piece axis (size n) and
+   that the others keep their order; the Gathers of one chunk become one Slice each.
+
+3. **Heads merged with the batch** (``nn.MultiheadAttention``: ``q.view(s, b·h, d).transpose(0, 1)
+   .view(b, h, s, d)``)::
+
+       Reshape(X, [s, b·h, d]) → Transpose(1, 0, 2) → Reshape(·, [b, h, s, d])
+       ⇒ Reshape(X, [0, 0, h, d]) → Transpose(perm=[1, 2, 0, 3])   (X: [s, b, h·d])
+
+   element [b_, h_, s_, :] is X[s_, b_, h_·d : (h_+1)·d] on both sides.
+
+4. **Split of a fused projection**: ``X·W (+ c)`` read only through Slices of disjoint column
+   ranges (the Q, K, V chunks after rewrite 2) becomes one ``X·W[:, a:b] (+ c[a:b])`` per Slice
+   (same numbers; separate Q, K, V projections whose heads the attention MatMuls tie together).
+
+Nodes left without readers (the shape arithmetic of the replaced nodes) are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune.graph import Graph, attr
+from onnxprune.shapes import Dim, ShapeEval
+
+log = logging.getLogger(__name__)
+
+
+class _Edit:
+    """Accumulates node replacements on a list of nodes (topologically ordered)."""
+
+    def __init__(self, model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+        self.model = model
+        self.nodes = nodes
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        self.graph = Graph(m)
+        self.shapes = ShapeEval(self.graph)
+        self.removed: set[int] = set()
+        self.replaced: dict[int, list[onnx.NodeProto]] = {}  # at the position of node i
+        self.new_inits: list[onnx.TensorProto] = []
+        self._ids = {id(n): i for i, n in enumerate(self.graph.nodes)}  # same order as nodes
+        self._names = {x for n in nodes for x in list(n.input) + list(n.output)} | {
+            t.name for t in model.graph.initializer} | {n.name for n in nodes}
+
+    def index(self, node: onnx.NodeProto) -> int:
+        return self._ids[id(node)]
+
+    def free(self, node: onnx.NodeProto) -> bool:
+        return self.index(node) not in self.removed and self.index(node) not in self.replaced
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self._names:
+            name, k = f"{base}_{k}", k + 1
+        self._names.add(name)
+        return name
+
+    def const(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.new_inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def sole_user(self, tensor: str) -> onnx.NodeProto | None:
+        users = self.graph.users(tensor)
+        if len(users) != 1 or tensor in self.graph.graph_outputs or \
+                tensor in self.graph.subgraph_refs:
+            return None
+        return users[0][0]
+
+    def dims(self, tensor: str) -> list[Dim | None] | None:
+        rank = self.graph.rank(tensor)
+        return None if rank is None else [self.shapes.dim(tensor, i) for i in range(rank)]
+
+    def apply(self) -> list[onnx.NodeProto]:
+        self.model.graph.initializer.extend(self.new_inits)
+        out = []
+        for i, n in enumerate(self.nodes):
+            if i in self.replaced:
+                out.extend(self.replaced[i])
+            elif i not in self.removed:
+                out.append(n)
+        return out
+
+
+def _perm(node: onnx.NodeProto, rank: int) -> list[int]:
+    p = attr(node, "perm")
+    return [int(x) for x in p] if p is not None else list(range(rank))[::-1]
+
+
+def _axes(node: onnx.NodeProto, graph: Graph, rank: int) -> list[int] | None:
+    a = attr(node, "axes")
+    if a is None and len(node.input) > 1 and node.input[1]:
+        v = graph.const(node.input[1])
+        a = None if v is None else np.asarray(v).reshape(-1).tolist()
+    if a is None:
+        return None
+    return sorted(int(x) + rank if int(x) < 0 else int(x) for x in a)
+
+
+def _transpose_via_reshape(ed: _Edit) -> int:
+    count = 0
+    g, se = ed.graph, ed.shapes
+    for r1 in list(g.nodes):
+        if r1.op_type != "Reshape" or not ed.free(r1):
+            continue
+        x = r1.input[0]
+        t = ed.sole_user(r1.output[0])
+        if t is None or t.op_type != "Transpose" or _perm(t, 3) != [0, 2, 1] or not ed.free(t):
+            continue
+        r2 = ed.sole_user(t.output[0])
+        if r2 is None or r2.op_type != "Reshape" or not ed.free(r2):
+            continue
+        xd, d1, d2 = ed.dims(x), se.reshape_dims(r1), se.reshape_dims(r2)
+        if xd is None or len(xd) != 4 or None in xd or d1 is None or d2 is None:
+            continue
+        if d1[1:] != [xd[2], xd[3]] or len(d1) != 3 or d2 != [xd[0], xd[1], xd[3], xd[2]]:
+            continue
+        if d1[0] is not None and d1[0] != xd[0] * xd[1]:
+            continue
+        new = helper.make_node("Transpose", [x], [r2.output[0]], name=r2.name, perm=[0, 1, 3, 2])
+        ed.removed.update({ed.index(r1), ed.index(t)})
+        ed.replaced[ed.index(r2)] = [new]
+        count += 1
+    return count
+
+
+def _chunks(ed: _Edit) -> int:
+    """Rewrite 2 (see module docstring)."""
+    count = 0
+    g, se = ed.graph, ed.shapes
+    for r in list(g.nodes):
+        if r.op_type != "Reshape" or not ed.free(r):
+            continue
+        x = r.input[0]
+        xd, od = ed.dims(x), se.reshape_dims(r)
+        if xd is None or od is None or len(od) != len(xd) + 1 or len(od) < 2 or None in xd \
+                or None in od:
+            continue
+        n, e = od[-2].static, od[-1].static
+        if not n or not e or xd[-1] != Dim(n * e) or od[:-2] != xd[:-1]:
+            continue
+        # follow the piece axis through Unsqueeze / Transpose / Squeeze to Gathers on it
+        labels = [f"a{i}" for i in range(len(xd) - 1)] + ["P", "E"]
+        cur, chain = r.output[0], [r]
+        ok = True
+        while True:
+            users = g.users(cur)
+            if cur in g.graph_outputs or not users:
+                ok = False
+                break
+            if all(u.op_type == "Gather" for u, _ in users):
+                break
+            if len(users) != 1:
+                ok = False
+                break
+            u = users[0][0]
+            if u.op_type == "Unsqueeze":
+                raw = _axes(u, g, 0)
+                axes = None if raw is None else _axes(u, g, len(labels) + len(raw))
+                if axes is None:
+                    ok = False
+                    break
+                for a in axes:
+                    labels.insert(a, "1")
+            elif u.op_type == "Transpose":
+                labels = [labels[p] for p in _perm(u, len(labels))]
+            elif u.op_type == "Squeeze":
+                axes = _axes(u, g, len(labels))
+                if axes is None or any(labels[a] != "1" for a in axes):
+                    ok = False
+                    break
+                labels = [lab for i, lab in enumerate(labels) if i not in axes]
+            else:
+                ok = False
+                break
+            chain.append(u)
+            cur = u.output[0]
+        if not ok or labels[0] != "P" or [lab for lab in labels[1:] if lab != "1"] != [
+                f"a{i}" for i in range(len(xd) - 1)] + ["E"] or "1" in labels:
+            continue
+        gathers = [u for u, _ in g.users(cur)]
+        idx = [g.const(u.input[1]) for u in gathers]
+        if any(v is None or v.ndim != 0 or int(attr(u, "axis", 0)) != 0
+               for v, u in zip(idx, gathers)) or not all(ed.free(u) for u in gathers + chain):
+            continue
+        for u, v in zip(gathers, idx):
+            i = int(v) + n if int(v) < 0 else int(v)
+            start = ed.const(f"{u.name}_start", np.asarray([i * e], dtype=np.int64))
+            end = ed.const(f"{u.name}_end", np.asarray([(i + 1) * e], dtype=np.int64))
+            axis = ed.const(f"{u.name}_axis", np.asarray([-1], dtype=np.int64))
+            ed.replaced[ed.index(u)] = [helper.make_node(
+                "Slice", [x, start, end, axis], [u.output[0]], name=u.name)]
+        ed.removed.update(ed.index(c) for c in chain)
+        count += 1
+    return count
+
+
+def _heads_with_batch(ed: _Edit) -> int:
+    """Rewrite 3 (see module docstring)."""
+    count = 0
+    g, se = ed.graph, ed.shapes
+    for r1 in list(g.nodes):
+        if r1.op_type != "Reshape" or not ed.free(r1):
+            continue
+        x = r1.input[0]
+        t = ed.sole_user(r1.output[0])
+        if t is None or t.op_type != "Transpose" or _perm(t, 3) != [1, 0, 2] or not ed.free(t):
+            continue
+        # Besides the second Reshape, the legacy exporter reads the sequence length from the
+        # transposed tensor: Gather(Shape(t), 1) — the same as Gather(Shape(x), 0).
+        users = g.users(t.output[0])
+        r2s = [u for u, i in users if u.op_type == "Reshape" and i == 0]
+        reads = [u for u, _ in users if u.op_type == "Shape" and attr(u, "start") is None
+                 and attr(u, "end") is None]
+        if len(r2s) != 1 or len(r2s) + len(reads) != len(users) or t.output[0] in g.graph_outputs:
+            continue
+        gathers = [gu for u in reads for gu, _ in g.users(u.output[0])]
+        if any(gu.op_type != "Gather" or int(attr(gu, "axis", 0)) != 0
+               or g.const(gu.input[1]) is None or g.const(gu.input[1]).ndim != 0
+               or int(g.const(gu.input[1])) not in (1, -2)
+               for gu in gathers) or any(u.output[0] in g.graph_outputs for u in reads):
+            continue
+        r2 = r2s[0]
+        if not ed.free(r2) or not all(ed.free(u) for u in reads + gathers):
+            continue
+        xd, d1, d2 = ed.dims(x), se.reshape_dims(r1), se.reshape_dims(r2)
+        if xd is None or len(xd) != 3 or None in xd or d1 is None or d2 is None or \
+                len(d1) != 3 or len(d2) != 4 or None in d1 or None in d2:
+            continue
+        hd = d1[2].static
+        h_dim = d1[1].divide(xd[1])
+        if not hd or h_dim is None or h_dim.static is None or d1[0] != xd[0]:
+            continue
+        h = h_dim.static
+        if xd[2] != Dim(h * hd) or d2 != [xd[1], Dim(h), xd[0], Dim(hd)]:
+            continue
+        for u in reads:
+            ed.replaced[ed.index(u)] = [helper.make_node("Shape", [x], [u.output[0]],
+                                                         name=u.name)]
+        for gu in gathers:
+            zero = ed.const(f"{gu.name}_index", np.asarray(0, dtype=np.int64))
+            ed.replaced[ed.index(gu)] = [helper.make_node("Gather", [gu.input[0], zero],
+                                                          [gu.output[0]], name=gu.name, axis=0)]
+        shape = ed.const(f"{r1.name}_heads_shape", np.asarray([0, 0, h, hd], dtype=np.int64))
+        mid = ed.fresh(f"{r1.output[0]}_heads")
+        ed.removed.update({ed.index(r1), ed.index(t)})
+        ed.replaced[ed.index(r2)] = [
+            helper.make_node("Reshape", [x, shape], [mid], name=r1.name),
+            helper.make_node("Transpose", [mid], [r2.output[0]], name=r2.name,
+                             perm=[1, 2, 0, 3])]
+        count += 1
+    return count
+
+
+def _split_fused_projection(ed: _Edit) -> int:
+    """Rewrite 4: ``Y = X·W (+ c)`` read only through Slices of disjoint column ranges (the Q, K
+    and V chunks of a fused in-projection after rewrite 2) becomes one ``X·W[:, a:b] (+ c[a:b])``
+    per Slice — the same numbers, and separate Q, K, V projections whose heads the analysis can
+    tie together through the attention MatMuls."""
+    count = 0
+    g = ed.graph
+    for mm in list(g.nodes):
+        if mm.op_type != "MatMul" or not ed.free(mm):
+            continue
+        w = g.const(mm.input[1])
+        if w is None or w.ndim != 2:
+            continue
+        y, add, bias = mm.output[0], None, None
+        users = g.users(y)
+        if len(users) == 1 and users[0][0].op_type == "Add" and y not in g.graph_outputs:
+            add = users[0][0]
+            bias = g.const(add.input[1 - users[0][1]])
+            if bias is None or bias.shape != (w.shape[1],) or not ed.free(add):
+                continue
+            y, users = add.output[0], g.users(add.output[0])
+        rank = g.rank(y)
+        if not users or y in g.graph_outputs or rank is None or len(users) < 2:
+            continue
+        pieces = []
+        for u, i in users:
+            if u.op_type != "Slice" or i != 0 or not ed.free(u):
+                break
+            params = [g.const(x) if x else None for x in list(u.input[1:5])]
+            if len(params) < 3 or any(p is None for p in params[:3]) or (
+                    len(params) > 3 and params[3] is not None and
+                    np.asarray(params[3]).reshape(-1).tolist() != [1]):
+                break
+            starts, ends, axes = (np.asarray(p).reshape(-1).tolist() for p in params[:3])
+            if len(axes) != 1 or axes[0] not in (-1, rank - 1):
+                break
+            n = w.shape[1]
+            a = min(max(starts[0] + n if starts[0] < 0 else starts[0], 0), n)
+            b = min(max(ends[0] + n if ends[0] < 0 else ends[0], 0), n)
+            if b <= a:
+                break
+            pieces.append((u, a, b))
+        else:
+            spans = sorted((a, b) for _, a, b in pieces)
+            if any(spans[j][1] > spans[j + 1][0] for j in range(len(spans) - 1)):
+                continue
+            for u, a, b in pieces:
+                wi = ed.const(f"{mm.input[1]}_{a}_{b}", np.ascontiguousarray(w[:, a:b]))
+                if add is None:
+                    ed.replaced[ed.index(u)] = [helper.make_node(
+                        "MatMul", [mm.input[0], wi], [u.output[0]], name=u.name)]
+                    continue
+                mid = ed.fresh(f"{u.output[0]}_proj")
+                bi = ed.const(f"{add.input[1 - [x for x in add.input].index(mm.output[0])]}"
+                              f"_{a}_{b}", np.ascontiguousarray(bias[a:b]))
+                ed.replaced[ed.index(u)] = [
+                    helper.make_node("MatMul", [mm.input[0], wi], [mid], name=f"{u.name}_matmul"),
+                    helper.make_node("Add", [mid, bi], [u.output[0]], name=u.name)]
+            ed.removed.add(ed.index(mm))
+            if add is not None:
+                ed.removed.add(ed.index(add))
+            count += 1
+    return count
+
+
+def remove_dead(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Drop nodes none of whose outputs is read (graph outputs and subgraph reads count)."""
+    from onnxprune.passes.normalize import _all_inputs  # noqa: PLC0415 - avoids an import cycle
+
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for n in reversed(nodes):
+        if any(o in needed for o in n.output if o) or not any(n.output):
+            keep.append(n)
+            needed.update(_all_inputs(n))
+    return keep[::-1]
+
+
+REWRITES = (_chunks, _split_fused_projection, _heads_with_batch, _transpose_via_reshape)
+
+
+def canonicalize(model: onnx.ModelProto, nodes: list[onnx.NodeProto]
+                 ) -> tuple[list[onnx.NodeProto], int]:
+    """Apply the rewrites until none matches; returns the new node list and the match count."""
+    total = 0
+    for _ in range(4):
+        changed = 0
+        for rewrite in REWRITES:
+            ed = _Edit(model, nodes)
+            k = rewrite(ed)
+            if k:
+                nodes = ed.apply()
+                changed += k
+        if not changed:
+            break
+        total += changed
+        nodes = remove_dead(model, nodes)
+    if total:
+        log.debug("attention forms: %d rewrite(s)", total)
+        from onnxprune.passes.normalize import _all_inputs  # noqa: PLC0415 - import cycle
+        g = model.graph
+        used = {x for n in nodes for x in _all_inputs(n)} | {o.name for o in g.output} | {
+            i.name for i in g.input}
+        kept = [t for t in g.initializer if t.name in used]
+        if len(kept) != len(g.initializer):  # weights of split projections
+            kept = [onnx.TensorProto.FromString(t.SerializeToString()) for t in kept]
+            del g.initializer[:]
+            g.initializer.extend(kept)
+    return nodes, total
