@@ -510,11 +510,12 @@ them (`MANIFEST.json` lists the op counts of every file) after changing versions
 
 def write_readme(manifest: dict) -> None:
     v = manifest["versions"]
+    manifest = {**manifest, "models": [m for m in manifest["models"] if "builder" not in m]}
     lines = [
         "# Reference models (sklearn digits)",
         "",
-        "Small trained models that onnxprune's tests and benchmarks run on. Every other",
-        "file in this directory is produced by",
+        "Small trained models that onnxprune's tests and benchmarks run on. The digits data,",
+        "the CNNs and the MLP are produced by (the ViT and MiniLM builders: sections below)",
         "",
         "```",
         "python models/build_digits_models.py",
@@ -740,10 +741,20 @@ def main():
         manifest["versions"]["onnxscript"] = __import__("onnxscript").__version__
     except Exception:
         pass
+    # Entries and README sections written by other builders (build_digits_vit.py: entries with
+    # a "builder" key, README text from its "<!-- BEGIN " marker on) are kept as they are.
+    old_manifest = HERE / "MANIFEST.json"
+    if old_manifest.exists():
+        manifest["models"] += [m for m in json.loads(old_manifest.read_text())["models"]
+                               if m.get("builder") not in (None, Path(__file__).name)]
+    old_readme = (HERE / "README.md").read_text() if (HERE / "README.md").exists() else ""
     with open(HERE / "MANIFEST.json", "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
     write_readme(manifest)
+    if "<!-- BEGIN " in old_readme:
+        text = (HERE / "README.md").read_text().rstrip("\n")
+        (HERE / "README.md").write_text(text + "\n\n" + old_readme[old_readme.index("<!-- BEGIN "):])
 
     for p in sorted(HERE.iterdir()):
         if p.suffix in (".onnx", ".data", ".npz", ".json"):

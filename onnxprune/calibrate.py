@@ -98,10 +98,14 @@ def run_outputs(sess: ort.InferenceSession, calib: Calibration, indices: np.ndar
     """Yield ``{name: array}`` per batch, sample axis first, padding rows dropped."""
     for feed, valid in calib.feeds(indices, batch_size):
         outs = sess.run(list(names), feed)
+        fed = len(next(iter(feed.values()))) if calib.mode != "unbatched" else 1
         batch = {}
         for name, arr in zip(names, outs):
             arr = np.asarray(arr)
-            batch[name] = arr[None] if calib.mode == "unbatched" else arr[:valid]
+            # Only padded runs drop rows: an intermediate tensor's first axis need not be the
+            # sample axis (sequence-first attention: [s·b, E]).
+            batch[name] = arr[None] if calib.mode == "unbatched" else (
+                arr[:valid] if valid < fed else arr)
         yield batch
 
 

@@ -844,7 +844,8 @@ class Reshape(Rule):
         rank = graph.rank(x)
         outs = shapes.reshape_dims(node)
         if rank is None or outs is None:
-            return "shapes unknown"
+            return ("target shape cannot be evaluated (computed at run time from values that are "
+                    "not shapes)")
         k = lay.axis
         ins = [shapes.dim(x, i) for i in range(rank)]
         if any(d is None for d in ins[:k]):

