@@ -194,6 +194,12 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     round_to = _positive_int(round_to, "--round-to", 4096)
     min_keep = _positive_int(min_keep, "--min-keep")
     steps = _positive_int(steps, "--steps", 100)
+    if method == "asym" and steps > 1:
+        # Round t ≥ 2 re-fits consumers whose bias already changed in round 1, but asym's
+        # target is the original pre-bias output: the bias change must then be taken relative
+        # to the original bias, which is not implemented yet.
+        raise OptionError("--method asym cannot be combined with --steps > 1 yet; use "
+                          "--method asym in one shot, or --steps with inchange/seq")
     if head_ratio is not None and (isinstance(head_ratio, bool) or not isinstance(
             head_ratio, (int, float)) or not math.isfinite(head_ratio) or not 0 <= head_ratio < 1):
         raise OptionError(f"--head-ratio must be in [0, 1) (the fraction of attention heads "
