@@ -23,15 +23,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _ratio(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--ratio must be a number in [0, 1), got {text!r}")
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"--ratio must be in [0, 1) (the fraction of channels "
-                                         f"removed), got {text}")
-    return v
+def _removed_fraction(flag: str, what: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number in [0, 1), got {text!r}")
+        if not 0 <= v < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be in [0, 1) (the fraction of {what} "
+                                             f"removed), got {text}")
+        return v
+    return parse
 
 
 def _fraction(flag: str):
@@ -57,17 +59,6 @@ def _count(flag: str, limit: int):
             raise argparse.ArgumentTypeError(f"{flag} must be in [1, {limit}], got {text}")
         return v
     return parse
-
-
-def _head_ratio(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--head-ratio must be a number in [0, 1), got {text!r}")
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"--head-ratio must be in [0, 1) (the fraction of "
-                                         f"attention heads removed), got {text}")
-    return v
 
 
 def _ridge(text: str):
@@ -103,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("output", help="where to write the pruned model (.onnx)")
     pr.add_argument("--calib", required=True,
                     help=".npz keyed by input name (or .npy for a single input), sample axis first")
-    pr.add_argument("--ratio", type=_ratio, default=None,
+    pr.add_argument("--ratio", type=_removed_fraction("--ratio", "channels"), default=None,
                     help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
                          "(default 0.5 unless a --target-* budget is given)")
     pr.add_argument("--target-macs", type=_fraction("--target-macs"), metavar="F",
@@ -125,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=_count("--steps", 100), default=1, metavar="N",
                     help="prune gradually in N rounds on the cubic schedule, re-collecting "
                          "statistics between rounds (default 1: one shot)")
-    pr.add_argument("--head-ratio", type=_head_ratio, default=None,
+    pr.add_argument("--head-ratio", type=_removed_fraction("--head-ratio", "attention heads"),
+                    default=None,
                     help="fraction of attention heads removed from every head group, 0 ≤ R < 1 "
                          "(default: --ratio)")
     pr.add_argument("--method", choices=METHODS, default="inchange",
