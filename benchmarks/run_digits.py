@@ -12,8 +12,16 @@ Writes ``<out-prefix>.json`` (every row + metadata) and ``<out-prefix>.md`` (tab
 rewritten after every row, so an interrupted run leaves partial results (``"complete": false``
 in the JSON metadata, a "PARTIAL" banner in the markdown).
 
-    python benchmarks/run_digits.py                 # full benchmark (~1.5 min on 2 idle cores)
+The markdown opens with verdicts computed from the rows: (1) at ratios 0.85 / 0.93, does a
+sequential variant (``seq`` / ``asym``) beat one-shot ``inchange``; (5) accuracy vs MACs — which
+method (± re-fit) is best per model and ratio, and how often the re-fit helps. The per-model
+tables give the MACs kept at each ratio and mark the best cell of each row in bold.
+
+    python benchmarks/run_digits.py                 # full benchmark (~7 min on 2 idle cores)
     python benchmarks/run_digits.py --quick         # resnet_legacy + mlp_skl at ratio 0.5
+
+Budgets, channel rounding, gradual pruning and sub-graph calibration are benchmarked by
+``benchmarks/run_digits_budgets.py``, which reuses the helpers below.
 """
 
 from __future__ import annotations
@@ -46,7 +54,10 @@ MODELS_DIR = ROOT / "models"
 
 ALL_MODELS = ["resnet_legacy", "resnet_dynamo", "mobilenet_legacy", "mobilenet_dynamo",
               "vgg_legacy", "vgg_dynamo", "inception_legacy", "inception_dynamo", "mlp_skl"]
-ALL_METHODS = ["inchange", "weight-norm", "act-norm", "random"]
+# one-shot LayerInChange, the sequential variants, then the baselines
+ALL_METHODS = ["inchange", "seq", "asym", "sampling", "weight-norm", "act-norm", "random"]
+SEQUENTIAL = ("seq", "asym")
+HIGH_RATIOS = (0.85, 0.93)  # item 1 of the verdicts
 DEFAULT_RATIOS = [0.25, 0.5, 0.75, 0.85, 0.93]
 QUICK_MODELS = ["resnet_legacy", "mlp_skl"]
 QUICK_RATIOS = [0.5]
@@ -70,13 +81,12 @@ def accuracy(sess: ort.InferenceSession, x: np.ndarray, y: np.ndarray, output: s
     return float(np.mean(np.argmax(out, axis=1) == y))
 
 
-def latency_side_by_side(orig: ort.InferenceSession, pruned: ort.InferenceSession | None,
-                         x: np.ndarray, output: str, iters: int, warmup: int) -> dict:
-    """Median batch-1 latency (µs) of ``orig`` and ``pruned``, runs interleaved in one loop.
+def latency_interleaved(sessions: list[ort.InferenceSession], x: np.ndarray, output: str,
+                        iters: int, warmup: int) -> list[float]:
+    """Median batch-1 latency (µs) of each session, all run interleaved in one loop.
 
-    The order within each iteration alternates (orig first on even iterations, pruned first on
-    odd ones) so neither session systematically benefits from running second."""
-    sessions = [orig] if pruned is None else [orig, pruned]
+    The order within an iteration alternates (forward on even iterations, reversed on odd ones)
+    so no session systematically benefits from its position."""
     samples = [x[i % len(x)][None] for i in range(max(iters, warmup))]
     for i in range(warmup):
         for s in sessions:
@@ -89,10 +99,18 @@ def latency_side_by_side(orig: ort.InferenceSession, pruned: ort.InferenceSessio
             t0 = time.perf_counter_ns()
             sessions[k].run([output], feed)
             times[k].append((time.perf_counter_ns() - t0) / 1e3)
-    res = {"orig_us": statistics.median(times[0])}
+    return [statistics.median(t) for t in times]
+
+
+def latency_side_by_side(orig: ort.InferenceSession, pruned: ort.InferenceSession | None,
+                         x: np.ndarray, output: str, iters: int, warmup: int) -> dict:
+    """Median batch-1 latency (µs) of ``orig`` and ``pruned`` (interleaved runs)."""
+    med = latency_interleaved([orig] if pruned is None else [orig, pruned], x, output, iters,
+                              warmup)
+    res = {"orig_us": med[0]}
     if pruned is not None:
-        res["pruned_us"] = statistics.median(times[1])
-        res["ratio"] = res["pruned_us"] / res["orig_us"]
+        res["pruned_us"] = med[1]
+        res["ratio"] = med[1] / med[0]
     return res
 
 
@@ -145,6 +163,58 @@ def loadavg() -> float | None:
         return None
 
 
+def new_metadata(cmd_argv: list[str]) -> dict:
+    """Provenance of a run: command, start time, versions, machine, environment, code."""
+    return {
+        "command": "python " + " ".join(shlex.quote(a) for a in cmd_argv),
+        "cwd": str(Path.cwd()),
+        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "finished": None,
+        "total_seconds": None,
+        "complete": False,
+        "versions": {"python": platform.python_version(), "onnx": onnx.__version__,
+                     "onnxruntime": ort.__version__, "numpy": np.__version__,
+                     "onnxprune": onnxprune.__version__},
+        "machine": {"cpu_count": os.cpu_count(),
+                    "affinity_cores": len(os.sched_getaffinity(0))
+                    if hasattr(os, "sched_getaffinity") else None,
+                    "platform": platform.platform(), "processor": platform.machine()},
+        "env": {k: os.environ.get(k) for k in ("ONNXPRUNE_RIDGE", "OMP_NUM_THREADS",
+                                               "OPENBLAS_NUM_THREADS")},
+        "git": git_info(),
+        "code_sha256_at_start": code_fingerprint(),
+        "loadavg_1min_at_start": loadavg(),
+    }
+
+
+def snapshot_inputs(meta: dict, entries: dict, names: list[str]) -> Path:
+    """Copy the models, calibration and test files to a private directory (a concurrent rebuild
+    of models/ cannot change them mid-run) and record their sha256 in ``meta``."""
+    snap = Path(tempfile.mkdtemp(prefix="onnxprune-bench-"))
+    files = input_files(entries, names)
+    for f in files:
+        shutil.copy2(MODELS_DIR / f, snap / f)
+    meta["inputs_sha256"] = {f"models/{f}": sha256(snap / f) for f in files}
+    return snap
+
+
+def finish_metadata(meta: dict, snap: Path, t_start: float) -> None:
+    """Remove the snapshot; record whether code or inputs changed during the run, end time."""
+    shutil.rmtree(snap, ignore_errors=True)
+    meta["code_sha256_at_end"] = code_fingerprint()
+    meta["code_changed_during_run"] = meta["code_sha256_at_end"] != meta["code_sha256_at_start"]
+    changed = []
+    for rel, digest in meta["inputs_sha256"].items():
+        cur = ROOT / rel
+        if not cur.exists() or sha256(cur) != digest:
+            changed.append(rel)
+    meta["models_dir_changed_during_run"] = changed
+    meta["loadavg_1min_at_end"] = loadavg()
+    meta["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    meta["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    meta["complete"] = True
+
+
 # -- markdown --------------------------------------------------------------------------------------
 
 def fmt_pct(v: float | None, digits: int = 1) -> str:
@@ -175,12 +245,146 @@ def acc_cell(rows: list[dict]) -> str:
     return s
 
 
-def build_markdown(meta: dict, models: dict, rows: list[dict], cfg: dict) -> str:
+def bold_best(cells: list[str], values: list[float | None], tol: float = 1e-9) -> list[str]:
+    """Bold the cells whose value equals the row's best (ties: all of them)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return cells
+    best = max(vals)
+    return [f"**{c}**" if v is not None and v >= best - tol else c
+            for c, v in zip(cells, values)]
+
+
+def macs_fraction(r: dict) -> float:
+    return r["macs_after"] / r["macs_before"]
+
+
+def macs_cell(rows: list[dict]) -> str:
+    """MACs kept (% of the original) over rows; a range when they differ."""
+    fr = [macs_fraction(r) for r in rows if r.get("error") is None and r.get("macs_after")]
+    if not fr:
+        return "—"
+    lo, hi = min(fr), max(fr)
+    return f"{100 * lo:.1f}" if hi - lo < 5e-4 else f"{100 * lo:.1f}–{100 * hi:.1f}"
+
+
+def cnn_models(cfg: dict, models: dict) -> list[str]:
+    return [n for n in cfg["models"] if n in models and not n.startswith("mlp")
+            and not models[n].get("error")]
+
+
+def method_verdicts(rows: list[dict], cfg: dict, models: dict, number: bool = True) -> list[str]:
+    """Verdict paragraphs for items 1 (sequential vs one-shot at high ratios) and 5 (accuracy vs
+    MACs), computed from the rows. Empty when the rows cannot answer them."""
+    by_key: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_key.setdefault((r["model"], r["ratio"], r["method"], r["reweight"]), []).append(r)
+
+    def acc(name: str, ratio: float, method: str, rw: bool) -> float | None:
+        return agg(by_key.get((name, ratio, method, rw), []), "accuracy")[0]
+
+    cnns = cnn_models(cfg, models)
+    L: list[str] = ["## Verdicts", "",
+                    "Computed by the script from the rows of this run (test accuracy, %).", ""]
+    n1, n5 = ("1. ", "5. ") if number else ("", "")
+    # -- item 1
+    seqs = [m for m in SEQUENTIAL if m in cfg["methods"]]
+    highs = [r for r in HIGH_RATIOS if r in cfg["ratios"]]
+    if "inchange" in cfg["methods"] and seqs and highs and cnns:
+        parts = []
+        for ratio in highs:
+            for rw in REWEIGHTS:
+                def mean_of(m: str) -> float | None:
+                    vals = [acc(n, ratio, m, rw) for n in cnns]
+                    return None if any(v is None for v in vals) else float(np.mean(vals))
+                base = mean_of("inchange")
+                seq_means = {m: mean_of(m) for m in seqs}
+                ok = {m: v for m, v in seq_means.items() if v is not None}
+                if base is None or not ok:
+                    continue
+                best = max(ok, key=ok.get)
+                wins = {m: sum(1 for n in cnns if (acc(n, ratio, m, rw) or 0) >
+                               (acc(n, ratio, "inchange", rw) or 0) + 1e-12) for m in ok}
+                verdict = "**YES**" if ok[best] > base + 1e-12 else "**NO**"
+                lab = lambda m: combo_label(m, rw)  # noqa: E731
+                parts.append(
+                    f"ratio {ratio}, {'with' if rw else 'without'} re-fit: "
+                    + ", ".join(f"{lab(m)} {fmt_pct(v)}" for m, v in
+                                [("inchange", base), *ok.items()])
+                    + f" → best sequential ({lab(best)}) beats {lab('inchange')} by "
+                    f"{100 * (ok[best] - base):+.1f} points: {verdict}"
+                    + (" (all near chance)" if max(base, *ok.values()) < CHANCE else "")
+                    + "; per model, " + ", ".join(f"{lab(m)} > {lab('inchange')} on {w}/{len(cnns)}"
+                                                  for m, w in wins.items()))
+        n_err = sum(1 for r in rows if r.get("error") is not None)
+        missing = [(n, ratio, m, rw) for n in cfg["models"] for ratio in cfg["ratios"]
+                   for m in cfg["methods"] for rw in REWEIGHTS
+                   if not any(r.get("error") is None for r in by_key.get((n, ratio, m, rw), []))]
+        L.append(f"**{n1}Sequential vs one-shot at high ratios** (mean over the {len(cnns)} CNN "
+                 "models): " + "; ".join(parts) + ".")
+        L.append("")
+        L.append(f"All methods on every model: {len(rows)} rows ({len(cfg['models'])} models × "
+                 f"{len(cfg['methods'])} methods × re-fit on/off × {len(cfg['ratios'])} ratios × "
+                 f"{len(cfg['seeds'])} seed(s)), {n_err} error(s); combinations without a "
+                 "successful row: " + (", ".join(f"{n} {combo_label(m, rw)} {ratio}"
+                                                 for n, ratio, m, rw in missing) or "none") + ".")
+        L.append("")
+    # -- item 5
     combos = [(m, rw) for m in cfg["methods"] for rw in REWEIGHTS]
-    labels = [combo_label(m, rw) for m, rw in combos]
-    ratios = cfg["ratios"]
+    best_count: dict[str, int] = {}
+    n_cells = 0
+    for n in cfg["models"]:
+        for ratio in cfg["ratios"]:
+            vals = {combo_label(m, rw): acc(n, ratio, m, rw) for m, rw in combos}
+            vals = {k: v for k, v in vals.items() if v is not None}
+            if not vals:
+                continue
+            n_cells += 1
+            top = max(vals.values())
+            for k, v in vals.items():
+                if v >= top - 1e-9:
+                    best_count[k] = best_count.get(k, 0) + 1
+    if n_cells:
+        ls_better = ls_worse = ls_tie = 0
+        for n in cfg["models"]:
+            for ratio in cfg["ratios"]:
+                for m in cfg["methods"]:
+                    a, b = acc(n, ratio, m, True), acc(n, ratio, m, False)
+                    if a is None or b is None:
+                        continue
+                    if a > b + 1e-9:
+                        ls_better += 1
+                    elif a < b - 1e-9:
+                        ls_worse += 1
+                    else:
+                        ls_tie += 1
+        curve = []
+        for ratio in cfg["ratios"]:
+            fr = [macs_fraction(r) for r in rows if r["ratio"] == ratio and r.get("error") is None
+                  and r["model"] in cnns]
+            means = {combo_label(m, rw): [acc(n, ratio, m, rw) for n in cnns] for m, rw in combos}
+            means = {k: float(np.mean(v)) for k, v in means.items()
+                     if v and all(x is not None for x in v)}
+            if fr and means:
+                k = max(means, key=means.get)
+                span = (f"{100 * min(fr):.1f}" if max(fr) - min(fr) < 5e-4 else
+                        f"{100 * min(fr):.1f}–{100 * max(fr):.1f}")
+                curve.append(f"ratio {ratio} (MACs kept {span} %): {k} {fmt_pct(means[k])}")
+        L.append(f"**{n5}Accuracy vs MACs** (per-model tables below, best cell per row in bold). "
+                 f"Best combination per (model, ratio) cell, ties counted for each: "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(best_count.items(),
+                                                           key=lambda kv: -kv[1]))
+                 + f" (of {n_cells} cells). Best mean over the CNNs per ratio: "
+                 + "; ".join(curve) + f". Re-fit vs none, same method, model and ratio: +LS "
+                 f"better in {ls_better}, worse in {ls_worse}, equal in {ls_tie} cases.")
+        L.append("")
+    return L
+
+
+def header_lines(title: str, meta: dict, rows: list[dict]) -> list[str]:
+    """Title, provenance (command, dates, versions, sources, inputs) and contention check."""
     L: list[str] = []
-    L.append("# onnxprune digits benchmark")
+    L.append(f"# {title}")
     L.append("")
     if not meta.get("complete"):
         L.append("**PARTIAL RESULTS — the run is still in progress or was interrupted.**")
@@ -228,6 +432,15 @@ def build_markdown(meta: dict, models: dict, rows: list[dict], cfg: dict) -> str
                  f"{statistics.median(loads):.2f}, max {max(loads):.2f} "
                  f"({meta['machine']['cpu_count']} cores; includes this benchmark).")
     L.append("")
+    return L
+
+
+def build_markdown(meta: dict, models: dict, rows: list[dict], cfg: dict) -> str:
+    combos = [(m, rw) for m in cfg["methods"] for rw in REWEIGHTS]
+    labels = [combo_label(m, rw) for m, rw in combos]
+    ratios = cfg["ratios"]
+    L = header_lines("onnxprune digits benchmark", meta, rows)
+    L.extend(method_verdicts(rows, cfg, models))
     L.append(f"Methods: {', '.join(cfg['methods'])}; ratios (fraction of channels removed per "
              f"prunable group): {', '.join(str(r) for r in ratios)}; seeds: "
              f"{', '.join(str(s) for s in cfg['seeds'])}. \"+LS\" = `reweight=True` (least-squares "
@@ -264,14 +477,18 @@ def build_markdown(meta: dict, models: dict, rows: list[dict], cfg: dict) -> str
                  f"{params}, MACs {macs} (from the first successful report), batch-1 latency "
                  f"{info['latency_us']:.1f} µs (alone).")
         L.append("")
-        L.append("Test accuracy (%):")
+        L.append("Test accuracy (%) vs MACs kept (% of the original, per sample; the same for "
+                 "every method at a uniform ratio); **bold** = best cell of the row:")
         L.append("")
-        L.append("| ratio | " + " | ".join(labels) + " |")
-        L.append("| ---: | " + " | ".join("---:" for _ in labels) + " |")
+        L.append("| ratio | MACs kept % | " + " | ".join(labels) + " |")
+        L.append("| ---: | ---: | " + " | ".join("---:" for _ in labels) + " |")
         for ratio in ratios:
-            cells = [acc_cell(by_key.get((name, ratio, m, rw), [])) for m, rw in combos]
+            cell_rows = [by_key.get((name, ratio, m, rw), []) for m, rw in combos]
+            cells = bold_best([acc_cell(rs) for rs in cell_rows],
+                              [agg(rs, "accuracy")[0] for rs in cell_rows])
             if any(cells):
-                L.append(f"| {ratio} | " + " | ".join(cells) + " |")
+                L.append(f"| {ratio} | {macs_cell([r for rs in cell_rows for r in rs])} | "
+                         + " | ".join(cells) + " |")
         L.append("")
         if "inchange" in cfg["methods"]:
             L.append("inchange+LS: size, speed, held-out fidelity of the main output "
@@ -298,17 +515,17 @@ def build_markdown(meta: dict, models: dict, rows: list[dict], cfg: dict) -> str
             L.append("")
 
     # summary over CNNs
-    cnns = [n for n in cfg["models"] if n in models and not n.startswith("mlp")
-            and not models[n].get("error")]
+    cnns = cnn_models(cfg, models)
     L.append("## Summary")
     L.append("")
     L.append(f"Mean test accuracy (%) over the CNN models ({', '.join(cnns) or 'none'}); "
-             "a cell marked * averages fewer models (errors or missing rows).")
+             "a cell marked * averages fewer models (errors or missing rows); **bold** = best "
+             "of the row.")
     L.append("")
     L.append("| ratio | " + " | ".join(labels) + " |")
     L.append("| ---: | " + " | ".join("---:" for _ in labels) + " |")
     for ratio in ratios:
-        cells = []
+        cells, means = [], []
         for m, rw in combos:
             per_model = []
             for n in cnns:
@@ -317,9 +534,25 @@ def build_markdown(meta: dict, models: dict, rows: list[dict], cfg: dict) -> str
                     per_model.append(mean)
             if not per_model:
                 cells.append("")
+                means.append(None)
             else:
-                cells.append(fmt_pct(float(np.mean(per_model)))
-                             + ("*" if len(per_model) < len(cnns) else ""))
+                means.append(float(np.mean(per_model)))
+                cells.append(fmt_pct(means[-1]) + ("*" if len(per_model) < len(cnns) else ""))
+        if any(cells):
+            L.append(f"| {ratio} | " + " | ".join(bold_best(cells, means)) + " |")
+    L.append("")
+
+    L.append("Mean pass time (`report.seconds`, s) over the CNN models, per ratio (other jobs "
+             "on the machine inflate these; see the contention check):")
+    L.append("")
+    L.append("| ratio | " + " | ".join(labels) + " |")
+    L.append("| ---: | " + " | ".join("---:" for _ in labels) + " |")
+    for ratio in ratios:
+        cells = []
+        for m, rw in combos:
+            ts = [r["pass_seconds"] for n in cnns for r in by_key.get((n, ratio, m, rw), [])
+                  if r.get("error") is None]
+            cells.append(f"{np.mean(ts):.2f}" if ts else "")
         if any(cells):
             L.append(f"| {ratio} | " + " | ".join(cells) + " |")
     L.append("")
@@ -469,27 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     md_path = out_prefix.with_name(out_prefix.name + ".md")
     json_path.parent.mkdir(parents=True, exist_ok=True)
 
-    cmd_argv = sys.argv if argv is None else [sys.argv[0], *argv]
-    meta = {
-        "command": "python " + " ".join(shlex.quote(a) for a in cmd_argv),
-        "cwd": str(Path.cwd()),
-        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "finished": None,
-        "total_seconds": None,
-        "complete": False,
-        "versions": {"python": platform.python_version(), "onnx": onnx.__version__,
-                     "onnxruntime": ort.__version__, "numpy": np.__version__,
-                     "onnxprune": onnxprune.__version__},
-        "machine": {"cpu_count": os.cpu_count(),
-                    "affinity_cores": len(os.sched_getaffinity(0))
-                    if hasattr(os, "sched_getaffinity") else None,
-                    "platform": platform.platform(), "processor": platform.machine()},
-        "env": {"ONNXPRUNE_RIDGE": os.environ.get("ONNXPRUNE_RIDGE"),
-                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-        "git": git_info(),
-        "code_sha256_at_start": code_fingerprint(),
-        "loadavg_1min_at_start": loadavg(),
-    }
+    meta = new_metadata(sys.argv if argv is None else [sys.argv[0], *argv])
     cfg = {"models": args.models, "methods": args.methods, "ratios": args.ratios,
            "seeds": args.seeds, "reweight": list(REWEIGHTS),
            "latency_iters": args.latency_iters, "warmup": args.warmup,
@@ -507,11 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     # Snapshot the inputs: the models are read from a private copy, so a concurrent rebuild of
     # models/ cannot change them mid-run; the hashes identify exactly what was benchmarked.
     entries = {m["name"]: m for m in args.manifest["models"]}
-    snap = Path(tempfile.mkdtemp(prefix="onnxprune-bench-"))
-    files = input_files(entries, args.models)
-    for f in files:
-        shutil.copy2(MODELS_DIR / f, snap / f)
-    meta["inputs_sha256"] = {f"models/{f}": sha256(snap / f) for f in files}
+    snap = snapshot_inputs(meta, entries, args.models)
     test = np.load(snap / "digits_test.npz")
     x_img, y_test = test["x"].astype(np.float32), test["y"]
     n_total = len(args.models) * len(args.ratios) * len(args.methods) * len(REWEIGHTS) * len(args.seeds)
@@ -595,19 +804,7 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"[{done}/{n_total}] {name} r={ratio} {row['label']} s={seed}: "
                                   f"ERROR {row['error']}", flush=True)
                         flush()
-    shutil.rmtree(snap, ignore_errors=True)
-    meta["code_sha256_at_end"] = code_fingerprint()
-    meta["code_changed_during_run"] = meta["code_sha256_at_end"] != meta["code_sha256_at_start"]
-    changed = []
-    for rel, digest in meta["inputs_sha256"].items():
-        cur = ROOT / rel
-        if not cur.exists() or sha256(cur) != digest:
-            changed.append(rel)
-    meta["models_dir_changed_during_run"] = changed
-    meta["loadavg_1min_at_end"] = loadavg()
-    meta["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    meta["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    meta["complete"] = True
+    finish_metadata(meta, snap, t_start)
     meta["n_rows"] = len(rows)
     meta["n_errors"] = sum(1 for r in rows if r["error"] is not None)
     flush()
