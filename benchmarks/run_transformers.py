@@ -57,7 +57,7 @@ import build_minilm  # noqa: E402
 
 EXPORTERS = ("legacy", "dynamo")
 METHODS = ("inchange", "weight-norm")
-MINILM_POINTS = ((0.5, 0.25), (0.25, 0.0), (0.75, 0.5))
+MINILM_POINTS = ((0.5, 0.25), (0.5, 0.0), (0.25, 0.0), (0.75, 0.5))
 VIT_RATIOS = (0.25, 0.5, 0.75)
 LATENCY_SEQ = 32
 MINILM_FFN, MINILM_HEADS = 1536, 12
@@ -274,30 +274,31 @@ def run_vit(state: dict, args, prefix: Path) -> None:
         state["vit"]["inspect"][exp] = inspect_summary(path)
         acc0 = float(np.mean(session(path).run(["logits"], {"input": x})[0].argmax(1) == y))
         state["vit"]["original"][exp] = acc0
-        for ratio in args.vit_ratios:
-            for method in args.methods:
-                row = {"exporter": exp, "method": method, "ratio": ratio, "orig_accuracy": acc0}
-                t0 = time.perf_counter()
-                try:
-                    res = prune_call(path, str(calib), ratio, None, method)
-                    r = res.report
-                    onnx.checker.check_model(res.model, full_check=True)
-                    acc = float(np.mean(session(res.model).run(["logits"], {"input": x})[0]
-                                        .argmax(1) == y))
-                    row.update(status="ok", accuracy=acc, params_before=r.params_before,
-                               params_after=r.params_after,
-                               params_kept=round(r.params_after / r.params_before, 4),
-                               seconds=round(r.seconds, 2),
-                               wall_s=round(time.perf_counter() - t0, 2),
-                               **group_summary(r, VIT_FFN, VIT_HEADS))
-                except Exception as e:  # noqa: BLE001
-                    row.update(status="error", error=f"{type(e).__name__}: {e}",
-                               traceback=traceback.format_exc())
-                state["vit"]["rows"].append(row)
-                print(f"vit {exp} {method} {ratio}: {row.get('status')} "
-                      f"acc={fmt(row.get('accuracy'))} params={fmt(row.get('params_kept'))} "
-                      f"{row.get('error', '')}", flush=True)
-                write_outputs(state, prefix)
+        cells = [(h, r, m) for h in args.vit_head_ratios for r in args.vit_ratios
+                 for m in args.methods]
+        for head_ratio, ratio, method in cells:
+            row = {"exporter": exp, "method": method, "ratio": ratio, "head_ratio": head_ratio,
+                   "orig_accuracy": acc0}
+            t0 = time.perf_counter()
+            try:
+                res = prune_call(path, str(calib), ratio, head_ratio, method)
+                r = res.report
+                onnx.checker.check_model(res.model, full_check=True)
+                acc = float(np.mean(session(res.model).run(["logits"], {"input": x})[0]
+                                    .argmax(1) == y))
+                row.update(status="ok", accuracy=acc, params_before=r.params_before,
+                           params_after=r.params_after,
+                           params_kept=round(r.params_after / r.params_before, 4),
+                           seconds=round(r.seconds, 2), wall_s=round(time.perf_counter() - t0, 2),
+                           **group_summary(r, VIT_FFN, VIT_HEADS))
+            except Exception as e:  # noqa: BLE001
+                row.update(status="error", error=f"{type(e).__name__}: {e}",
+                           traceback=traceback.format_exc())
+            state["vit"]["rows"].append(row)
+            print(f"vit {exp} {method} ratio={ratio} head_ratio={head_ratio}: "
+                  f"{row.get('status')} acc={fmt(row.get('accuracy'))} "
+                  f"params={fmt(row.get('params_kept'))} {row.get('error', '')}", flush=True)
+            write_outputs(state, prefix)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -315,6 +316,13 @@ def _kept(lst: list, total: int) -> str:
         return "–"
     vals = sorted(set(lst))
     return (f"{vals[0]}" if len(vals) == 1 else f"{vals[0]}–{vals[-1]}") + f"/{total} ×{len(lst)}"
+
+
+def _short(reason: str) -> str:
+    """First clause of an unprunable reason (they list every node involved)."""
+    first = reason.split(";")[0].strip()
+    more = reason.count(";")
+    return first + (f" (+{more} more)" if more else "")
 
 
 def write_outputs(state: dict, prefix: Path) -> None:
@@ -347,7 +355,7 @@ def write_outputs(state: dict, prefix: Path) -> None:
                      f"{' '.join(e['attention_ops_layer0'])}")
         L += ["", "Channel groups (`onnxprune.inspect`):", ""]
         for exp, ins in mi.get("inspect", {}).items():
-            reasons = sorted({u["reason"].split(":")[0] for u in ins["unprunable"]})
+            reasons = sorted({_short(u["reason"]) for u in ins["unprunable"]})
             L.append(f"* `{exp}`: {ins['n_groups']} groups, {ins['n_prunable']} prunable "
                      f"(sizes {sorted(set(ins['prunable_sizes']))}); unprunable: "
                      f"{len(ins['unprunable'])} ({'; '.join(reasons) or '–'})")
@@ -383,19 +391,22 @@ def write_outputs(state: dict, prefix: Path) -> None:
     vi = state.get("vit", {})
     if vi.get("rows") or vi.get("inspect"):
         L += ["", "## Digits ViT (`models/vit_*.onnx`)", "",
-              "Test accuracy on the 300 test digits after pruning every prunable group (FFN "
-              "neurons and attention heads) at the same `ratio`, calibration "
-              "`models/digits_calib.npz` (300 digits), least-squares re-fit on.", ""]
+              "Test accuracy on the 300 test digits after pruning: FFN neurons at `ratio`, "
+              "attention heads at `head ratio` (`same` = `ratio`, onnxprune's default when "
+              "`head_ratio` is not given; 0 = heads untouched), calibration "
+              "`models/digits_calib.npz` (300 digits, 240 used for selection / re-fit), "
+              "least-squares re-fit on.", ""]
         for exp, ins in vi.get("inspect", {}).items():
-            reasons = sorted({u["reason"].split(":")[0] for u in ins["unprunable"]})
+            reasons = sorted({_short(u["reason"]) for u in ins["unprunable"]})
             L.append(f"* `{exp}`: original accuracy {vi['original'].get(exp, float('nan')):.4f}; "
                      f"{ins['n_groups']} groups, {ins['n_prunable']} prunable (sizes "
                      f"{sorted(set(ins['prunable_sizes']))}); unprunable: "
                      f"{len(ins['unprunable'])} ({'; '.join(reasons) or '–'})")
-        L += ["", "| exporter | method | ratio | FFN kept | heads kept | accuracy | Δ vs original "
-              "| params | params kept | pass s |", "|" + "---|" * 10]
+        L += ["", "| exporter | method | ratio | head ratio | FFN kept | heads kept | accuracy | "
+              "Δ vs original (points) | params | params kept | pass s |", "|" + "---|" * 11]
         for r in vi.get("rows", []):
-            head = f"| {r['exporter']} | {r['method']} | {r['ratio']} |"
+            hr = "same" if r.get("head_ratio") is None else r["head_ratio"]
+            head = f"| {r['exporter']} | {r['method']} | {r['ratio']} | {hr} |"
             if r.get("status") != "ok":
                 L.append(head + f" **{r.get('status')}**: {r.get('error', '')[:160]} |" + " |" * 6)
                 continue
@@ -435,6 +446,9 @@ def main(argv=None) -> int:
     ap.add_argument("--points", default=",".join(f"{a}:{b}" for a, b in MINILM_POINTS),
                     help="MiniLM FFN_RATIO:HEAD_RATIO points (default: %(default)s)")
     ap.add_argument("--vit-ratios", default=",".join(map(str, VIT_RATIOS)))
+    ap.add_argument("--vit-head-ratios", default="same,0",
+                    help="ViT head ratios: 'same' (= ratio, the default of onnxprune.prune) "
+                         "and/or numbers (default: %(default)s)")
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--skip-vit", action="store_true")
     ap.add_argument("--quick", action="store_true", help="legacy only, MiniLM 0.5:0.25, ViT 0.5")
@@ -445,8 +459,11 @@ def main(argv=None) -> int:
     args.methods = [m for m in args.methods.split(",") if m]
     args.points = parse_points(args.points)
     args.vit_ratios = [float(r) for r in args.vit_ratios.split(",") if r]
+    args.vit_head_ratios = [None if h == "same" else float(h)
+                            for h in args.vit_head_ratios.split(",") if h]
     if args.quick:
         args.exporters, args.points, args.vit_ratios = ["legacy"], [(0.5, 0.25)], [0.5]
+        args.vit_head_ratios = [None]
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -460,6 +477,7 @@ def main(argv=None) -> int:
                  "work_dir": str(work)},
         "config": {"exporters": args.exporters, "methods": args.methods,
                    "minilm_points": args.points, "vit_ratios": args.vit_ratios,
+                   "vit_head_ratios": args.vit_head_ratios,
                    "latency_iters": args.latency_iters, "warmup": args.warmup},
         "minilm": {"rows": [], "inspect": {}, "reference": {}},
         "vit": {"rows": [], "inspect": {}, "original": {}},
