@@ -33,6 +33,7 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -234,6 +235,8 @@ def run_minilm(state: dict, args, work: Path, prefix: Path) -> None:
     state["minilm"]["data"] = {"n_calib": int(len(np.load(calib_path)["input_ids"])),
                                "n_heldout": int(len(held["input_ids"])),
                                "length": int(held["input_ids"].shape[1]),
+                               "calib_real_token_fraction": round(float(np.load(calib_path)[
+                                   "attention_mask"].mean()), 3),
                                "latency_seq": LATENCY_SEQ}
     save_dir = work / "pruned"
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -318,11 +321,46 @@ def _kept(lst: list, total: int) -> str:
     return (f"{vals[0]}" if len(vals) == 1 else f"{vals[0]}–{vals[-1]}") + f"/{total} ×{len(lst)}"
 
 
-def _short(reason: str) -> str:
-    """First clause of an unprunable reason (they list every node involved)."""
-    first = reason.split(";")[0].strip()
-    more = reason.count(";")
-    return first + (f" (+{more} more)" if more else "")
+def _reasons(unprunable: list[dict]) -> str:
+    """Unprunable reasons with node / tensor names blanked out, each with its count."""
+    counts: dict[str, int] = {}
+    for u in unprunable:
+        for clause in u["reason"].split(";"):
+            key = re.sub(r"'[^']*'", "'…'", clause.strip())
+            counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{k} (×{n})" for k, n in sorted(counts.items())) or "–"
+
+
+def findings(state: dict) -> list[str]:
+    """Plain statements computed from the rows."""
+    out = []
+    rows = [r for r in state.get("minilm", {}).get("rows", []) if r.get("status") == "ok"]
+    key = ("method", "ffn_ratio", "head_ratio")
+    by = {}
+    for r in rows:
+        by.setdefault(tuple(r[k] for k in key), {})[r["exporter"]] = r
+    both = [v for v in by.values() if len(v) == 2]
+    if both:
+        same = sum(abs(v["legacy"]["cosine_mean"] - v["dynamo"]["cosine_mean"]) < 1e-3
+                   for v in both)
+        out.append(f"MiniLM: legacy and dynamo exports give the same cosine (within 0.001) in "
+                   f"{same} of {len(both)} method/point cells.")
+    pts = sorted({(r["ffn_ratio"], r["head_ratio"], r["exporter"]) for r in rows})
+    wins = []
+    for f, h, e in pts:
+        c = {r["method"]: r for r in rows if (r["ffn_ratio"], r["head_ratio"], r["exporter"])
+             == (f, h, e)}
+        if "inchange" in c and "weight-norm" in c:
+            wins.append(c["inchange"]["cosine_mean"] - c["weight-norm"]["cosine_mean"])
+    if wins:
+        out.append(f"MiniLM: inchange minus weight-norm mean cosine: "
+                   f"{min(wins):+.3f} … {max(wins):+.3f} over {len(wins)} cells.")
+    lat = [r["latency"]["batch8"]["ratio"] for r in rows if "batch8" in r.get("latency", {})]
+    if lat:
+        out.append(f"MiniLM: every pruned model is faster at batch 8 / sequence {LATENCY_SEQ} "
+                   f"(latency ratio {min(lat):.2f} … {max(lat):.2f})" if max(lat) < 1 else
+                   f"MiniLM: batch-8 latency ratio {min(lat):.2f} … {max(lat):.2f}.")
+    return out
 
 
 def write_outputs(state: dict, prefix: Path) -> None:
@@ -345,9 +383,12 @@ def write_outputs(state: dict, prefix: Path) -> None:
         L += ["## all-MiniLM-L6-v2", "",
               f"Built by `models/build_minilm.py` (attention implementation "
               f"`{b['info'].get('attn_implementation')}`, {b['info'].get('torch_params')} "
-              f"parameters in torch; build {b['seconds']} s{', reused' if b['reused'] else ''}). "
+              f"parameters in torch; build {b['info'].get('seconds')} s"
+              f"{' (reused from --work)' if b['reused'] else ''}). "
               f"Calibration: {d.get('n_calib')} sentences of `models/sentences.txt`, held-out: "
-              f"{d.get('n_heldout')} others, padded to {d.get('length')} tokens. onnxprune keeps "
+              f"{d.get('n_heldout')} others, padded to {d.get('length')} tokens (real, "
+              f"unpadded tokens: {d.get('calib_real_token_fraction')} of the calibration "
+              "positions; onnxprune calibrates on all positions). onnxprune keeps "
               "20 % of the calibration sentences aside for its own fidelity report and selects / "
               "re-fits on the rest.", ""]
         for exp, e in b["exports"].items():
@@ -355,10 +396,10 @@ def write_outputs(state: dict, prefix: Path) -> None:
                      f"{' '.join(e['attention_ops_layer0'])}")
         L += ["", "Channel groups (`onnxprune.inspect`):", ""]
         for exp, ins in mi.get("inspect", {}).items():
-            reasons = sorted({_short(u["reason"]) for u in ins["unprunable"]})
+            reasons = _reasons(ins["unprunable"])
             L.append(f"* `{exp}`: {ins['n_groups']} groups, {ins['n_prunable']} prunable "
                      f"(sizes {sorted(set(ins['prunable_sizes']))}); unprunable: "
-                     f"{len(ins['unprunable'])} ({'; '.join(reasons) or '–'})")
+                     f"{len(ins['unprunable'])}: {reasons}")
         for exp, ref in mi.get("reference", {}).items():
             L.append(f"* original `{exp}`: held-out pairwise cosine similarities mean "
                      f"{ref['pairwise_cos_mean']:.3f}, std {ref['pairwise_cos_std']:.3f}, range "
@@ -397,11 +438,11 @@ def write_outputs(state: dict, prefix: Path) -> None:
               "`models/digits_calib.npz` (300 digits, 240 used for selection / re-fit), "
               "least-squares re-fit on.", ""]
         for exp, ins in vi.get("inspect", {}).items():
-            reasons = sorted({_short(u["reason"]) for u in ins["unprunable"]})
+            reasons = _reasons(ins["unprunable"])
             L.append(f"* `{exp}`: original accuracy {vi['original'].get(exp, float('nan')):.4f}; "
                      f"{ins['n_groups']} groups, {ins['n_prunable']} prunable (sizes "
                      f"{sorted(set(ins['prunable_sizes']))}); unprunable: "
-                     f"{len(ins['unprunable'])} ({'; '.join(reasons) or '–'})")
+                     f"{len(ins['unprunable'])}: {reasons}")
         L += ["", "| exporter | method | ratio | head ratio | FFN kept | heads kept | accuracy | "
               "Δ vs original (points) | params | params kept | pass s |", "|" + "---|" * 11]
         for r in vi.get("rows", []):
@@ -422,6 +463,9 @@ def write_outputs(state: dict, prefix: Path) -> None:
             L += [f"### {r['exporter']} {r['method']} "
                   f"{r.get('ratio', (r.get('ffn_ratio'), r.get('head_ratio')))}", "", "```",
                   r["traceback"].rstrip()[-3000:], "```", ""]
+    found = findings(state)
+    if found:
+        L += ["", "## Reading the results", ""] + [f"* {f}" for f in found]
     if state.get("notes"):
         L += ["", "## Notes", ""] + [f"* {n}" for n in state["notes"]]
     prefix.with_suffix(".md").write_text("\n".join(L) + "\n")
