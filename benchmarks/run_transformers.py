@@ -33,6 +33,7 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -57,7 +58,7 @@ import build_minilm  # noqa: E402
 
 EXPORTERS = ("legacy", "dynamo")
 METHODS = ("inchange", "weight-norm")
-MINILM_POINTS = ((0.5, 0.25), (0.25, 0.0), (0.75, 0.5))
+MINILM_POINTS = ((0.5, 0.25), (0.5, 0.0), (0.25, 0.0), (0.75, 0.5))
 VIT_RATIOS = (0.25, 0.5, 0.75)
 LATENCY_SEQ = 32
 MINILM_FFN, MINILM_HEADS = 1536, 12
@@ -234,6 +235,8 @@ def run_minilm(state: dict, args, work: Path, prefix: Path) -> None:
     state["minilm"]["data"] = {"n_calib": int(len(np.load(calib_path)["input_ids"])),
                                "n_heldout": int(len(held["input_ids"])),
                                "length": int(held["input_ids"].shape[1]),
+                               "calib_real_token_fraction": round(float(np.load(calib_path)[
+                                   "attention_mask"].mean()), 3),
                                "latency_seq": LATENCY_SEQ}
     save_dir = work / "pruned"
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -274,30 +277,31 @@ def run_vit(state: dict, args, prefix: Path) -> None:
         state["vit"]["inspect"][exp] = inspect_summary(path)
         acc0 = float(np.mean(session(path).run(["logits"], {"input": x})[0].argmax(1) == y))
         state["vit"]["original"][exp] = acc0
-        for ratio in args.vit_ratios:
-            for method in args.methods:
-                row = {"exporter": exp, "method": method, "ratio": ratio, "orig_accuracy": acc0}
-                t0 = time.perf_counter()
-                try:
-                    res = prune_call(path, str(calib), ratio, None, method)
-                    r = res.report
-                    onnx.checker.check_model(res.model, full_check=True)
-                    acc = float(np.mean(session(res.model).run(["logits"], {"input": x})[0]
-                                        .argmax(1) == y))
-                    row.update(status="ok", accuracy=acc, params_before=r.params_before,
-                               params_after=r.params_after,
-                               params_kept=round(r.params_after / r.params_before, 4),
-                               seconds=round(r.seconds, 2),
-                               wall_s=round(time.perf_counter() - t0, 2),
-                               **group_summary(r, VIT_FFN, VIT_HEADS))
-                except Exception as e:  # noqa: BLE001
-                    row.update(status="error", error=f"{type(e).__name__}: {e}",
-                               traceback=traceback.format_exc())
-                state["vit"]["rows"].append(row)
-                print(f"vit {exp} {method} {ratio}: {row.get('status')} "
-                      f"acc={fmt(row.get('accuracy'))} params={fmt(row.get('params_kept'))} "
-                      f"{row.get('error', '')}", flush=True)
-                write_outputs(state, prefix)
+        cells = [(h, r, m) for h in args.vit_head_ratios for r in args.vit_ratios
+                 for m in args.methods]
+        for head_ratio, ratio, method in cells:
+            row = {"exporter": exp, "method": method, "ratio": ratio, "head_ratio": head_ratio,
+                   "orig_accuracy": acc0}
+            t0 = time.perf_counter()
+            try:
+                res = prune_call(path, str(calib), ratio, head_ratio, method)
+                r = res.report
+                onnx.checker.check_model(res.model, full_check=True)
+                acc = float(np.mean(session(res.model).run(["logits"], {"input": x})[0]
+                                    .argmax(1) == y))
+                row.update(status="ok", accuracy=acc, params_before=r.params_before,
+                           params_after=r.params_after,
+                           params_kept=round(r.params_after / r.params_before, 4),
+                           seconds=round(r.seconds, 2), wall_s=round(time.perf_counter() - t0, 2),
+                           **group_summary(r, VIT_FFN, VIT_HEADS))
+            except Exception as e:  # noqa: BLE001
+                row.update(status="error", error=f"{type(e).__name__}: {e}",
+                           traceback=traceback.format_exc())
+            state["vit"]["rows"].append(row)
+            print(f"vit {exp} {method} ratio={ratio} head_ratio={head_ratio}: "
+                  f"{row.get('status')} acc={fmt(row.get('accuracy'))} "
+                  f"params={fmt(row.get('params_kept'))} {row.get('error', '')}", flush=True)
+            write_outputs(state, prefix)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -315,6 +319,48 @@ def _kept(lst: list, total: int) -> str:
         return "–"
     vals = sorted(set(lst))
     return (f"{vals[0]}" if len(vals) == 1 else f"{vals[0]}–{vals[-1]}") + f"/{total} ×{len(lst)}"
+
+
+def _reasons(unprunable: list[dict]) -> str:
+    """Unprunable reasons with node / tensor names blanked out, each with its count."""
+    counts: dict[str, int] = {}
+    for u in unprunable:
+        for clause in u["reason"].split(";"):
+            key = re.sub(r"'[^']*'", "'…'", clause.strip())
+            counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{k} (×{n})" for k, n in sorted(counts.items())) or "–"
+
+
+def findings(state: dict) -> list[str]:
+    """Plain statements computed from the rows."""
+    out = []
+    rows = [r for r in state.get("minilm", {}).get("rows", []) if r.get("status") == "ok"]
+    key = ("method", "ffn_ratio", "head_ratio")
+    by = {}
+    for r in rows:
+        by.setdefault(tuple(r[k] for k in key), {})[r["exporter"]] = r
+    both = [v for v in by.values() if len(v) == 2]
+    if both:
+        same = sum(abs(v["legacy"]["cosine_mean"] - v["dynamo"]["cosine_mean"]) < 1e-3
+                   for v in both)
+        out.append(f"MiniLM: legacy and dynamo exports give the same cosine (within 0.001) in "
+                   f"{same} of {len(both)} method/point cells.")
+    pts = sorted({(r["ffn_ratio"], r["head_ratio"], r["exporter"]) for r in rows})
+    wins = []
+    for f, h, e in pts:
+        c = {r["method"]: r for r in rows if (r["ffn_ratio"], r["head_ratio"], r["exporter"])
+             == (f, h, e)}
+        if "inchange" in c and "weight-norm" in c:
+            wins.append(c["inchange"]["cosine_mean"] - c["weight-norm"]["cosine_mean"])
+    if wins:
+        out.append(f"MiniLM: inchange minus weight-norm mean cosine: "
+                   f"{min(wins):+.3f} … {max(wins):+.3f} over {len(wins)} cells.")
+    lat = [r["latency"]["batch8"]["ratio"] for r in rows if "batch8" in r.get("latency", {})]
+    if lat:
+        out.append(f"MiniLM: every pruned model is faster at batch 8 / sequence {LATENCY_SEQ} "
+                   f"(latency ratio {min(lat):.2f} … {max(lat):.2f})" if max(lat) < 1 else
+                   f"MiniLM: batch-8 latency ratio {min(lat):.2f} … {max(lat):.2f}.")
+    return out
 
 
 def write_outputs(state: dict, prefix: Path) -> None:
@@ -337,9 +383,12 @@ def write_outputs(state: dict, prefix: Path) -> None:
         L += ["## all-MiniLM-L6-v2", "",
               f"Built by `models/build_minilm.py` (attention implementation "
               f"`{b['info'].get('attn_implementation')}`, {b['info'].get('torch_params')} "
-              f"parameters in torch; build {b['seconds']} s{', reused' if b['reused'] else ''}). "
+              f"parameters in torch; build {b['info'].get('seconds')} s"
+              f"{' (reused from --work)' if b['reused'] else ''}). "
               f"Calibration: {d.get('n_calib')} sentences of `models/sentences.txt`, held-out: "
-              f"{d.get('n_heldout')} others, padded to {d.get('length')} tokens. onnxprune keeps "
+              f"{d.get('n_heldout')} others, padded to {d.get('length')} tokens (real, "
+              f"unpadded tokens: {d.get('calib_real_token_fraction')} of the calibration "
+              "positions; onnxprune calibrates on all positions). onnxprune keeps "
               "20 % of the calibration sentences aside for its own fidelity report and selects / "
               "re-fits on the rest.", ""]
         for exp, e in b["exports"].items():
@@ -347,10 +396,10 @@ def write_outputs(state: dict, prefix: Path) -> None:
                      f"{' '.join(e['attention_ops_layer0'])}")
         L += ["", "Channel groups (`onnxprune.inspect`):", ""]
         for exp, ins in mi.get("inspect", {}).items():
-            reasons = sorted({u["reason"].split(":")[0] for u in ins["unprunable"]})
+            reasons = _reasons(ins["unprunable"])
             L.append(f"* `{exp}`: {ins['n_groups']} groups, {ins['n_prunable']} prunable "
                      f"(sizes {sorted(set(ins['prunable_sizes']))}); unprunable: "
-                     f"{len(ins['unprunable'])} ({'; '.join(reasons) or '–'})")
+                     f"{len(ins['unprunable'])}: {reasons}")
         for exp, ref in mi.get("reference", {}).items():
             L.append(f"* original `{exp}`: held-out pairwise cosine similarities mean "
                      f"{ref['pairwise_cos_mean']:.3f}, std {ref['pairwise_cos_std']:.3f}, range "
@@ -383,19 +432,22 @@ def write_outputs(state: dict, prefix: Path) -> None:
     vi = state.get("vit", {})
     if vi.get("rows") or vi.get("inspect"):
         L += ["", "## Digits ViT (`models/vit_*.onnx`)", "",
-              "Test accuracy on the 300 test digits after pruning every prunable group (FFN "
-              "neurons and attention heads) at the same `ratio`, calibration "
-              "`models/digits_calib.npz` (300 digits), least-squares re-fit on.", ""]
+              "Test accuracy on the 300 test digits after pruning: FFN neurons at `ratio`, "
+              "attention heads at `head ratio` (`same` = `ratio`, onnxprune's default when "
+              "`head_ratio` is not given; 0 = heads untouched), calibration "
+              "`models/digits_calib.npz` (300 digits, 240 used for selection / re-fit), "
+              "least-squares re-fit on.", ""]
         for exp, ins in vi.get("inspect", {}).items():
-            reasons = sorted({u["reason"].split(":")[0] for u in ins["unprunable"]})
+            reasons = _reasons(ins["unprunable"])
             L.append(f"* `{exp}`: original accuracy {vi['original'].get(exp, float('nan')):.4f}; "
                      f"{ins['n_groups']} groups, {ins['n_prunable']} prunable (sizes "
                      f"{sorted(set(ins['prunable_sizes']))}); unprunable: "
-                     f"{len(ins['unprunable'])} ({'; '.join(reasons) or '–'})")
-        L += ["", "| exporter | method | ratio | FFN kept | heads kept | accuracy | Δ vs original "
-              "| params | params kept | pass s |", "|" + "---|" * 10]
+                     f"{len(ins['unprunable'])}: {reasons}")
+        L += ["", "| exporter | method | ratio | head ratio | FFN kept | heads kept | accuracy | "
+              "Δ vs original (points) | params | params kept | pass s |", "|" + "---|" * 11]
         for r in vi.get("rows", []):
-            head = f"| {r['exporter']} | {r['method']} | {r['ratio']} |"
+            hr = "same" if r.get("head_ratio") is None else r["head_ratio"]
+            head = f"| {r['exporter']} | {r['method']} | {r['ratio']} | {hr} |"
             if r.get("status") != "ok":
                 L.append(head + f" **{r.get('status')}**: {r.get('error', '')[:160]} |" + " |" * 6)
                 continue
@@ -411,6 +463,9 @@ def write_outputs(state: dict, prefix: Path) -> None:
             L += [f"### {r['exporter']} {r['method']} "
                   f"{r.get('ratio', (r.get('ffn_ratio'), r.get('head_ratio')))}", "", "```",
                   r["traceback"].rstrip()[-3000:], "```", ""]
+    found = findings(state)
+    if found:
+        L += ["", "## Reading the results", ""] + [f"* {f}" for f in found]
     if state.get("notes"):
         L += ["", "## Notes", ""] + [f"* {n}" for n in state["notes"]]
     prefix.with_suffix(".md").write_text("\n".join(L) + "\n")
@@ -435,6 +490,9 @@ def main(argv=None) -> int:
     ap.add_argument("--points", default=",".join(f"{a}:{b}" for a, b in MINILM_POINTS),
                     help="MiniLM FFN_RATIO:HEAD_RATIO points (default: %(default)s)")
     ap.add_argument("--vit-ratios", default=",".join(map(str, VIT_RATIOS)))
+    ap.add_argument("--vit-head-ratios", default="same,0",
+                    help="ViT head ratios: 'same' (= ratio, the default of onnxprune.prune) "
+                         "and/or numbers (default: %(default)s)")
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--skip-vit", action="store_true")
     ap.add_argument("--quick", action="store_true", help="legacy only, MiniLM 0.5:0.25, ViT 0.5")
@@ -445,8 +503,11 @@ def main(argv=None) -> int:
     args.methods = [m for m in args.methods.split(",") if m]
     args.points = parse_points(args.points)
     args.vit_ratios = [float(r) for r in args.vit_ratios.split(",") if r]
+    args.vit_head_ratios = [None if h == "same" else float(h)
+                            for h in args.vit_head_ratios.split(",") if h]
     if args.quick:
         args.exporters, args.points, args.vit_ratios = ["legacy"], [(0.5, 0.25)], [0.5]
+        args.vit_head_ratios = [None]
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -460,6 +521,7 @@ def main(argv=None) -> int:
                  "work_dir": str(work)},
         "config": {"exporters": args.exporters, "methods": args.methods,
                    "minilm_points": args.points, "vit_ratios": args.vit_ratios,
+                   "vit_head_ratios": args.vit_head_ratios,
                    "latency_iters": args.latency_iters, "warmup": args.warmup},
         "minilm": {"rows": [], "inspect": {}, "reference": {}},
         "vit": {"rows": [], "inspect": {}, "original": {}},

@@ -66,12 +66,14 @@ def test_sentences_and_tokenized_sets(built):
     assert all(4 <= len(s.split()) <= 30 for s in sentences)
     calib, held = bm.split_sentences(sentences)
     assert len(calib) >= 300 and len(held) >= 100 and not set(calib) & set(held)
+    full_rows = 0
     for key, n in (("calib", len(calib)), ("heldout", len(held))):
         data = np.load(paths[key])
         assert sorted(data.files) == sorted(bm.INPUT_NAMES)
         for k in bm.INPUT_NAMES:
             assert data[k].dtype == np.int64 and data[k].shape == (n, paths["length"])
-        assert (data["attention_mask"][:, -1] == 1).any()     # padded to the longest sentence
+        full_rows += int((data["attention_mask"][:, -1] == 1).sum())
+    assert full_rows >= 1       # padded to the longest sentence of the whole file
     tok = bm.load_tokenizer()
     again = bm.tokenize(tok, held, paths["length"])
     for k in bm.INPUT_NAMES:
@@ -122,20 +124,25 @@ def test_prune_half_ffn_quarter_heads(built, exporter, tmp_path):
     res.save(str(out))
     del res
 
-    held = dict(np.load(paths["heldout"]))
     orig, pruned = _session(paths[exporter]), _session(out)
-    e0, e1 = _embed(bm, orig, held), _embed(bm, pruned, held)
-    cos = bm.cosine_rows(e0, e1)
-    assert cos.mean() >= 0.90, (cos.mean(), cos.min())
-
-    # dynamic batch and sequence length: other shapes than the calibration's
+    # dynamic batch and sequence length: other shapes than the calibration's (batch, 31); the
+    # padding length must not change a sentence's embedding
     tok = bm.load_tokenizer()
     _, sents = bm.split_sentences(bm.read_sentences())
-    for batch, length in ((1, 9), (5, 40)):
-        feeds = bm.tokenize(tok, sents[:batch], length)
+    embs = []
+    for length in (None, 40):                       # None: padded to the longest of the 5
+        feeds = bm.tokenize(tok, sents[:5], length)
         h = pruned.run([bm.OUTPUT_NAME], feeds)[0]
-        assert h.shape == (batch, length, 384) and np.isfinite(h).all()
-        c = bm.cosine_rows(bm.mean_pool(h, feeds["attention_mask"]),
-                           bm.mean_pool(orig.run([bm.OUTPUT_NAME], feeds)[0],
-                                        feeds["attention_mask"]))
-        assert c.mean() >= 0.85, (batch, length, c)
+        assert h.shape == (5, feeds["input_ids"].shape[1], 384) and np.isfinite(h).all()
+        embs.append(bm.mean_pool(h, feeds["attention_mask"]))
+    assert bm.cosine_rows(*embs).min() > 0.9999
+    feeds = bm.tokenize(tok, sents[:1], 9)
+    assert pruned.run([bm.OUTPUT_NAME], feeds)[0].shape == (1, 9, 384)
+
+    # Target: mean embedding cosine >= 0.90 on the held-out sentences. Measured with the analysis
+    # of commit 2fa33b3: 0.8896 for both exporters (FFN only at 0.5: 0.925; see
+    # benchmarks/results_transformers.md). 57 % of the calibration token positions are padding,
+    # and the calibration statistics include them.
+    held = dict(np.load(paths["heldout"]))
+    cos = bm.cosine_rows(_embed(bm, orig, held), _embed(bm, pruned, held))
+    assert cos.mean() >= 0.90, (cos.mean(), cos.min())
