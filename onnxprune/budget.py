@@ -235,18 +235,25 @@ def _damage_curve(points: Sequence[tuple[float, float]]) -> np.ndarray:
 
 # -- allocation --------------------------------------------------------------------------------
 
-def allocate(cost: CostModel, sens: Mapping[str, Sequence[tuple[float, float]]], target: float,
-             allocation: str) -> dict[str, float]:
-    """Per-group removed fraction meeting ``cost ≤ target·full`` (module docstring)."""
-    names = [g.name for g in cost.groups]
-    curves = np.stack([_damage_curve(sens[n]) for n in names])  # (groups, GRID)
+def _predictor(cost: CostModel) -> Callable[[np.ndarray], float]:
+    """Predicted cost with ``level[g]`` grid steps of 1/GRID removed from group g."""
+    return lambda level: cost.predict(np.asarray(level) / GRID)
+
+
+def _tables(cost: CostModel, sens: Mapping[str, Sequence[tuple[float, float]]]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Damage per group and grid level (groups × GRID), and each group's deepest level (≥ 1
+    channel kept)."""
+    curves = np.stack([_damage_curve(sens[g.name]) for g in cost.groups])
     floor = np.array([GRID - max(1, int(np.ceil(GRID / g.size))) for g in cost.groups])
-    goal = target * cost.full
+    return curves, floor
 
-    def predicted(level: np.ndarray) -> float:
-        return cost.predict(level / GRID)
 
-    level = np.zeros(len(names), dtype=np.int64)
+def _allocate_levels(cost: CostModel, curves: np.ndarray, floor: np.ndarray, goal: float,
+                     allocation: str) -> np.ndarray:
+    """Grid levels removed per group with predicted cost ≤ ``goal`` (module docstring)."""
+    predicted = _predictor(cost)
+    level = np.zeros(len(cost.groups), dtype=np.int64)
     if allocation == "equal-loss":
         eps_values = np.unique(curves)
         lo, hi = 0, len(eps_values) - 1
@@ -266,8 +273,15 @@ def allocate(cost: CostModel, sens: Mapping[str, Sequence[tuple[float, float]]],
                 else:
                     lo = mid + 1
             level = levels(eps_values[lo])
-    level = _marginal(level, curves, floor, predicted, goal)
-    return {n: float(l) / GRID for n, l in zip(names, level)}
+    return _marginal(level, curves, floor, predicted, goal)
+
+
+def allocate(cost: CostModel, sens: Mapping[str, Sequence[tuple[float, float]]], target: float,
+             allocation: str) -> dict[str, float]:
+    """Per-group removed fraction meeting ``cost ≤ target·full`` (module docstring)."""
+    curves, floor = _tables(cost, sens)
+    level = _allocate_levels(cost, curves, floor, target * cost.full, allocation)
+    return {g.name: float(lv) / GRID for g, lv in zip(cost.groups, level)}
 
 
 def _marginal(level: np.ndarray, curves: np.ndarray, floor: np.ndarray,
@@ -314,22 +328,22 @@ def plan_for_budget(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
     sens = sensitivity(model, graph, analysis, groups, stats, calib, indices, method, reweight,
                        seed, ridge, base_plan, batch_size, progress)
     say("allocating the budget")
-    ratios = allocate(cost, sens, budget.fraction, budget.allocation)
     names = [g.name for _, g in groups]
-    curves = np.stack([_damage_curve(sens[n]) for n in names])
-    floor = np.array([GRID - max(1, int(np.ceil(GRID / g.size))) for _, g in groups])
-    level = np.array([int(round(ratios[n] * GRID)) for n in names])
+    curves, floor = _tables(cost, sens)
     goal = budget.fraction * cost.full
+    level = _allocate_levels(cost, curves, floor, goal, budget.allocation)
+    predicted = _predictor(cost)
+    ratios = {n: float(lv) / GRID for n, lv in zip(names, level)}
     # The exact count includes ceil rounding, --round-to and --min-keep: tighten until it is met.
     exact = cost.exact(ratios, base_plan)
     for _ in range(50):
         if exact <= goal:
             break
-        aim = cost.predict(level / GRID) - (exact - goal) - 1e-9 * cost.full
-        new = _marginal(level, curves, floor, lambda lv: cost.predict(lv / GRID), aim)
+        aim = predicted(level) - (exact - goal) - 1e-9 * cost.full
+        new = _marginal(level, curves, floor, predicted, aim)
         if np.array_equal(new, level):
-            new = _marginal(level, curves, floor, lambda lv: cost.predict(lv / GRID),
-                            cost.predict(level / GRID) - 1e-6 * cost.full)
+            new = _marginal(level, curves, floor, predicted,
+                            predicted(level) - 1e-6 * cost.full)
             if np.array_equal(new, level):
                 break
         level = new
@@ -341,5 +355,5 @@ def plan_for_budget(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
                           f"{exact / cost.full:.3f} of the original (lower --min-keep, "
                           "--round-to or --exclude, or raise the target)")
     return Allocation(ratios=ratios, sensitivity=sens,
-                      predicted=cost.predict(level / GRID) / cost.full,
+                      predicted=predicted(level) / cost.full,
                       exact=exact / cost.full)

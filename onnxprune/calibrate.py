@@ -163,6 +163,7 @@ class GramAccumulator:
         self.C: list[np.ndarray | None] = [None] * len(self.sites)
         self.GA: list[np.ndarray | None] = [None] * len(self.sites)
         self.sens: list[np.ndarray | None] = [None] * len(self.sites)
+        self.weights: dict[int, np.ndarray] = {}  # consumer weights for PFP, read once per site
         self.rows = [0] * len(self.sites)
 
     @property
@@ -190,8 +191,10 @@ class GramAccumulator:
                 self.GA[i] = _add(self.GA[i], A.T @ A)
 
     def _sensitivity(self, i: int, site: ConsumerSite, B: np.ndarray) -> None:
-        node = self.graph.node(site.node)
-        W = self.rules[i].weight_matrix(node, self.graph)
+        W = self.weights.get(i)
+        if W is None:
+            W = self.weights[i] = self.rules[i].weight_matrix(self.graph.node(site.node),
+                                                              self.graph)
         rows = B if B.shape[0] <= PFP_ROWS else B[np.sort(self.pfp_rng.choice(
             B.shape[0], PFP_ROWS, replace=False))]
         s = pfp_sensitivity(rows, W, W.shape[1] // site.g, site.g)

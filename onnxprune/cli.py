@@ -23,42 +23,32 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _removed_fraction(flag: str, what: str):
-    def parse(text: str) -> float:
+def _checked(flag: str, convert, kind: str, interval: str, ok, meaning: str = ""):
+    """An argparse type: ``convert`` the text (else "FLAG must be KIND"), then require ``ok``
+    (else "FLAG must be in INTERVAL (MEANING)")."""
+    def parse(text: str):
         try:
-            v = float(text)
+            v = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a number in [0, 1), got {text!r}")
-        if not 0 <= v < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be in [0, 1) (the fraction of {what} "
-                                             f"removed), got {text}")
+            raise argparse.ArgumentTypeError(f"{flag} must be {kind}, got {text!r}")
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{flag} must be in {interval}{meaning}, got {text}")
         return v
     return parse
+
+
+def _removed_fraction(flag: str, what: str):
+    return _checked(flag, float, "a number in [0, 1)", "[0, 1)", lambda v: 0 <= v < 1,
+                    f" (the fraction of {what} removed)")
 
 
 def _fraction(flag: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a number in (0, 1], got {text!r}")
-        if not 0 < v <= 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be in (0, 1] (the fraction of the "
-                                             f"original to keep), got {text}")
-        return v
-    return parse
+    return _checked(flag, float, "a number in (0, 1]", "(0, 1]", lambda v: 0 < v <= 1,
+                    " (the fraction of the original to keep)")
 
 
 def _count(flag: str, limit: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}")
-        if not 1 <= v <= limit:
-            raise argparse.ArgumentTypeError(f"{flag} must be in [1, {limit}], got {text}")
-        return v
-    return parse
+    return _checked(flag, int, "an integer", f"[1, {limit}]", lambda v: 1 <= v <= limit)
 
 
 def _ridge(text: str):
