@@ -159,7 +159,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           target_macs: float | None = None, target_params: float | None = None,
           allocation: str = "marginal", round_to: int = 1, min_keep: int = 1,
           exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
-          head_ratio: float | None = None,
+          head_ratio: float | None = None, token_mask: str | None = "auto",
           progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune channels of every prunable group of ``model``.
 
@@ -179,7 +179,10 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     re-fit (and of the greedy) toward the layer's original weights, relative to each input's
     variance — 0 (default): plain least squares, directions the samples leave undetermined keep
     the original weights; ``"auto"``: per layer by generalised cross-validation. ``head_ratio``:
-    the fraction of attention heads removed from head groups (None: ``ratio``).
+    the fraction of attention heads removed from head groups (None: ``ratio``). ``token_mask``:
+    the input whose 0/1 values mark real tokens (padding = 0); statistics and fidelity then use
+    real-token positions only. ``"auto"`` (default): an input named ``attention_mask``, if any;
+    ``"none"``: every position counts.
     """
     start = time.perf_counter()
     budget = budget_option(target_macs, target_params, allocation)
@@ -212,7 +215,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
     reference = _open_session(normalized)
-    cal = load_calibration(calib, normalized)
+    cal = load_calibration(calib, normalized, token_mask)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
     shapes, per = _sample_shapes(cal)
     graph = Graph(normalized)
@@ -274,7 +277,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         exclude=tuple(sorted(plan.excluded)),
         budget=None if budget is None else {
             "kind": budget.kind, "target": budget.fraction, "allocation": budget.allocation,
-            "predicted": alloc.predicted, "planned": alloc.exact})
+            "predicted": alloc.predicted, "planned": alloc.exact},
+        token_mask=cal.token_mask)
     return PruneResult(model=pruned, report=report, external_data=loaded.external_data)
 
 

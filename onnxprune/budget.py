@@ -190,9 +190,9 @@ def _run(model: onnx.ModelProto, calib: Calibration, indices: np.ndarray, batch_
     sess = calibrate.session(model)
     names = [o.name for o in sess.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch in calibrate.run_outputs(sess, calib, indices, names, batch_size):
+    for batch, mask in calibrate.run_outputs(sess, calib, indices, names, batch_size):
         for n in names:
-            parts[n].append(np.asarray(batch[n], dtype=np.float64))
+            parts[n].append(calibrate.drop_padding(np.asarray(batch[n], dtype=np.float64), mask))
     return [np.concatenate(parts[n]) for n in names if np.issubdtype(parts[n][0].dtype, np.floating)]
 
 

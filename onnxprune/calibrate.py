@@ -15,6 +15,13 @@ Only what is needed runs: the session is built on the sub-graph of the ancestors
 tensors (the rest of the model is dropped), which matters when statistics are collected once per
 group (sequential methods).
 
+Token mask (transformers): when the calibration names a 0/1 input such as ``attention_mask``
+(``Calibration.token_mask``, shape ``[batch, seq]``), the rows of a per-token consumer (a MatMul
+on ``[batch, seq, k]``) are taken only at the positions the mask marks valid. Padding positions
+are never attended to, so what the model computes there cannot reach a real token's output; left
+in, they would be more than half of the rows of typical padded text batches and would pull the
+selection and the least-squares re-fit toward reproducing padding.
+
 Position cap: a convolution consumer contributes at most ``max_positions`` output positions per
 sample (drawn uniformly without replacement from a generator seeded by ``seed`` and the site; all
 positions when there are fewer). This bounds the cost on large images; the statistics stay
@@ -95,7 +102,9 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto
 
 def run_outputs(sess: ort.InferenceSession, calib: Calibration, indices: np.ndarray,
                 names: Sequence[str], batch_size: int = 32):
-    """Yield ``{name: array}`` per batch, sample axis first, padding rows dropped."""
+    """Yield ``({name: array}, token_mask)`` per batch, sample axis first, padding rows dropped;
+    ``token_mask`` is the batch's ``[n, seq]`` boolean valid-token mask, or None when the
+    calibration has none (see :func:`token_valid`)."""
     for feed, valid in calib.feeds(indices, batch_size):
         outs = sess.run(list(names), feed)
         fed = len(next(iter(feed.values()))) if calib.mode != "unbatched" else 1
@@ -106,15 +115,43 @@ def run_outputs(sess: ort.InferenceSession, calib: Calibration, indices: np.ndar
             # sample axis (sequence-first attention: [s·b, E]).
             batch[name] = arr[None] if calib.mode == "unbatched" else (
                 arr[:valid] if valid < fed else arr)
-        yield batch
+        yield batch, calib.token_valid(feed, valid)
 
 
-def _selector(rng: np.random.Generator, cap: int) -> Callable[[int, int], np.ndarray]:
-    def select(n: int, p: int) -> np.ndarray:
-        if p <= cap:
-            return np.arange(n * p)
-        return np.concatenate([i * p + np.sort(rng.choice(p, cap, replace=False))
-                               for i in range(n)])
+def token_valid(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
+    """The ``[n, seq]`` mask when ``x`` is a per-token tensor ``[n, seq, ...]`` of its batch
+    (same two leading axes), else None (the mask says nothing about ``x``'s rows)."""
+    if mask is None or x.ndim < 3 or tuple(x.shape[:2]) != tuple(mask.shape):
+        return None
+    return mask
+
+
+def drop_padding(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``x`` with the padding positions of a per-token tensor set to zero (a copy), so that
+    output comparisons only see real tokens; ``x`` itself when the mask does not apply."""
+    valid = token_valid(x, mask)
+    if valid is None or valid.all():
+        return x
+    return np.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x, np.zeros((), x.dtype))
+
+
+def _selector(rng: np.random.Generator, cap: int
+              ) -> Callable[[int, int, np.ndarray | None], np.ndarray]:
+    """Row indices into ``n`` samples × ``p`` positions: all positions (only the ``valid`` ones
+    when a ``[n, p]`` mask is given), at most ``cap`` per sample drawn without replacement."""
+    def select(n: int, p: int, valid: np.ndarray | None = None) -> np.ndarray:
+        if valid is None:
+            if p <= cap:
+                return np.arange(n * p)
+            return np.concatenate([i * p + np.sort(rng.choice(p, cap, replace=False))
+                                   for i in range(n)])
+        parts = []
+        for i in range(n):
+            pos = np.flatnonzero(valid[i])
+            if len(pos) > cap:
+                pos = pos[np.sort(rng.choice(len(pos), cap, replace=False))]
+            parts.append(i * p + pos)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return select
 
 
@@ -131,12 +168,14 @@ class SiteStats:
 class _Replay:
     """A position selector whose draws can be replayed (same rows for two models' tensors)."""
 
-    def __init__(self, select: Callable[[int, int], np.ndarray]) -> None:
+    def __init__(self, select: Callable[[int, int, np.ndarray | None], np.ndarray]) -> None:
         self.select = select
+        self.valid: np.ndarray | None = None  # this batch's token mask for the site, if any
         self.last: np.ndarray | None = None
 
     def draw(self, n: int, p: int) -> np.ndarray:
-        self.last = self.select(n, p)
+        valid = self.valid if self.valid is not None and self.valid.shape == (n, p) else None
+        self.last = self.select(n, p, valid)
         return self.last
 
     def replay(self, n: int, p: int) -> np.ndarray:
@@ -171,9 +210,11 @@ class GramAccumulator:
         return sorted({s.tensor for s in self.sites})
 
     def update(self, batch: dict[str, np.ndarray],
-               reference: dict[str, np.ndarray] | None = None) -> None:
+               reference: dict[str, np.ndarray] | None = None,
+               mask: np.ndarray | None = None) -> None:
         for i, site in enumerate(self.sites):
             x = batch[site.tensor]
+            self.selects[i].valid = token_valid(x, mask) if self.rules[i].token_rows else None
             B = self.rules[i].rows(self.graph.node(site.node), self.graph, x,
                                    self.selects[i].draw)
             B = B.astype(np.float64, copy=False)
@@ -231,11 +272,11 @@ def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: n
 
     runs = run_outputs(open_(model, graph), calib, indices, names, batch_size)
     if reference is None:
-        for batch in runs:
-            acc.update(batch)
+        for batch, mask in runs:
+            acc.update(batch, mask=mask)
     else:
         ref_runs = run_outputs(open_(*reference), calib, indices, names, batch_size)
-        for batch, ref in zip(runs, ref_runs):
-            acc.update(batch, ref)
+        for (batch, mask), (ref, _) in zip(runs, ref_runs):
+            acc.update(batch, ref, mask)
     log.debug("collected statistics of %d consumer(s) on %d sample(s)", len(sites), len(indices))
     return acc.result()

@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                     default=None,
                     help="fraction of attention heads removed from every head group, 0 ≤ R < 1 "
                          "(default: --ratio)")
+    pr.add_argument("--token-mask", default="auto", metavar="INPUT",
+                    help="input whose 0/1 values mark real tokens (padding = 0): statistics and "
+                         "the fidelity check use real tokens only (default 'auto': an input "
+                         "named attention_mask, if any; 'none': every position)")
     pr.add_argument("--method", choices=METHODS, default="inchange",
                     help="selection method (default inchange): inchange = LayerInChange, seq = "
                          "SeqInChange, asym = AsymInChange, sampling = PFP sensitivity sampling, "
@@ -192,7 +196,8 @@ def _cmd_prune(args) -> int:
                        target_macs=args.target_macs, target_params=args.target_params,
                        allocation=args.allocation, round_to=args.round_to,
                        min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
-                       head_ratio=args.head_ratio, progress=_progress(args.quiet))
+                       head_ratio=args.head_ratio, token_mask=args.token_mask,
+                       progress=_progress(args.quiet))
     result.save(out)
     r = result.report
     if report_path is not None:
@@ -210,7 +215,8 @@ def _cmd_prune(args) -> int:
         for name, f in r.fidelity.items():
             top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
             sys.stderr.write(f"onnxprune:   output '{name}': rel_l2 {f.rel_l2:.4f}, cosine "
-                             f"{f.cosine:.4f}{top1} (held-out samples)\n")
+                             f"{f.cosine:.4f}{top1} (held-out samples"
+                             f"{', real tokens' if r.token_mask else ''})\n")
     return 0
 
 

@@ -199,13 +199,21 @@ class Calibration:
 
     ``mode``: ``"batched"`` (dynamic batch axis: any chunk size), ``"fixed"`` (static batch of
     ``batch`` samples: chunks are padded by repetition, padding rows ignored) or ``"unbatched"``
-    (the model has no batch axis: one sample per run).
+    (the model has no batch axis: one sample per run). ``token_mask``: the input whose
+    ``[batch, seq]`` 0/1 values mark real (non-padding) tokens, or None.
     """
 
     arrays: Mapping[str, np.ndarray]
     n_samples: int
     mode: str
     batch: int
+    token_mask: str | None = None
+
+    def token_valid(self, feed: Mapping[str, np.ndarray], n_valid: int) -> np.ndarray | None:
+        """The boolean ``[n_valid, seq]`` token mask of one feed, or None."""
+        if self.token_mask is None or self.mode == "unbatched":
+            return None
+        return np.asarray(feed[self.token_mask])[:n_valid] != 0
 
     def feeds(self, indices: np.ndarray, batch_size: int = 32
               ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
@@ -224,9 +232,18 @@ class Calibration:
                 yield {k: v[idx] for k, v in self.arrays.items()}, valid
 
 
-def load_calibration(source, model: onnx.ModelProto) -> Calibration:
+#: Input names taken as a token mask when ``token_mask="auto"`` (compared case-insensitively).
+TOKEN_MASK_NAMES = ("attention_mask",)
+
+
+def load_calibration(source, model: onnx.ModelProto, token_mask: str | None = "auto"
+                     ) -> Calibration:
     """Read and validate calibration data: a .npz (keys = input names), a .npy (single-input
-    model), or a mapping name → array. Arrays have the sample axis first."""
+    model), or a mapping name → array. Arrays have the sample axis first.
+
+    ``token_mask``: the input marking real tokens with 1 and padding with 0 (``[N, seq]``);
+    ``"auto"``: an input named ``attention_mask`` when its values are all 0/1, else none;
+    None or ``"none"``: no mask."""
     specs = model_inputs(model)
     where = "calibration data"
     if isinstance(source, Mapping):
@@ -315,7 +332,32 @@ def load_calibration(source, model: onnx.ModelProto) -> Calibration:
     if len(modes) != 1:
         raise CalibrationError(f"{where}: the model's inputs mix batched and unbatched shapes; "
                                "this model cannot be calibrated automatically")
-    return Calibration(arrays=arrays, n_samples=n, mode=modes.pop(), batch=batch)
+    mode = modes.pop()
+    return Calibration(arrays=arrays, n_samples=n, mode=mode, batch=batch,
+                       token_mask=_token_mask(token_mask, arrays, mode, where))
+
+
+def _token_mask(option: str | None, arrays: Mapping[str, np.ndarray], mode: str,
+                where: str) -> str | None:
+    if option is None or option == "none":
+        return None
+
+    def fits(arr: np.ndarray) -> bool:
+        return (mode != "unbatched" and arr.ndim == 2 and arr.dtype.kind in "biuf"
+                and bool(np.all((arr == 0) | (arr == 1))))
+
+    if option == "auto":
+        return next((k for k in arrays if k.lower() in TOKEN_MASK_NAMES and fits(arrays[k])),
+                    None)
+    if option not in arrays:
+        raise CalibrationError(f"--token-mask '{option}' is not an input of the model (inputs: "
+                               f"{', '.join(repr(k) for k in arrays)}); name the attention-mask "
+                               "input, or give 'none'")
+    if not fits(arrays[option]):
+        raise CalibrationError(f"{where}: --token-mask input '{option}' must be a batched "
+                               f"(N, seq) array of 0/1 values, got shape {arrays[option].shape}; "
+                               "name the attention-mask input, or give 'none'")
+    return option
 
 
 def _fmt_dim(d) -> str:

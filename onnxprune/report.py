@@ -54,6 +54,7 @@ class Report:
     min_keep: int = 1
     exclude: tuple[str, ...] = ()
     budget: dict | None = None  # kind, target, allocation, predicted and planned cost fraction
+    token_mask: str | None = None  # the calibration input marking real tokens, if any
 
     def to_dict(self) -> dict:
         return {
@@ -66,7 +67,7 @@ class Report:
             "groups": [g.to_dict() for g in self.groups],
             "fidelity": {k: v.to_dict() for k, v in self.fidelity.items()},
             "steps": self.steps, "round_to": self.round_to, "min_keep": self.min_keep,
-            "exclude": list(self.exclude), "budget": self.budget,
+            "exclude": list(self.exclude), "budget": self.budget, "token_mask": self.token_mask,
             "macs_fraction": self.macs_after / self.macs_before if self.macs_before else 1.0,
             "params_fraction": (self.params_after / self.params_before
                                 if self.params_before else 1.0),

@@ -78,6 +78,10 @@ def output_scale(node: onnx.NodeProto, graph: Graph) -> np.ndarray | None:
 class Rule:
     """Default: channels flowing in stop here (the group becomes unprunable)."""
 
+    #: ``rows`` makes one row per position of ``x.shape[1:-1]`` (tokens of ``[n, seq, k]``), so
+    #: a calibration token mask applies to it (:mod:`onnxprune.calibrate`).
+    token_rows = False
+
     def analyze(self, node: onnx.NodeProto, ctx) -> None:
         ctx.stop_inputs(node, f"flows into {_where(node)}, which has no channel rule")
 
@@ -407,6 +411,8 @@ class MatMul(Rule):
     (or B's column axis) pass to Y's row (column) axis when the other operand carries none. A
     channel axis that is contracted (A's last, B's second to last) stops.
     """
+
+    token_rows = True
 
     def _batched(self, node, ctx, la: Layout | None, lb: Layout | None) -> None:
         g = ctx.graph

@@ -7,6 +7,9 @@ Fidelity is measured on calibration samples that were *not* used for selection. 
 * ``cosine``   — mean over samples of cos(y_i, ŷ_i);
 * ``top1_agreement`` — for 2-D outputs (N, K>1): fraction of samples whose argmax agrees;
   for 1-D integer outputs (labels): fraction of equal labels; otherwise None.
+
+With a calibration token mask, padding positions of per-token outputs (``[n, seq, ...]``) are
+left out of every figure (zeroed in both models' outputs).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune.calibrate import run_outputs, session
+from onnxprune.calibrate import drop_padding, run_outputs, session
 from onnxprune.errors import PassError
 from onnxprune.modelio import Calibration
 
@@ -60,9 +63,9 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession, pruned: onnx.Mode
     new_runs = run_outputs(session(pruned), calib, indices, names, batch_size)
     acc = {n: {"max": 0.0, "d2": 0.0, "r2": 0.0, "cos": 0.0, "agree": 0, "n": 0} for n in names}
     top1 = {}
-    for ref, new in zip(ref_runs, new_runs):
+    for (ref, mask), (new, _) in zip(ref_runs, new_runs):
         for n in names:
-            a, b = np.asarray(ref[n]), np.asarray(new[n])
+            a, b = drop_padding(np.asarray(ref[n]), mask), drop_padding(np.asarray(new[n]), mask)
             af, bf = a.astype(np.float64), b.astype(np.float64)
             st = acc[n]
             diff = af - bf
