@@ -125,15 +125,28 @@ def _axes(node: onnx.NodeProto, graph: Graph, rank: int) -> list[int] | None:
     return sorted(int(x) + rank if int(x) < 0 else int(x) for x in a)
 
 
+def _reshapes(ed: _Edit):
+    """Each Reshape node in turn that no earlier match of this rewrite has taken."""
+    for n in list(ed.graph.nodes):
+        if n.op_type == "Reshape" and ed.free(n):
+            yield n
+
+
+def _sole_transpose(ed: _Edit, tensor: str, perm: list[int]) -> onnx.NodeProto | None:
+    """The untaken Transpose(perm) that is ``tensor``'s only reader, or None."""
+    t = ed.sole_user(tensor)
+    if t is None or t.op_type != "Transpose" or _perm(t, len(perm)) != perm or not ed.free(t):
+        return None
+    return t
+
+
 def _transpose_via_reshape(ed: _Edit) -> int:
     count = 0
-    g, se = ed.graph, ed.shapes
-    for r1 in list(g.nodes):
-        if r1.op_type != "Reshape" or not ed.free(r1):
-            continue
+    se = ed.shapes
+    for r1 in _reshapes(ed):
         x = r1.input[0]
-        t = ed.sole_user(r1.output[0])
-        if t is None or t.op_type != "Transpose" or _perm(t, 3) != [0, 2, 1] or not ed.free(t):
+        t = _sole_transpose(ed, r1.output[0], [0, 2, 1])
+        if t is None:
             continue
         r2 = ed.sole_user(t.output[0])
         if r2 is None or r2.op_type != "Reshape" or not ed.free(r2):
@@ -156,9 +169,7 @@ def _chunks(ed: _Edit) -> int:
     """Rewrite 2 (see module docstring)."""
     count = 0
     g, se = ed.graph, ed.shapes
-    for r in list(g.nodes):
-        if r.op_type != "Reshape" or not ed.free(r):
-            continue
+    for r in _reshapes(ed):
         x = r.input[0]
         xd, od = ed.dims(x), se.reshape_dims(r)
         if xd is None or od is None or len(od) != len(xd) + 1 or len(od) < 2 or None in xd \
@@ -227,12 +238,10 @@ def _heads_with_batch(ed: _Edit) -> int:
     """Rewrite 3 (see module docstring)."""
     count = 0
     g, se = ed.graph, ed.shapes
-    for r1 in list(g.nodes):
-        if r1.op_type != "Reshape" or not ed.free(r1):
-            continue
+    for r1 in _reshapes(ed):
         x = r1.input[0]
-        t = ed.sole_user(r1.output[0])
-        if t is None or t.op_type != "Transpose" or _perm(t, 3) != [1, 0, 2] or not ed.free(t):
+        t = _sole_transpose(ed, r1.output[0], [1, 0, 2])
+        if t is None:
             continue
         # Besides the second Reshape, the legacy exporter reads the sequence length from the
         # transposed tensor: Gather(Shape(t), 1) — the same as Gather(Shape(x), 0).
