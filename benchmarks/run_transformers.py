@@ -56,6 +56,9 @@ import build_minilm  # noqa: E402
 EXPORTERS = ("legacy", "dynamo")
 METHODS = ("inchange", "weight-norm")
 MINILM_POINTS = ((0.5, 0.25), (0.5, 0.0), (0.25, 0.0), (0.75, 0.5))
+#: Extra rows at the first point (the issue's target): ablations / alternatives to the default.
+MINILM_VARIANTS = (("inchange", {"token_mask": "none"}), ("inchange", {"ridge": "auto"}),
+                   ("asym", {}))
 VIT_RATIOS = (0.25, 0.5, 0.75)
 LATENCY_SEQ = 32
 MINILM_FFN, MINILM_HEADS = 1536, 12
@@ -136,9 +139,15 @@ def inspect_summary(path: Path) -> dict:
             "unprunable": [{"name": g.name, "total": g.total, "reason": g.reason} for g in unp]}
 
 
-def prune_call(path: Path, calib, ratio: float, head_ratio: float | None, method: str):
+def prune_call(path: Path, calib, ratio: float, head_ratio: float | None, method: str,
+               options: dict | None = None):
     kw = {} if head_ratio is None else {"head_ratio": head_ratio}
-    return onnxprune.prune(str(path), calib, ratio=ratio, method=method, seed=0, **kw)
+    return onnxprune.prune(str(path), calib, ratio=ratio, method=method, seed=0, **kw,
+                           **(options or {}))
+
+
+def options_label(options: dict | None) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted((options or {}).items()))
 
 
 # -- MiniLM ----------------------------------------------------------------------------------------
@@ -150,7 +159,7 @@ def minilm_row(spec: dict, model_path: Path, calib_path: Path, held: dict, ref_e
     t0 = time.perf_counter()
     try:
         res = prune_call(model_path, str(calib_path), spec["ffn_ratio"], spec["head_ratio"],
-                         spec["method"])
+                         spec["method"], spec.get("options"))
     except Exception as e:  # noqa: BLE001
         row.update(status="error", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc())
@@ -167,7 +176,7 @@ def minilm_row(spec: dict, model_path: Path, calib_path: Path, held: dict, ref_e
     except Exception as e:  # noqa: BLE001
         row["check_model"] = f"{type(e).__name__}: {e}"
     try:
-        out = save_dir / f"minilm_{spec['exporter']}_{spec['method']}.onnx"
+        out = save_dir / f"minilm_{spec['exporter']}_{spec['method']}.onnx"  # removed below
         res.save(str(out))
         del res
         sess = session(out)
@@ -199,7 +208,9 @@ def run_minilm(state: dict, args, work: Path, prefix: Path) -> None:
     names = {"legacy": build_minilm.LEGACY_NAME, "dynamo": build_minilm.DYNAMO_NAME}
     mdir = work / "minilm"
     have = all((mdir / names[e]).exists() for e in args.exporters) and all(
-        (mdir / f).exists() for f in ("calib.npz", "heldout.npz", "build_info.json"))
+        (mdir / f).exists() for f in ("calib.npz", "heldout.npz", "build_info.json")) and \
+        json.loads((mdir / "build_info.json").read_text())["data"].get(
+            "sentences_sha256") == build_minilm.sentences_digest()
     t0 = time.perf_counter()
     if not have:
         build_minilm.build(mdir, exporters=tuple(args.exporters))
@@ -234,18 +245,23 @@ def run_minilm(state: dict, args, work: Path, prefix: Path) -> None:
             "pairwise_cos_min": float(ref_pairs.min()), "pairwise_cos_max": float(ref_pairs.max()),
             "n_pairs": int(len(ref_pairs))}
         write_outputs(state, prefix)
-        for ffn, heads in args.points:
-            for method in args.methods:
-                spec = {"exporter": exp, "method": method, "ffn_ratio": ffn, "head_ratio": heads}
-                print(f"[{time.perf_counter() - state['_t']:6.0f}s] minilm {spec}", flush=True)
-                row = minilm_row(spec, path, calib_path, held, ref_emb, ref_pairs, sess_orig,
-                                 lat_feeds, args, save_dir)
-                state["minilm"]["rows"].append(row)
-                print(f"    -> {row.get('status')} cos={fmt(row.get('cosine_mean'), 4)} "
-                      f"rho={fmt(row.get('spearman_pairwise'), 4)} "
-                      f"params={fmt(row.get('params_kept'))} s={row.get('seconds')} "
-                      f"lat={row.get('latency')} {row.get('error', '')}", flush=True)
-                write_outputs(state, prefix)
+        runs = [(ffn, heads, method, {}) for ffn, heads in args.points for method in args.methods]
+        if args.variants and args.points:
+            ffn, heads = args.points[0]
+            runs[len(args.methods):len(args.methods)] = [(ffn, heads, m, o)
+                                                         for m, o in MINILM_VARIANTS]
+        for ffn, heads, method, options in runs:
+            spec = {"exporter": exp, "method": method, "ffn_ratio": ffn, "head_ratio": heads,
+                    "options": options}
+            print(f"[{time.perf_counter() - state['_t']:6.0f}s] minilm {spec}", flush=True)
+            row = minilm_row(spec, path, calib_path, held, ref_emb, ref_pairs, sess_orig,
+                             lat_feeds, args, save_dir)
+            state["minilm"]["rows"].append(row)
+            print(f"    -> {row.get('status')} cos={fmt(row.get('cosine_mean'), 4)} "
+                  f"rho={fmt(row.get('spearman_pairwise'), 4)} "
+                  f"params={fmt(row.get('params_kept'))} s={row.get('seconds')} "
+                  f"lat={row.get('latency')} {row.get('error', '')}", flush=True)
+            write_outputs(state, prefix)
         del sess_orig
 
 
@@ -312,7 +328,8 @@ def _reasons(unprunable: list[dict]) -> str:
 def findings(state: dict) -> list[str]:
     """Plain statements computed from the rows."""
     out = []
-    rows = [r for r in state.get("minilm", {}).get("rows", []) if r.get("status") == "ok"]
+    rows = [r for r in state.get("minilm", {}).get("rows", []) if r.get("status") == "ok"
+            and not r.get("options")]
     key = ("method", "ffn_ratio", "head_ratio")
     by = {}
     for r in rows:
@@ -366,7 +383,8 @@ def write_outputs(state: dict, prefix: Path) -> None:
               f"Calibration: {d.get('n_calib')} sentences of `models/sentences.txt`, held-out: "
               f"{d.get('n_heldout')} others, padded to {d.get('length')} tokens (real, "
               f"unpadded tokens: {d.get('calib_real_token_fraction')} of the calibration "
-              "positions; onnxprune calibrates on all positions). onnxprune keeps "
+              "positions; onnxprune's default token mask (`attention_mask`) restricts the "
+              "statistics to those). onnxprune keeps "
               "20 % of the calibration sentences aside for its own fidelity report and selects / "
               "re-fits on the rest.", ""]
         for exp, e in b["exports"].items():
@@ -394,7 +412,8 @@ def write_outputs(state: dict, prefix: Path) -> None:
               "| ρ | params | params kept | pass s | batch 1 ms | batch 8 ms | check | load |",
               "|" + "---|" * 16]
         for r in mi.get("rows", []):
-            head = (f"| {r['exporter']} | {r['method']} | {r['ffn_ratio']} | {r['head_ratio']} |")
+            method = " ".join(x for x in (r["method"], options_label(r.get("options"))) if x)
+            head = (f"| {r['exporter']} | {method} | {r['ffn_ratio']} | {r['head_ratio']} |")
             if r.get("status") not in ("ok", "invalid-model"):
                 L.append(head + f" **{r.get('status')}**: {r.get('error', '')[:160]} |" + " |" * 11)
                 continue
@@ -472,6 +491,9 @@ def main(argv=None) -> int:
                     help="ViT head ratios: 'same' (= ratio, the default of onnxprune.prune) "
                          "and/or numbers (default: %(default)s)")
     ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--no-variants", dest="variants", action="store_false",
+                    help="skip the extra MiniLM rows at the first point (token_mask=none, "
+                         "ridge=auto, asym)")
     ap.add_argument("--skip-vit", action="store_true")
     ap.add_argument("--quick", action="store_true", help="legacy only, MiniLM 0.5:0.25, ViT 0.5")
     ap.add_argument("--latency-iters", type=int, default=40)

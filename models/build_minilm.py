@@ -249,6 +249,12 @@ def check_against_torch(model, path: Path, tokenizer, sentences: list[str]) -> d
 
 # -- build -----------------------------------------------------------------------------------------
 
+def sentences_digest(path: Path = SENTENCES) -> str:
+    """sha256 of the sentence file (a build made from other sentences is stale)."""
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def build_data(out: Path, tokenizer) -> dict:
     sentences = read_sentences()
     calib, held = split_sentences(sentences)
@@ -260,7 +266,8 @@ def build_data(out: Path, tokenizer) -> dict:
     paths["sentences_json"].write_text(json.dumps(
         {"source": "models/sentences.txt", "split": "index % 8 in (6, 7) -> held-out",
          "max_length": length, "calib": calib, "heldout": held}, indent=1))
-    return {"paths": paths, "length": length, "n_calib": len(calib), "n_heldout": len(held)}
+    return {"paths": paths, "length": length, "n_calib": len(calib), "n_heldout": len(held),
+            "sentences_sha256": sentences_digest()}
 
 
 def build(out_dir=None, *, exporters=("legacy", "dynamo"), attn: str = "eager",

@@ -63,7 +63,7 @@ def test_sentences_and_tokenized_sets(built):
     bm, paths = built
     sentences = bm.read_sentences()
     assert len(sentences) >= 400 and len(set(sentences)) == len(sentences)
-    assert all(4 <= len(s.split()) <= 30 for s in sentences)
+    assert all(2 <= len(s.split()) <= 30 for s in sentences)
     calib, held = bm.split_sentences(sentences)
     assert len(calib) >= 300 and len(held) >= 100 and not set(calib) & set(held)
     full_rows = 0
@@ -139,10 +139,9 @@ def test_prune_half_ffn_quarter_heads(built, exporter, tmp_path):
     feeds = bm.tokenize(tok, sents[:1], 9)
     assert pruned.run([bm.OUTPUT_NAME], feeds)[0].shape == (1, 9, 384)
 
-    # Target: mean embedding cosine >= 0.90 on the held-out sentences. Measured with the analysis
-    # of commit 2fa33b3: 0.8896 for both exporters (FFN only at 0.5: 0.925; see
-    # benchmarks/results_transformers.md). 57 % of the calibration token positions are padding,
-    # and the calibration statistics include them.
+    # Target: mean embedding cosine >= 0.90 on the held-out sentences (the statistics use real
+    # tokens only: the default token mask is the attention_mask input). Measured figures in
+    # benchmarks/results_transformers.md.
     held = dict(np.load(paths["heldout"]))
     cos = bm.cosine_rows(_embed(bm, orig, held), _embed(bm, pruned, held))
     assert cos.mean() >= 0.90, (cos.mean(), cos.min())
