@@ -25,7 +25,7 @@ from onnxprune.modelio import Calibration, load_calibration, load_model, save_mo
 from onnxprune.passbase import run_passes
 from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import PruneOptions
-from onnxprune.passes.prune import Lineage, find_group
+from onnxprune.passes.prune import Lineage
 from onnxprune.report import InspectReport, Report, group_entry, inspect_report
 from onnxprune.select import METHODS, KeepPlan, removes_anything, segment_sizes
 from onnxprune.verify import check_structure, fidelity
@@ -255,8 +255,9 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     groups = []
     for g in analysis.groups:
         d = decisions.get(g.name)
-        now = find_group(final, g.name)
-        kept = now.size if (d is not None and now is not None) else g.size
+        # The decision's count, in the group's own units: re-analysing the pruned model can see
+        # the group differently (one head left: its head_dim columns look like plain channels).
+        kept = len(d.kept) if d is not None else g.size
         planned = plan.ratio_of(g) if removes_anything(g, plan) else 0.0
         sens = alloc.sensitivity.get(g.name) if alloc is not None else None
         entry = group_entry(g, kept, d.rel_error if d else None, planned, sens)

@@ -117,3 +117,15 @@ def test_prune_half_keeps_accuracy(name, tmp_path):
     assert run(reloaded, {"input": x[:1]})[0].shape == (1, 10)   # dynamic batch kept
     acc, acc0 = _accuracy(reloaded), ENTRIES[name]["test_accuracy"]
     assert acc >= acc0 - 0.10, (acc, acc0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_head_left_is_reported_in_heads(name):
+    """Ratio 0.75 leaves 1 of 4 heads: the report counts heads (1), not the remaining head's
+    head_dim columns), and the model runs."""
+    res = onnxprune.prune(str(MODELS / f"{name}.onnx"), str(MODELS / "digits_calib.npz"),
+                          ratio=0.75)
+    kept = sorted((g.kind, g.total, g.kept) for g in res.report.groups if g.prunable)
+    assert kept == [("channels", D_FF, D_FF // 4)] * N_LAYERS + [
+        ("heads", N_HEADS, 1)] * N_LAYERS, kept
+    assert run(res.model, {"input": _test_data()[0][:3]})[0].shape == (3, 10)
