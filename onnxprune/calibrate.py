@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx
@@ -170,12 +171,13 @@ class _Replay:
 
     def __init__(self, select: Callable[[int, int, np.ndarray | None], np.ndarray]) -> None:
         self.select = select
-        self.valid: np.ndarray | None = None  # this batch's token mask for the site, if any
         self.last: np.ndarray | None = None
 
-    def draw(self, n: int, p: int) -> np.ndarray:
-        valid = self.valid if self.valid is not None and self.valid.shape == (n, p) else None
-        self.last = self.select(n, p, valid)
+    def draw(self, n: int, p: int, valid: np.ndarray | None = None) -> np.ndarray:
+        """Rows of ``n`` samples × ``p`` positions; ``valid``: an ``[n, p]`` token mask (ignored
+        when the rule's positions are not the mask's)."""
+        self.last = self.select(n, p, valid if valid is not None and valid.shape == (n, p)
+                                else None)
         return self.last
 
     def replay(self, n: int, p: int) -> np.ndarray:
@@ -214,9 +216,9 @@ class GramAccumulator:
                mask: np.ndarray | None = None) -> None:
         for i, site in enumerate(self.sites):
             x = batch[site.tensor]
-            self.selects[i].valid = token_valid(x, mask) if self.rules[i].token_rows else None
+            valid = token_valid(x, mask) if self.rules[i].token_rows else None
             B = self.rules[i].rows(self.graph.node(site.node), self.graph, x,
-                                   self.selects[i].draw)
+                                   partial(self.selects[i].draw, valid=valid))
             B = B.astype(np.float64, copy=False)
             if self.has_const[i]:
                 B = np.hstack([B, np.ones((B.shape[0], 1))])
