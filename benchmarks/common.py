@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Sequence
@@ -77,3 +78,31 @@ def fmt(v, nd=3):
     if isinstance(v, float):
         return f"{v:.{nd}f}"
     return str(v)
+
+
+def latency_side_by_side(a: ort.InferenceSession, b: ort.InferenceSession, feeds: list[dict],
+                         output: str, iters: int, warmup: int) -> dict:
+    """Median latency (ms) of sessions ``a`` (original) and ``b`` (pruned) on the same feeds
+    (``feeds[i % len(feeds)]`` at iteration i), interleaved in one loop; the order alternates
+    every iteration so neither systematically runs second."""
+    for i in range(warmup):
+        a.run([output], feeds[i % len(feeds)])
+        b.run([output], feeds[i % len(feeds)])
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(iters):
+        f = feeds[i % len(feeds)]
+        pair = ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta))
+        for s, acc in pair:
+            t0 = time.perf_counter_ns()
+            s.run([output], f)
+            acc.append((time.perf_counter_ns() - t0) / 1e6)
+    ma, mb = statistics.median(ta), statistics.median(tb)
+    return {"orig_ms": round(ma, 3), "pruned_ms": round(mb, 3), "ratio": round(mb / ma, 3)}
+
+
+def remove_model(path: Path) -> None:
+    """Delete a saved model and its external-data file (benchmarks never keep pruned models)."""
+    for p in (path, Path(str(path) + ".data")):
+        if p.exists():
+            p.unlink()

@@ -42,7 +42,8 @@ import onnx
 import onnxruntime as ort
 
 import onnxprune
-from common import cpu_snapshot, fmt, git_info, session, versions
+from common import (cpu_snapshot, fmt, git_info, latency_side_by_side, remove_model, session,
+                    versions)
 from common import other_cpu_load as other_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +57,6 @@ OUTPUT = "logits"
 
 
 # -- measurement helpers ---------------------------------------------------------------------------
-
 
 
 BENCH_PACKAGES = (
@@ -99,36 +99,6 @@ def agreement(ref: np.ndarray, got: np.ndarray, held_slice: slice, seen_slice: s
         "prob_l1_mean": float(np.abs(softmax(ref) - softmax(got)).sum(1).mean()),
     }
 
-
-def latency_side_by_side(a: ort.InferenceSession, b: ort.InferenceSession, x: np.ndarray,
-                         iters: int, warmup: int) -> dict:
-    """Median batch-1 latency (ms) of sessions ``a`` and ``b``, interleaved in one loop; the order
-    alternates every iteration so neither systematically runs second."""
-    feeds = [{"input": x[i % len(x)][None]} for i in range(max(iters, warmup))]
-    for i in range(warmup):
-        a.run([OUTPUT], feeds[i])
-        b.run([OUTPUT], feeds[i])
-    ta: list[float] = []
-    tb: list[float] = []
-    for i in range(iters):
-        pair = ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta))
-        for s, acc in pair:
-            t0 = time.perf_counter_ns()
-            s.run([OUTPUT], feeds[i])
-            acc.append((time.perf_counter_ns() - t0) / 1e6)
-    ma, mb = statistics.median(ta), statistics.median(tb)
-    return {"orig_ms": round(ma, 3), "pruned_ms": round(mb, 3), "ratio": round(mb / ma, 3)}
-
-
-
-
-
-
-
-
-
-
-# -- diagnostics (no onnxprune internals) ----------------------------------------------------------
 
 def depthwise_latency(channels=(128, 129, 130, 132, 134, 136), hw: int = 56, iters: int = 100) -> list:
     """Batch-1 latency of ONE depthwise 3x3 Conv (group=C) in onnxruntime, 1 thread, per C: the
@@ -276,20 +246,16 @@ def run_one(spec: dict, model_path: Path, calib, x_eval, ref_logits, sess_orig, 
         row["saved"] = {"path_external_data": Path(str(out) + ".data").exists(),
                         "max_abs_diff_saved_vs_memory": float(np.abs(got[:8] - mem).max())}
         row.update(agreement(ref_logits, got, *slices))
-        row["latency"] = latency_side_by_side(sess_orig, session(out), x_eval,
-                                              args.latency_iters, args.warmup)
-        for p in (out, Path(str(out) + ".data")):
-            if p.exists():
-                p.unlink()
+        row["latency"] = latency_side_by_side(
+            sess_orig, session(out), [{"input": x[None]} for x in x_eval], OUTPUT,
+            args.latency_iters, args.warmup)
+        remove_model(out)
         row["status"] = "ok" if row["check_model"] == "ok" else "invalid-model"
     except Exception as e:  # noqa: BLE001
         row.update(status="error-after-prune", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc())
     row["other_cpu_load"] = other_load(s0, cpu_snapshot())
     return row
-
-
-
 
 
 def summarize(state: dict) -> list[str]:

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shlex
-import statistics
 import sys
 import time
 import traceback
@@ -45,7 +44,8 @@ import onnxruntime as ort
 from scipy.stats import spearmanr
 
 import onnxprune
-from common import cpu_snapshot, fmt, git_info, session, versions
+from common import (cpu_snapshot, fmt, git_info, latency_side_by_side, remove_model, session,
+                    versions)
 from common import other_cpu_load as other_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +66,6 @@ VIT_FFN, VIT_HEADS = 128, 4
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-
 
 
 BENCH_PACKAGES = (
@@ -92,25 +89,6 @@ def pairwise_cos(e: np.ndarray) -> np.ndarray:
     u = e / np.linalg.norm(e, axis=1, keepdims=True)
     s = u @ u.T
     return s[np.triu_indices(len(e), k=1)]
-
-
-def latency_side_by_side(a, b, feeds: list[dict], out_name: str, iters: int, warmup: int) -> dict:
-    """Median latency (ms) of sessions ``a`` and ``b`` on the same feeds, interleaved in one loop
-    (the order alternates every iteration so neither systematically runs second)."""
-    for i in range(warmup):
-        a.run([out_name], feeds[i % len(feeds)])
-        b.run([out_name], feeds[i % len(feeds)])
-    ta: list[float] = []
-    tb: list[float] = []
-    for i in range(iters):
-        f = feeds[i % len(feeds)]
-        pair = ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta))
-        for s, acc in pair:
-            t0 = time.perf_counter_ns()
-            s.run([out_name], f)
-            acc.append((time.perf_counter_ns() - t0) / 1e6)
-    ma, mb = statistics.median(ta), statistics.median(tb)
-    return {"orig_ms": round(ma, 3), "pruned_ms": round(mb, 3), "ratio": round(mb / ma, 3)}
 
 
 def group_summary(report, n_ffn: int, n_heads: int) -> dict:
@@ -193,9 +171,7 @@ def minilm_row(spec: dict, model_path: Path, calib_path: Path, held: dict, ref_e
                                                     args.latency_iters, args.warmup)
         row["latency"] = lat
         del sess
-        for p in (out, Path(str(out) + ".data")):
-            if p.exists():
-                p.unlink()
+        remove_model(out)
         row["status"] = "ok" if row["check_model"] == "ok" else "invalid-model"
     except Exception as e:  # noqa: BLE001
         row.update(status="error-after-prune", error=f"{type(e).__name__}: {e}",
@@ -304,8 +280,6 @@ def run_vit(state: dict, args, prefix: Path) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------------
-
-
 
 
 def _kept(lst: list, total: int) -> str:
