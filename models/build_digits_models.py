@@ -271,19 +271,28 @@ def train_torch(name, xtr, ytr, xte, yte):
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=LR, epochs=EPOCHS, steps_per_epoch=steps_per_epoch
     )
+    return fit(model, opt, sched, xtr, ytr, xte, yte, epochs=EPOCHS, seed=TORCH_SEEDS[name],
+               augment=AUGMENT)
+
+
+def fit(model, opt, sched, xtr, ytr, xte, yte, *, epochs: int, seed: int, augment: bool,
+        label_smoothing: float = 0.0, batch: int = BATCH):
+    """Mini-batch training (batches of ``batch`` samples, shuffled by a generator seeded with ``seed``; with ``augment`` a
+    random +-1 pixel shift of each batch from the same generator), one ``sched`` step per batch;
+    returns ``(model, test logits, test accuracy)``. Shared with build_digits_vit.py."""
     xt = torch.from_numpy(xtr)
     yt = torch.from_numpy(ytr)
-    gen = torch.Generator().manual_seed(TORCH_SEEDS[name])
-    for epoch in range(EPOCHS):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
         model.train()
         order = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), BATCH):
-            idx = order[i:i + BATCH]
+        for i in range(0, len(xt), batch):
+            idx = order[i:i + batch]
             xb, yb = xt[idx], yt[idx]
-            if AUGMENT:  # light seeded augmentation: random +-1 pixel shift of the batch
+            if augment:
                 sh = torch.randint(-1, 2, (2,), generator=gen).tolist()
                 xb = torch.roll(xb, shifts=(sh[0], sh[1]), dims=(2, 3))
-            loss = F.cross_entropy(model(xb), yb)
+            loss = F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -291,8 +300,7 @@ def train_torch(name, xtr, ytr, xte, yte):
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(xte)).numpy()
-    acc = float((logits.argmax(1) == yte).mean())
-    return model, logits, acc
+    return model, logits, float((logits.argmax(1) == yte).mean())
 
 
 def count_params(model: nn.Module) -> int:

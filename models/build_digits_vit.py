@@ -44,13 +44,13 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from build_digits_models import (  # noqa: E402  (same data, split and helpers)
     as_image,
     count_params,
+    fit,
     load_split,
     op_counts,
     ort_run,
@@ -104,25 +104,8 @@ def train(xtr, ytr, xte, yte, epochs: int = EPOCHS):
     steps = (len(xtr) + BATCH - 1) // BATCH
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, epochs=epochs,
                                                 steps_per_epoch=steps)
-    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    gen = torch.Generator().manual_seed(SEED)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), BATCH):
-            idx = order[i:i + BATCH]
-            xb, yb = xt[idx], yt[idx]
-            sh = torch.randint(-1, 2, (2,), generator=gen).tolist()   # +-1 pixel shift
-            xb = torch.roll(xb, shifts=(sh[0], sh[1]), dims=(2, 3))
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=0.05)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        logits = model(torch.from_numpy(xte)).numpy()
-    return model, logits, float((logits.argmax(1) == yte).mean())
+    return fit(model, opt, sched, xtr, ytr, xte, yte, epochs=epochs, seed=SEED, augment=True,
+               label_smoothing=0.05, batch=BATCH)
 
 
 def export_legacy(model, x, path: Path) -> dict:
