@@ -10,7 +10,8 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
@@ -106,3 +107,33 @@ def remove_model(path: Path) -> None:
     for p in (path, Path(str(path) + ".data")):
         if p.exists():
             p.unlink()
+
+
+def pruned_row(spec: dict, prune: Callable[[], object], evaluate: Callable[[object, dict], None],
+               wall_digits: int = 2) -> dict:
+    """One benchmark row: ``prune()`` (an ``onnxprune.PruneResult``; a failure gives status
+    "error"), the full ONNX check, then ``evaluate(result, row)`` (a failure gives status
+    "error-after-prune"), the pass's wall time and the other processes' CPU load."""
+    row = dict(spec)
+    s0 = cpu_snapshot()
+    t0 = time.perf_counter()
+    try:
+        res = prune()
+    except Exception as e:  # noqa: BLE001
+        row.update(status="error", error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc())
+        return row
+    row["wall_s"] = round(time.perf_counter() - t0, wall_digits)
+    try:
+        onnx.checker.check_model(res.model, full_check=True)
+        row["check_model"] = "ok"
+    except Exception as e:  # noqa: BLE001
+        row["check_model"] = f"{type(e).__name__}: {e}"
+    try:
+        evaluate(res, row)
+        row["status"] = "ok" if row["check_model"] == "ok" else "invalid-model"
+    except Exception as e:  # noqa: BLE001
+        row.update(status="error-after-prune", error=f"{type(e).__name__}: {e}",
+                   traceback=traceback.format_exc())
+    row["other_cpu_load"] = other_cpu_load(s0, cpu_snapshot())
+    return row

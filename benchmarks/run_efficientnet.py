@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,8 @@ import onnx
 import onnxruntime as ort
 
 import onnxprune
-from common import (cpu_snapshot, fmt, git_info, latency_side_by_side, remove_model, session,
+from common import (fmt, git_info, latency_side_by_side, pruned_row, remove_model, session,
                     versions)
-from common import other_cpu_load as other_load
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
@@ -206,42 +204,29 @@ def inspect_groups(path: Path) -> dict:
 
 def run_one(spec: dict, model_path: Path, calib, x_eval, ref_logits, sess_orig, slices, args,
             save_dir: Path) -> dict:
-    row = dict(spec)
-    s0 = cpu_snapshot()
-    t0 = time.perf_counter()
-    try:
+    def prune():
         src = calib if isinstance(calib, dict) else str(calib)
-        res = onnxprune.prune(str(model_path), src, ratio=spec["ratio"], method=spec["method"],
-                              reweight=spec["reweight"], seed=0,
-                              round_to=spec.get("round_to", 1))
-    except Exception as e:  # noqa: BLE001
-        row.update(status="error", error=f"{type(e).__name__}: {e}",
-                   traceback=traceback.format_exc())
-        return row
-    row["wall_s"] = round(time.perf_counter() - t0, 2)
-    r = res.report
-    row.update(params_before=r.params_before, params_after=r.params_after,
-               params_kept=round(r.params_after / r.params_before, 4),
-               macs_before=r.macs_before, macs_after=r.macs_after,
-               macs_kept=round(r.macs_after / r.macs_before, 4), seconds=round(r.seconds, 2),
-               calib_samples=r.calib_samples, holdout_samples=r.holdout_samples,
-               report_fidelity={k: {"cosine": v.cosine, "rel_l2": v.rel_l2,
-                                    "top1_agreement": v.top1_agreement}
-                                for k, v in r.fidelity.items()},
-               groups=[{"name": g.name, "total": g.total, "kept": g.kept,
-                        "rel_error": g.rel_error} for g in r.groups],
-               groups_kept_not_mult4=sum(1 for g in r.groups if g.prunable and g.kept % 4))
-    try:
-        onnx.checker.check_model(res.model, full_check=True)
-        row["check_model"] = "ok"
-    except Exception as e:  # noqa: BLE001
-        row["check_model"] = f"{type(e).__name__}: {e}"
-    try:
+        return onnxprune.prune(str(model_path), src, ratio=spec["ratio"], method=spec["method"],
+                               reweight=spec["reweight"], seed=0,
+                               round_to=spec.get("round_to", 1))
+
+    def evaluate(res, row: dict) -> None:
+        r = res.report
+        row.update(params_before=r.params_before, params_after=r.params_after,
+                   params_kept=round(r.params_after / r.params_before, 4),
+                   macs_before=r.macs_before, macs_after=r.macs_after,
+                   macs_kept=round(r.macs_after / r.macs_before, 4), seconds=round(r.seconds, 2),
+                   calib_samples=r.calib_samples, holdout_samples=r.holdout_samples,
+                   report_fidelity={k: {"cosine": v.cosine, "rel_l2": v.rel_l2,
+                                        "top1_agreement": v.top1_agreement}
+                                    for k, v in r.fidelity.items()},
+                   groups=[{"name": g.name, "total": g.total, "kept": g.kept,
+                            "rel_error": g.rel_error} for g in r.groups],
+                   groups_kept_not_mult4=sum(1 for g in r.groups if g.prunable and g.kept % 4))
         out = save_dir / (f"{spec['exporter']}_{spec['method']}_{spec['ratio']}_{spec['tag']}"
                           f"_r{spec.get('round_to', 1)}.onnx")
         res.save(str(out))
-        sess_pruned = session(out)
-        got = logits_of(sess_pruned, x_eval)
+        got = logits_of(session(out), x_eval)
         mem = logits_of(session(res.model), x_eval[:8])
         row["saved"] = {"path_external_data": Path(str(out) + ".data").exists(),
                         "max_abs_diff_saved_vs_memory": float(np.abs(got[:8] - mem).max())}
@@ -250,12 +235,8 @@ def run_one(spec: dict, model_path: Path, calib, x_eval, ref_logits, sess_orig, 
             sess_orig, session(out), [{"input": x[None]} for x in x_eval], OUTPUT,
             args.latency_iters, args.warmup)
         remove_model(out)
-        row["status"] = "ok" if row["check_model"] == "ok" else "invalid-model"
-    except Exception as e:  # noqa: BLE001
-        row.update(status="error-after-prune", error=f"{type(e).__name__}: {e}",
-                   traceback=traceback.format_exc())
-    row["other_cpu_load"] = other_load(s0, cpu_snapshot())
-    return row
+
+    return pruned_row(spec, prune, evaluate)
 
 
 def summarize(state: dict) -> list[str]:

@@ -44,9 +44,8 @@ import onnxruntime as ort
 from scipy.stats import spearmanr
 
 import onnxprune
-from common import (cpu_snapshot, fmt, git_info, latency_side_by_side, remove_model, session,
+from common import (fmt, git_info, latency_side_by_side, pruned_row, remove_model, session,
                     versions)
-from common import other_cpu_load as other_load
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -132,31 +131,14 @@ def options_label(options: dict | None) -> str:
 
 def minilm_row(spec: dict, model_path: Path, calib_path: Path, held: dict, ref_emb: np.ndarray,
                ref_pairs: np.ndarray, sess_orig, lat_feeds: dict, args, save_dir: Path) -> dict:
-    row = dict(spec)
-    s0 = cpu_snapshot()
-    t0 = time.perf_counter()
-    try:
-        res = prune_call(model_path, str(calib_path), spec["ffn_ratio"], spec["head_ratio"],
-                         spec["method"], spec.get("options"))
-    except Exception as e:  # noqa: BLE001
-        row.update(status="error", error=f"{type(e).__name__}: {e}",
-                   traceback=traceback.format_exc())
-        return row
-    row["wall_s"] = round(time.perf_counter() - t0, 1)
-    r = res.report
-    row.update(params_before=r.params_before, params_after=r.params_after,
-               params_kept=round(r.params_after / r.params_before, 4),
-               macs_kept=round(r.macs_after / r.macs_before, 4) if r.macs_before else None,
-               seconds=round(r.seconds, 1), **group_summary(r, MINILM_FFN, MINILM_HEADS))
-    try:
-        onnx.checker.check_model(res.model, full_check=True)
-        row["check_model"] = "ok"
-    except Exception as e:  # noqa: BLE001
-        row["check_model"] = f"{type(e).__name__}: {e}"
-    try:
+    def evaluate(res, row: dict) -> None:
+        r = res.report
+        row.update(params_before=r.params_before, params_after=r.params_after,
+                   params_kept=round(r.params_after / r.params_before, 4),
+                   macs_kept=round(r.macs_after / r.macs_before, 4) if r.macs_before else None,
+                   seconds=round(r.seconds, 1), **group_summary(r, MINILM_FFN, MINILM_HEADS))
         out = save_dir / f"minilm_{spec['exporter']}_{spec['method']}.onnx"  # removed below
         res.save(str(out))
-        del res
         sess = session(out)
         emb = embed(sess, held)
         cos = build_minilm.cosine_rows(emb, ref_emb)
@@ -164,20 +146,16 @@ def minilm_row(spec: dict, model_path: Path, calib_path: Path, held: dict, ref_e
         row.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()),
                    spearman_pairwise=float(rho))
         # dynamic sequence length: the latency inputs are 32 tokens, the held-out set L
-        lat = {}
-        for b, feeds in lat_feeds.items():
-            lat[f"batch{b}"] = latency_side_by_side(sess_orig, sess, feeds,
-                                                    build_minilm.OUTPUT_NAME,
-                                                    args.latency_iters, args.warmup)
-        row["latency"] = lat
+        row["latency"] = {f"batch{b}": latency_side_by_side(
+            sess_orig, sess, feeds, build_minilm.OUTPUT_NAME, args.latency_iters, args.warmup)
+            for b, feeds in lat_feeds.items()}
         del sess
         remove_model(out)
-        row["status"] = "ok" if row["check_model"] == "ok" else "invalid-model"
-    except Exception as e:  # noqa: BLE001
-        row.update(status="error-after-prune", error=f"{type(e).__name__}: {e}",
-                   traceback=traceback.format_exc())
-    row["other_cpu_load"] = other_load(s0, cpu_snapshot())
-    return row
+
+    return pruned_row(spec, lambda: prune_call(model_path, str(calib_path), spec["ffn_ratio"],
+                                               spec["head_ratio"], spec["method"],
+                                               spec.get("options")),
+                      evaluate, wall_digits=1)
 
 
 def run_minilm(state: dict, args, work: Path, prefix: Path) -> None:
