@@ -15,7 +15,7 @@ from onnxprune.solvers.baselines import (
     select_top,
     weight_norm_scores,
 )
-from onnxprune.solvers.greedy import greedy_remove, greedy_select, removal_costs
+from onnxprune.solvers.greedy import greedy_path, greedy_remove, greedy_select, removal_costs
 from onnxprune.solvers.lstsq import (
     augment,
     choose_ridge,
@@ -34,6 +34,7 @@ __all__ = [
     "augment",
     "choose_ridge",
     "greedy_remove",
+    "greedy_path",
     "greedy_select",
     "keep_count",
     "objective",

@@ -31,6 +31,8 @@ ties go to the lowest index.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import dgemm as _dgemm
+from scipy.linalg.blas import dger as _dger
 
 from onnxprune.solvers.problem import ConsumerStats, Problem
 
@@ -52,9 +54,11 @@ class _ConsumerState:
         diag = np.diag(stats.G)[: nb * self.g].reshape(nb, self.g)
         self.scale = np.maximum(diag.sum(axis=1) / self.g, np.finfo(float).tiny)
 
-    def project_out(self, cols: np.ndarray, scale: float) -> None:
+    def project_out(self, cols: np.ndarray, scale: float) -> float:
+        """Project the columns ``cols`` out of the residual statistics; returns the target energy
+        they explained, ``tr(H_r,Jᵀ R_JJ⁺ H_r,J)`` (the gain of picking them)."""
         if cols.size == 0:
-            return
+            return 0.0
         Rjj = self.R[np.ix_(cols, cols)]
         w, V = np.linalg.eigh(Rjj)
         keep = w > RTOL * max(scale, np.finfo(float).tiny)
@@ -62,23 +66,31 @@ class _ConsumerState:
             self.R[cols, :] = 0.0
             self.R[:, cols] = 0.0
             self.Hr[cols, :] = 0.0
-            return
+            return 0.0
         # R_{:,J} R_JJ⁺ = (R_{:,J} V_k) diag(1/w_k) V_kᵀ
         U = self.R[:, cols] @ V[:, keep]
         Winv = 1.0 / w[keep]
         coef = V[:, keep].T @ self.Hr[cols]
+        energy = float(np.sum(coef * coef * Winv[:, None]))
         self.Hr -= (U * Winv) @ coef
-        self.R -= (U * Winv) @ U.T
+        # R ← R − U diag(1/w) Uᵀ in place (one BLAS call, no n×n temporary): R is symmetric and
+        # C-ordered, so its transpose is the same matrix in the Fortran order BLAS writes to.
+        if U.shape[1] == 1:  # rank one (a 1×1 block): the cheaper outer-product update
+            _dger(-float(Winv[0]), U[:, 0], U[:, 0], a=self.R.T, overwrite_a=True)
+        else:
+            _dgemm(alpha=-1.0, a=U * Winv, b=U, trans_b=True, beta=1.0, c=self.R.T,
+                   overwrite_c=True)
         self.R[cols, :] = 0.0
         self.R[:, cols] = 0.0
         self.Hr[cols, :] = 0.0
+        return energy
 
-    def select_channel(self, c: int) -> None:
+    def select_channel(self, c: int) -> float:
         p = self.pos[c]
         if p < 0:
-            return
+            return 0.0
         cols = np.arange(p * self.g, (p + 1) * self.g)
-        self.project_out(cols, float(self.scale[p]))
+        return self.project_out(cols, float(self.scale[p]))
 
     def gains(self, n_channels: int) -> np.ndarray:
         """Δ(c | S) for every group channel (0 for channels this consumer does not see)."""
@@ -104,22 +116,27 @@ class _ConsumerState:
         return out
 
 
-def greedy_select(problem: Problem) -> np.ndarray:
-    """Greedy maximisation of F(S) under the problem's segment quotas; returns sorted kept ids."""
+def _greedy(problem: Problem, quotas: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Greedy maximisation of F(S) under per-segment ``quotas``. Returns the channels picked, in
+    order, and ``explained[k]`` = F(S_k), the target energy explained by the constant column,
+    the forced channels and the first k picks."""
     C = problem.n_channels
     states = [_ConsumerState(s, C) for s in problem.consumers]
+    base = 0.0
     for st in states:
         if st.stats.has_const:
             ci = st.stats.const_index
-            st.project_out(np.array([ci]), float(st.stats.G[ci, ci]))
+            base += st.project_out(np.array([ci]), float(st.stats.G[ci, ci]))
     selected = np.zeros(C, dtype=bool)
-    remaining = problem.quotas.astype(np.int64).copy()
+    remaining = quotas.astype(np.int64).copy()
     for c in np.nonzero(problem.forced)[0]:
         selected[c] = True
         remaining[problem.segments[c]] -= 1
         for st in states:
-            st.select_channel(int(c))
-    for _ in range(int(remaining.sum())):
+            base += st.select_channel(int(c))
+    picks: list[int] = []
+    explained = [base]
+    for _ in range(int(np.maximum(remaining, 0).sum())):
         total = np.zeros(C)
         for st in states:
             total += st.gains(C)
@@ -128,9 +145,29 @@ def greedy_select(problem: Problem) -> np.ndarray:
         c = int(np.argmax(total))
         selected[c] = True
         remaining[problem.segments[c]] -= 1
-        for st in states:
-            st.select_channel(c)
-    return np.nonzero(selected)[0]
+        explained.append(explained[-1] + sum(st.select_channel(c) for st in states))
+        picks.append(c)
+    return picks, np.asarray(explained)
+
+
+def greedy_select(problem: Problem) -> np.ndarray:
+    """Greedy maximisation of F(S) under the problem's segment quotas; returns sorted kept ids."""
+    picks, _ = _greedy(problem, problem.quotas)
+    return np.sort(np.concatenate([np.nonzero(problem.forced)[0], picks]).astype(np.int64))
+
+
+def greedy_path(problem: Problem, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The greedy's picks when it keeps ``count`` channels of a single-segment problem (forced
+    channels included: they come first and are not listed), and ``explained[k] = F(S_k)`` after
+    k picks.
+
+    With one segment the quota only decides when the greedy stops, so the kept set for any
+    quota k is the forced channels plus the first ``k − #forced`` picks: one run gives every
+    level of a group (budgets' sensitivity curves)."""
+    if len(problem.quotas) != 1:
+        raise ValueError("greedy_path needs a single-segment problem")
+    picks, explained = _greedy(problem, np.array([count]))
+    return np.asarray(picks, dtype=np.int64), explained
 
 
 def removal_costs(problem: Problem) -> np.ndarray:
