@@ -6,7 +6,20 @@ Fidelity is measured on calibration samples that were *not* used for selection. 
 * ``rel_l2``   — ‖y − ŷ‖ / ‖y‖ over all held-out samples;
 * ``cosine``   — mean over samples of cos(y_i, ŷ_i);
 * ``top1_agreement`` — for 2-D outputs (N, K>1): fraction of samples whose argmax agrees;
-  for 1-D integer outputs (labels): fraction of equal labels; otherwise None.
+  for 1-D integer outputs (labels): fraction of equal labels; otherwise None;
+* ``parts`` — when the output mixes scales (below): ``rel_l2`` and ``cosine`` of each part.
+
+**Parts of an output.** One output can concatenate quantities of very different scales (a
+detector's box coordinates in pixels beside class scores in [0, 1]); its cosine and relative
+error are then dominated by the large part and blind to the small one. The features of an output
+are the entries of its axis 1 (channels of NCHW maps, logits, the 4+80 rows of a YOLO head).
+Each feature f gets its RMS scale ``s_f`` on the reference output; sorting the scales of the
+live features (s_f > 0), a jump by more than ``PART_GAP`` (×10) between neighbours separates two
+*parts* (each part holds at least ``MIN_PART`` features; features never active join the
+smallest part). Outputs whose scales are all within the gap form one part. The figures of every
+part are reported and :attr:`OutputFidelity.worst_cosine` is the lowest of the whole output's
+cosine and its parts' — what ``--min-cosine`` checks. Budgets measure damage the same way
+(:func:`damage`): the mean over parts of each part's relative squared change.
 
 With a calibration token mask, padding positions of per-token outputs (``[n, seq, ...]``) are
 left out of every figure (zeroed in both models' outputs).
@@ -14,6 +27,7 @@ left out of every figure (zeroed in both models' outputs).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +38,22 @@ from onnxprune.calibrate import drop_padding, run_outputs, session
 from onnxprune.errors import PassError
 from onnxprune.modelio import Calibration
 
+#: Sorted feature scales further apart than this factor belong to different parts of an output.
+PART_GAP = 10.0
+#: A part holds at least this many features.
+MIN_PART = 2
+
+
+@dataclass(frozen=True)
+class PartFidelity:
+    features: tuple[tuple[int, int], ...]  # index ranges [lo, hi) along the output's axis 1
+    rel_l2: float
+    cosine: float
+
+    def to_dict(self) -> dict:
+        return {"features": [list(r) for r in self.features], "rel_l2": self.rel_l2,
+                "cosine": self.cosine}
+
 
 @dataclass(frozen=True)
 class OutputFidelity:
@@ -31,10 +61,89 @@ class OutputFidelity:
     rel_l2: float
     cosine: float
     top1_agreement: float | None
+    parts: tuple[PartFidelity, ...] = ()  # only when the output mixes scales (> 1 part)
+
+    @property
+    def worst_cosine(self) -> float:
+        return min([self.cosine] + [p.cosine for p in self.parts])
 
     def to_dict(self) -> dict:
-        return {"max_abs": self.max_abs, "rel_l2": self.rel_l2, "cosine": self.cosine,
-                "top1_agreement": self.top1_agreement}
+        d = {"max_abs": self.max_abs, "rel_l2": self.rel_l2, "cosine": self.cosine,
+             "top1_agreement": self.top1_agreement}
+        if self.parts:
+            d["parts"] = [p.to_dict() for p in self.parts]
+        return d
+
+
+def output_parts(scale: np.ndarray) -> list[np.ndarray]:
+    """Feature indices of each part of an output, from the features' RMS scales (module
+    docstring); parts ordered by scale, largest first."""
+    scale = np.asarray(scale, dtype=np.float64)
+    live = np.flatnonzero(scale > 0)
+    if len(live) < 2 * MIN_PART:
+        return [np.arange(len(scale))]
+    order = live[np.argsort(-scale[live], kind="stable")]
+    logs = np.log10(scale[order])
+    cuts = [i for i in range(MIN_PART, len(order) - MIN_PART + 1)
+            if logs[i - 1] - logs[i] > np.log10(PART_GAP)]
+    bounds = [0]
+    for c in cuts:  # each part at least MIN_PART features
+        if c - bounds[-1] >= MIN_PART:
+            bounds.append(c)
+    bounds.append(len(order))
+    parts = [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    dead = np.flatnonzero(~(scale > 0))
+    if len(dead):
+        parts[-1] = np.sort(np.concatenate([parts[-1], dead]))
+    return parts
+
+
+def _feature_view(x: np.ndarray) -> np.ndarray:
+    """``x`` as (samples, features, rest) float64: features = axis 1."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim < 2:
+        return x.reshape(x.shape[0] if x.ndim else 1, 1, 1)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def feature_scale(y: np.ndarray) -> np.ndarray:
+    """RMS of each feature (axis 1) of a reference output over samples and positions."""
+    v = _feature_view(y)
+    return np.sqrt(np.mean(v * v, axis=(0, 2)))
+
+
+def damage(ref: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> float:
+    """Relative squared change of a model's outputs, no part hidden by another: per output the
+    mean over its parts of ``‖ŷ_p − y_p‖² / ‖y_p‖²``, averaged over outputs."""
+    total = 0.0
+    for r, o in zip(ref, outs):
+        rv, ov = _feature_view(r), _feature_view(o)
+        d2 = np.sum((ov - rv) ** 2, axis=(0, 2))
+        r2 = np.sum(rv * rv, axis=(0, 2))
+        parts = output_parts(np.sqrt(r2))
+        per = [float(d2[p].sum() / r2[p].sum()) if r2[p].sum() > 0 else float(d2[p].sum())
+               for p in parts]
+        total += sum(per) / len(per)
+    return total / max(len(ref), 1)
+
+
+def _ranges(idx: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Sorted indices as half-open ranges."""
+    out: list[list[int]] = []
+    for i in idx.tolist():
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return tuple((a, b) for a, b in out)
+
+
+def _cosines(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray) -> np.ndarray:
+    """Per-sample cosine from per-sample dot products and squared norms (0/0 counts as 1)."""
+    na, nb = np.sqrt(aa), np.sqrt(bb)
+    both = (na > 0) & (nb > 0)
+    return np.where(both, ab / np.where(both, na * nb, 1.0),
+                    np.where((na == 0) & (nb == 0), 1.0, 0.0))
 
 
 def check_structure(model: onnx.ModelProto) -> None:
@@ -53,32 +162,33 @@ def check_structure(model: onnx.ModelProto) -> None:
                         "please report this model") from None
 
 
-def fidelity(original: onnx.ModelProto | ort.InferenceSession, pruned: onnx.ModelProto,
+def fidelity(original: onnx.ModelProto | ort.InferenceSession,
+             pruned: onnx.ModelProto | ort.InferenceSession,
              calib: Calibration, indices: np.ndarray, batch_size: int = 32
              ) -> dict[str, OutputFidelity]:
-    """Compare outputs on ``indices``; ``original`` may be an already open session."""
+    """Compare outputs on ``indices``; either model may be an already open session."""
     ref = original if isinstance(original, ort.InferenceSession) else session(original)
+    new = pruned if isinstance(pruned, ort.InferenceSession) else session(pruned)
     names = [o.name for o in ref.get_outputs()]
     ref_runs = run_outputs(ref, calib, indices, names, batch_size)
-    new_runs = run_outputs(session(pruned), calib, indices, names, batch_size)
-    acc = {n: {"max": 0.0, "d2": 0.0, "r2": 0.0, "cos": 0.0, "agree": 0, "n": 0} for n in names}
+    new_runs = run_outputs(new, calib, indices, names, batch_size)
+    acc = {n: {"max": 0.0, "agree": 0, "n": 0, "ab": [], "aa": [], "bb": [], "dd": []}
+           for n in names}
     top1 = {}
-    for (ref, mask), (new, _) in zip(ref_runs, new_runs):
+    for (ref_b, mask), (new_b, _) in zip(ref_runs, new_runs):
         for n in names:
-            a, b = drop_padding(np.asarray(ref[n]), mask), drop_padding(np.asarray(new[n]), mask)
-            af, bf = a.astype(np.float64), b.astype(np.float64)
+            a, b = drop_padding(np.asarray(ref_b[n]), mask), drop_padding(np.asarray(new_b[n]),
+                                                                          mask)
+            av, bv = _feature_view(a), _feature_view(b)
             st = acc[n]
-            diff = af - bf
+            diff = av - bv
             st["max"] = max(st["max"], float(np.max(np.abs(diff))) if diff.size else 0.0)
-            st["d2"] += float(np.sum(diff ** 2))
-            st["r2"] += float(np.sum(af ** 2))
-            fa, fb = af.reshape(af.shape[0], -1), bf.reshape(bf.shape[0], -1)
-            na, nb = np.linalg.norm(fa, axis=1), np.linalg.norm(fb, axis=1)
-            both = (na > 0) & (nb > 0)
-            cos = np.where(both, np.sum(fa * fb, axis=1) / np.where(both, na * nb, 1.0),
-                           np.where((na == 0) & (nb == 0), 1.0, 0.0))
-            st["cos"] += float(cos.sum())
-            st["n"] += af.shape[0]
+            # per sample and feature: Σ a·b, Σ a², Σ b², Σ (a − b)² over positions
+            st["ab"].append(np.sum(av * bv, axis=2))
+            st["aa"].append(np.sum(av * av, axis=2))
+            st["bb"].append(np.sum(bv * bv, axis=2))
+            st["dd"].append(np.sum(diff * diff, axis=2))
+            st["n"] += av.shape[0]
             if a.ndim == 2 and a.shape[1] > 1:
                 top1[n] = True
                 st["agree"] += int(np.sum(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
@@ -89,7 +199,19 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession, pruned: onnx.Mode
     for n in names:
         st = acc[n]
         cnt = max(st["n"], 1)
-        rel = float(np.sqrt(st["d2"] / st["r2"])) if st["r2"] > 0 else float(np.sqrt(st["d2"]))
-        out[n] = OutputFidelity(max_abs=st["max"], rel_l2=rel, cosine=st["cos"] / cnt,
-                                top1_agreement=(st["agree"] / cnt) if top1.get(n) else None)
+        ab, aa, bb, dd = (np.concatenate(st[k]) for k in ("ab", "aa", "bb", "dd"))
+
+        def figures(cols) -> tuple[float, float]:
+            d2, r2 = float(dd[:, cols].sum()), float(aa[:, cols].sum())
+            rel = float(np.sqrt(d2 / r2)) if r2 > 0 else float(np.sqrt(d2))
+            cos = _cosines(ab[:, cols].sum(1), aa[:, cols].sum(1), bb[:, cols].sum(1))
+            return rel, float(cos.sum() / cnt)
+
+        rel, cos = figures(slice(None))
+        parts = output_parts(np.sqrt(aa.sum(axis=0)))
+        part_fid = tuple(PartFidelity(_ranges(p), *figures(p)) for p in parts) \
+            if len(parts) > 1 else ()
+        out[n] = OutputFidelity(max_abs=st["max"], rel_l2=rel, cosine=cos,
+                                top1_agreement=(st["agree"] / cnt) if top1.get(n) else None,
+                                parts=part_fid)
     return out

@@ -1,0 +1,209 @@
+"""Fidelity targets (``--min-cosine``), the fast budget sensitivities, and output parts.
+
+* ``min_cosine=C`` must return a model whose held-out worst cosine — measured here again,
+  independently of the report — is ≥ C, the deepest one the search found, and refuse a target
+  that even the lightest pruning misses (API: OptionError; CLI: exit 2, one line, no file).
+* The fast sensitivity (whole-model runs at 3 keep fractions, the rest scaled from local errors)
+  must rank groups as running the whole model at every fraction does.
+* An output that concatenates quantities of different scales is split into parts, and neither
+  the damage nor the fidelity lets the large part hide the small one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from scipy.stats import spearmanr
+
+import onnxprune
+from onnxprune import budget, calibrate
+from onnxprune.analysis import analyze
+from onnxprune.errors import OptionError
+from onnxprune.graph import Graph
+from onnxprune.modelio import load_calibration, load_model
+from onnxprune.passbase import run_passes
+from onnxprune.passes import NormalizePass
+from onnxprune.select import KeepPlan
+from onnxprune.verify import damage, fidelity, output_parts
+from helpers import CALIB_IMG, MODELS, full_check, run
+
+MOBILENET = MODELS / "mobilenet_legacy.onnx"
+
+
+def _held_out_worst_cosine(original, pruned, x: np.ndarray) -> float:
+    a = run(original, {"input": x})[0].astype(np.float64)
+    b = run(pruned, {"input": x})[0].astype(np.float64)
+    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.mean())
+
+
+@pytest.mark.parametrize("target", [0.99, 0.95])
+def test_min_cosine_meets_its_target(target):
+    res = onnxprune.prune(MOBILENET, CALIB_IMG, min_cosine=target)
+    full_check(res.model)
+    r = res.report
+    b = r.budget
+    assert b["kind"] == "min_cosine" and b["target"] == target
+    chosen = [p for p in b["points"] if p["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["meets_target"]
+    # the report's figure is the held-out cosine, recomputed here on the same samples
+    x = np.load(CALIB_IMG)["input"]
+    _, hold = onnxprune.api.split_samples(len(x), 0.2, 0)
+    assert _held_out_worst_cosine(MOBILENET, res.model, x[hold]) == pytest.approx(
+        r.fidelity["logits"].cosine, abs=1e-9)
+    assert r.fidelity["logits"].cosine >= target
+    assert chosen[0]["macs_fraction"] == pytest.approx(r.macs_after / r.macs_before, abs=1e-6)
+    assert r.macs_after < r.macs_before
+    # every passing point is at least as heavy as the chosen one (it is the deepest found)
+    passing = [p["macs_fraction"] for p in b["points"] if p["meets_target"]]
+    assert min(passing) == pytest.approx(chosen[0]["macs_fraction"])
+    failing = [p["macs_fraction"] for p in b["points"] if not p["meets_target"]]
+    assert all(f < chosen[0]["macs_fraction"] for f in failing)
+
+
+def test_looser_target_gives_a_smaller_model():
+    tight = onnxprune.prune(MOBILENET, CALIB_IMG, min_cosine=0.995).report
+    loose = onnxprune.prune(MOBILENET, CALIB_IMG, min_cosine=0.9).report
+    assert loose.macs_after < tight.macs_after
+    assert tight.fidelity["logits"].cosine >= 0.995
+
+
+def test_min_cosine_with_asym_is_confirmed_with_asym():
+    res = onnxprune.prune(MOBILENET, CALIB_IMG, min_cosine=0.98, method="asym")
+    pts = res.report.budget["points"]
+    chosen = [p for p in pts if p["chosen"]]
+    assert chosen and chosen[0]["method"] == "asym" and chosen[0]["meets_target"]
+    assert res.report.fidelity["logits"].cosine >= 0.98
+
+
+def test_impossible_target_is_refused(tmp_path):
+    with pytest.raises(OptionError, match="min-cosine .* cannot be met"):
+        onnxprune.prune(MOBILENET, CALIB_IMG, min_cosine=0.999999999)
+    out = tmp_path / "out.onnx"
+    p = subprocess.run([sys.executable, "-m", "onnxprune.cli", "prune", str(MOBILENET), str(out),
+                        "--calib", str(CALIB_IMG), "--min-cosine", "0.999999999"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("onnxprune: error: --min-cosine")
+    assert "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"ratio": 0.5}, {"target_macs": 0.5}, {"head_ratio": 0.2}])
+def test_min_cosine_is_exclusive(kwargs):
+    with pytest.raises(OptionError, match="either --min-cosine"):
+        onnxprune.prune(MOBILENET, CALIB_IMG, min_cosine=0.99, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.5, float("nan"), "0.9"])
+def test_min_cosine_range(bad):
+    with pytest.raises(OptionError, match="--min-cosine must be"):
+        onnxprune.prune(MOBILENET, CALIB_IMG, min_cosine=bad)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_legacy", "inception_legacy"])
+def test_fast_sensitivity_ranks_groups_like_whole_model_runs(name):
+    m = run_passes([NormalizePass()], load_model(MODELS / f"{name}.onnx").model)[0]
+    cal = load_calibration(CALIB_IMG, m, "auto")
+    g = Graph(m)
+    an = analyze(g)
+    groups = [(i, x) for i, x in enumerate(an.groups) if x.prunable]
+    sites = [s for _, x in groups for s in x.consumers]
+    idx = np.arange(200)
+    stats = dict(zip(sites, calibrate.collect(m, g, cal, idx, sites, 0)))
+    args = (m, g, an, groups, stats, cal, idx[:64], "inchange", True, 0, 0.0, KeepPlan())
+    fast = budget.sensitivity(*args)
+    full = budget.sensitivity(*args, whole=budget.PROBES)
+    for f in (0.875, 0.625, 0.375):  # fractions where the fast curve is scaled, not measured
+        a = [dict(fast[x.name])[f] for _, x in groups]
+        b = [dict(full[x.name])[f] for _, x in groups]
+        assert spearmanr(a, b)[0] >= 0.95, (f, a, b)
+    for f in budget.WHOLE:  # measured in both
+        for _, x in groups:
+            assert dict(fast[x.name])[f] == pytest.approx(dict(full[x.name])[f], rel=1e-9)
+
+
+def test_budget_collects_statistics_once(monkeypatch):
+    calls = []
+    real = calibrate.collect
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(calibrate, "collect", counting)
+    import onnxprune.passes.prune as prune_pass
+    monkeypatch.setattr(prune_pass.calibrate, "collect", counting)
+    res = onnxprune.prune(MOBILENET, CALIB_IMG, target_macs=0.6)
+    assert res.report.macs_after <= 0.6 * res.report.macs_before
+    assert len(calls) == 1
+
+
+# -- output parts --------------------------------------------------------------------------------
+
+def _yolo_like(n=16, anchors=50, seed=0):
+    """[n, 4 + 80, anchors]: box coordinates in pixels beside class scores in (0, 1)."""
+    rng = np.random.default_rng(seed)
+    boxes = rng.uniform(0, 640, (n, 4, anchors))
+    scores = rng.uniform(0, 1, (n, 80, anchors)) * 10 ** rng.uniform(-3, 0, (1, 80, 1))
+    return np.concatenate([boxes, scores], axis=1)
+
+
+def test_output_parts_split_a_detector_head():
+    y = _yolo_like()
+    scale = np.sqrt(np.mean(y ** 2, axis=(0, 2)))
+    parts = output_parts(scale)
+    assert [p.tolist() for p in parts] == [[0, 1, 2, 3], list(range(4, 84))]
+    # uniform scales (logits, embeddings): one part
+    assert len(output_parts(np.random.default_rng(0).uniform(0.5, 2.0, 1000))) == 1
+    # a dead feature joins the smallest part; tiny outputs are one part
+    s = np.r_[scale, 0.0]
+    assert output_parts(s)[-1][-1] == 84
+    assert len(output_parts(np.array([1.0, 1e-6]))) == 1
+
+
+def test_damage_sees_the_small_part():
+    y = _yolo_like()
+    hurt_scores = y.copy()
+    hurt_scores[:, 4:] = 0.0  # class scores lost entirely
+    hurt_boxes = y.copy()
+    hurt_boxes[:, :4] *= 1.01  # boxes off by 1 %
+    # plain relative error barely notices the lost scores; the part-balanced damage does
+    plain = np.sum((hurt_scores - y) ** 2) / np.sum(y ** 2)
+    assert plain < 1e-3
+    assert damage([y], [hurt_scores]) == pytest.approx(0.5, rel=1e-9)  # mean of (0, 1)
+    assert damage([y], [hurt_boxes]) == pytest.approx(0.5 * 1e-4, rel=1e-6)
+
+
+def test_fidelity_reports_parts_and_their_worst_cosine(tmp_path):
+    """A model whose single output concatenates a large and a small part: pruning that ruins
+    the small part shows in its part cosine and in worst_cosine, not in the whole output's."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((4, 8)).astype(np.float32) * 1000
+    small = rng.standard_normal((4, 6)).astype(np.float32)
+
+    def model(wsmall):
+        g = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "wb"], ["b"]),
+             helper.make_node("MatMul", ["x", "ws"], ["s"]),
+             helper.make_node("Concat", ["b", "s"], ["y"], axis=1)],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 14])],
+            [onnx.numpy_helper.from_array(big, "wb"), onnx.numpy_helper.from_array(wsmall, "ws")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    original, broken = model(small), model(-small)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    cal = load_calibration({"x": x}, original, "none")
+    fid = fidelity(original, broken, cal, np.arange(40))["y"]
+    assert fid.cosine > 0.999
+    assert len(fid.parts) == 2
+    assert fid.parts[0].features == ((0, 8),) and fid.parts[1].features == ((8, 14),)
+    assert fid.parts[1].cosine == pytest.approx(-1.0, abs=1e-6)
+    assert fid.worst_cosine == pytest.approx(-1.0, abs=1e-6)
+    assert fid.to_dict()["parts"][1]["features"] == [[8, 14]]
