@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from onnxprune import calibrate
 from onnxprune.analysis import Analysis, Group, analyze
-from onnxprune.budget import ALLOCATIONS, Allocation, Budget, plan_for_budget
+from onnxprune.budget import ALLOCATIONS, Allocation, Budget, Planner, measure
 from onnxprune.calibrate import session
 from onnxprune.errors import ModelError, OptionError
 from onnxprune.graph import Graph
@@ -27,8 +27,8 @@ from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import PruneOptions
 from onnxprune.passes.prune import Lineage
 from onnxprune.report import InspectReport, Report, group_entry, inspect_report
-from onnxprune.select import METHODS, KeepPlan, removes_anything, segment_sizes
-from onnxprune.verify import check_structure, fidelity
+from onnxprune.select import METHODS, SEQUENTIAL, KeepPlan, removes_anything, segment_sizes
+from onnxprune.verify import OutputFidelity, check_structure, fidelity
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +151,34 @@ def _sample_shapes(calib: Calibration) -> tuple[dict[str, tuple[int, ...]], int]
 
 #: Calibration samples used to measure each group's sensitivity for budgets.
 SENSITIVITY_SAMPLES = 64
+#: A --min-cosine search stops when its bracket spans less than this fraction of the MACs.
+SEARCH_TOLERANCE = 0.01
+
+
+def _min_cosine_option(min_cosine, others: dict) -> float | None:
+    if min_cosine is None:
+        return None
+    if isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float)) \
+            or not math.isfinite(min_cosine) or not -1 < min_cosine < 1:
+        raise OptionError(f"--min-cosine must be in (-1, 1) (the held-out output cosine the "
+                          f"pruned model must keep, e.g. 0.99), got {min_cosine!r}")
+    given = [flag for flag, v in others.items() if v is not None and v is not False]
+    if given:
+        raise OptionError(f"give either --min-cosine or {', '.join(given)}, not both")
+    return float(min_cosine)
+
+
+def _worst_cosine(fid: Mapping[str, OutputFidelity], floating: set[str]) -> float:
+    """The lowest cosine over the model's float outputs and the parts of each."""
+    vals = [f.worst_cosine for n, f in fid.items() if n in floating]
+    return min(vals) if vals else 1.0
 
 
 def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           method: str = "inchange", reweight: bool = True, seed: int = 0, holdout: float = 0.2,
           max_positions: int = 256, batch_size: int = 32, ridge: float | str = 0.0,
           target_macs: float | None = None, target_params: float | None = None,
+          min_cosine: float | None = None,
           allocation: str = "marginal", round_to: int = 1, min_keep: int = 1,
           exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
           head_ratio: float | None = None, token_mask: str | None = "auto",
@@ -167,7 +189,11 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     ``head_ratio`` when given), or a budget —
     ``target_macs`` / ``target_params``, the fraction of the original cost to keep, split among
     groups by measured output sensitivity (``allocation``: "marginal" or "equal-loss"; see
-    :mod:`onnxprune.budget`). Kept counts are multiples of ``round_to`` (or the whole segment),
+    :mod:`onnxprune.budget`) — or a fidelity target: ``min_cosine``, the smallest model (fewest
+    MACs, along the budget allocation's path) whose held-out output cosine is at least that on
+    every float output and on every scale part of one (see :mod:`onnxprune.verify`); the report's
+    ``budget.points`` lists every plan tried. Kept counts are multiples of ``round_to`` (or the
+    whole segment),
     at least ``min_keep``; groups named (or produced by the nodes named) in ``exclude`` are not
     pruned. ``steps`` > 1 prunes gradually in that many rounds on the cubic schedule, with
     statistics re-collected between rounds. ``truncate=False`` runs the whole model whenever
@@ -186,6 +212,9 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     """
     start = time.perf_counter()
     budget = budget_option(target_macs, target_params, allocation)
+    min_cosine = _min_cosine_option(min_cosine, {
+        "--ratio": ratio, "--target-macs": target_macs, "--target-params": target_params,
+        "--head-ratio": head_ratio})
     if budget is not None and head_ratio is not None:
         raise OptionError("give either --head-ratio or a --target-macs/--target-params budget, "
                           "not both")
@@ -203,6 +232,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         # to the original bias, which is not implemented yet.
         raise OptionError("--method asym cannot be combined with --steps > 1 yet; use "
                           "--method asym in one shot, or --steps with inchange/seq")
+    if min_cosine is not None and steps > 1:
+        raise OptionError("--min-cosine cannot be combined with --steps > 1")
     if head_ratio is not None and (isinstance(head_ratio, bool) or not isinstance(
             head_ratio, (int, float)) or not math.isfinite(head_ratio) or not 0 <= head_ratio < 1):
         raise OptionError(f"--head-ratio must be in [0, 1) (the fraction of attention heads "
@@ -215,43 +246,68 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
     reference = _open_session(normalized)
+    floating = {o.name for o in reference.get_outputs() if "float" in o.type}
     cal = load_calibration(calib, normalized, token_mask)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
     shapes, per = _sample_shapes(cal)
     graph = Graph(normalized)
     analysis = analyze(graph)
-    plan = KeepPlan(ratio=0.0 if budget else ratio, round_to=round_to, min_keep=min_keep,
+    plan = KeepPlan(ratio=0.0 if budget or min_cosine is not None else ratio,
+                    round_to=round_to, min_keep=min_keep,
                     excluded=resolve_exclude(exclude, analysis),
                     head_ratio=None if head_ratio is None else float(head_ratio))
+    stats = None
+    caches: dict[str, dict] = {}  # per method: decisions by group and quotas
+
+    def run_plan(p: KeepPlan, meth: str) -> tuple[onnx.ModelProto, dict]:
+        """The model pruned as ``p`` says with method ``meth`` (all rounds), and its decisions."""
+        current, lineage, decisions = normalized, Lineage(), {}
+        for t, round_plan in enumerate(round_plans(p, analysis.groups, steps)):
+            if steps > 1:
+                say(f"round {t + 1}/{steps}")
+            options = PruneOptions(plan=round_plan, method=meth, reweight=reweight, seed=seed,
+                                   max_positions=max_positions, batch_size=batch_size,
+                                   ridge=ridge, truncate=truncate)
+            first = t == 0  # statistics and decisions of the input model only
+            current, results = run_passes(
+                [ChannelPrunePass(cal, sel_idx, options, say, reference=normalized,
+                                  lineage=lineage, stats=stats if first else None,
+                                  cache=caches.setdefault(meth, {}) if first else None)],
+                current)
+            lineage = results[0].info["lineage"]
+            decisions.update(results[0].info["decisions"])
+        return run_passes([CleanupPass()], current)[0], decisions
+
     alloc: Allocation | None = None
-    if budget is not None:
-        say("analysing channel groups and measuring sensitivities for the budget")
+    search: dict | None = None
+    pruned = decisions = fid = None
+    if budget is not None or min_cosine is not None:
+        say("analysing channel groups and measuring sensitivities"
+            + (" for the budget" if budget is not None else " for the fidelity target"))
         groups = [g for g in analysis.groups if g.prunable and g.name not in plan.excluded]
         sites = [s for g in groups for s in g.consumers]
-        stats = calibrate.collect(normalized, graph, cal, sel_idx, sites, seed, max_positions,
-                                  batch_size, sensitivity=method == "sampling")
-        alloc = plan_for_budget(normalized, graph, analysis, dict(zip(sites, stats)), cal,
-                                sel_idx[:SENSITIVITY_SAMPLES], budget, plan, method, reweight,
-                                seed, ridge, shapes, batch_size, say)
-        plan = replace(plan, ratios=dict(alloc.ratios))
-    current, lineage = normalized, Lineage()
-    decisions: dict = {}
-    for t, round_plan in enumerate(round_plans(plan, analysis.groups, steps)):
-        if steps > 1:
-            say(f"round {t + 1}/{steps}")
-        options = PruneOptions(plan=round_plan, method=method, reweight=reweight, seed=seed,
-                               max_positions=max_positions, batch_size=batch_size, ridge=ridge,
-                               truncate=truncate)
-        current, results = run_passes(
-            [ChannelPrunePass(cal, sel_idx, options, say, reference=normalized,
-                              lineage=lineage)], current)
-        lineage = results[0].info["lineage"]
-        decisions.update(results[0].info["decisions"])
-    pruned, _ = run_passes([CleanupPass()], current)
+        stats = dict(zip(sites, calibrate.collect(
+            normalized, graph, cal, sel_idx, sites, seed, max_positions, batch_size,
+            sensitivity=method == "sampling")))
+        planner = measure(normalized, graph, analysis, stats, cal,
+                          sel_idx[:SENSITIVITY_SAMPLES],
+                          budget.kind if budget is not None else "macs", plan, method,
+                          reweight, seed, ridge, shapes, batch_size, say)
+        if budget is not None:
+            say("allocating the budget")
+            alloc = planner.plan(budget.fraction, budget.allocation)
+            plan = replace(plan, ratios=dict(alloc.ratios))
+        else:
+            alloc, plan, pruned, decisions, fid, search = _search_min_cosine(
+                planner, plan, min_cosine, method, run_plan,
+                lambda m: fidelity(reference, m, cal, hold_idx, batch_size),
+                lambda f: _worst_cosine(f, floating), say)
+    if pruned is None:
+        pruned, decisions = run_plan(plan, method)
     say("verifying the pruned model")
     check_structure(pruned)
-    fid = fidelity(reference, pruned, cal, hold_idx, batch_size)
-    final = analyze(Graph(pruned))
+    if fid is None:
+        fid = fidelity(reference, pruned, cal, hold_idx, batch_size)
     groups = []
     for g in analysis.groups:
         d = decisions.get(g.name)
@@ -264,9 +320,18 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         if g.name in plan.excluded and g.prunable:
             entry = replace(entry, reason="excluded by --exclude")
         groups.append(entry)
-    if budget is not None:  # the overall fraction of prunable channels the budget removed
+    if alloc is not None:  # the overall fraction of prunable channels the budget removed
         tot = sum(g.total for g in groups if g.prunable)
         ratio = 1.0 - sum(g.kept for g in groups if g.prunable) / tot if tot else 0.0
+    if budget is not None:
+        budget_info = {"kind": budget.kind, "target": budget.fraction,
+                       "allocation": budget.allocation, "predicted": alloc.predicted,
+                       "planned": alloc.exact}
+    elif search is not None:
+        budget_info = {"kind": "min_cosine", "target": min_cosine, "allocation": "marginal",
+                       "predicted": alloc.predicted, "planned": alloc.exact, **search}
+    else:
+        budget_info = None
     report = Report(
         method=method, ratio=float(ratio), reweight=bool(reweight),
         seed=int(seed),
@@ -275,12 +340,76 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         seconds=round(time.perf_counter() - start, 3),
         calib_samples=len(sel_idx), holdout_samples=len(hold_idx),
         groups=tuple(groups), fidelity=fid, steps=steps, round_to=round_to, min_keep=min_keep,
-        exclude=tuple(sorted(plan.excluded)),
-        budget=None if budget is None else {
-            "kind": budget.kind, "target": budget.fraction, "allocation": budget.allocation,
-            "predicted": alloc.predicted, "planned": alloc.exact},
-        token_mask=cal.token_mask)
+        exclude=tuple(sorted(plan.excluded)), budget=budget_info, token_mask=cal.token_mask)
     return PruneResult(model=pruned, report=report, external_data=loaded.external_data)
+
+
+def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: str,
+                       run_plan: Callable, measure_fid: Callable, worst: Callable,
+                       say: Callable[[str], None]):
+    """The deepest plan along the budget path whose held-out worst cosine is ≥ ``target``.
+
+    The path's plans are nested (each prunes at least what the one before does), so the
+    fidelity falls along it; a bisection over the path finds the last plan that keeps the
+    target. Sequential methods (seq, asym) cost a whole pass per plan: the bisection then runs
+    with the one-shot ``inchange`` and its answer is confirmed with the method itself (backing
+    off along the path while it misses the target). Stops when the plans left between the last
+    passing and the first failing one differ by less than ``SEARCH_TOLERANCE`` of the MACs."""
+    path = planner.path()
+    if not path:
+        raise OptionError("no prunable group: a fidelity target cannot be searched (see "
+                          "'onnxprune inspect')")
+    points: list[dict] = []
+    results: dict[tuple[int, str], tuple] = {}
+
+    def evaluate(i: int, meth: str) -> bool:
+        key = (i, meth)
+        if key not in results:
+            alloc = planner.allocation(path[i])
+            model, decisions = run_plan(replace(plan, ratios=dict(alloc.ratios)), meth)
+            fid = measure_fid(model)
+            w = worst(fid)
+            results[key] = (alloc, model, decisions, fid, w)
+            points.append({"method": meth, "step": i, "macs_fraction": alloc.exact,
+                           "cosine": {n: f.worst_cosine for n, f in fid.items()},
+                           "worst_cosine": w, "meets_target": w >= target})
+            say(f"fidelity target {target:g}: {alloc.exact:.3f} of the MACs ({meth}) → "
+                f"cosine {w:.4f}")
+        return results[key][4] >= target
+
+    cost = [planner.predicted(lv) / planner.cost.full for lv in path]
+    proxy = method if method not in SEQUENTIAL else "inchange"
+    if not evaluate(0, proxy):
+        alloc = results[(0, proxy)][0]
+        raise OptionError(f"--min-cosine {target:g} cannot be met: even the lightest pruning "
+                          f"({alloc.exact:.3f} of the MACs kept) gives a held-out cosine of "
+                          f"{results[(0, proxy)][4]:.4f}; lower the target")
+    good, bad = 0, len(path)
+    while bad - good > 1 and cost[good] - (cost[bad] if bad < len(path) else 0.0) \
+            > SEARCH_TOLERANCE:
+        mid = (good + bad) // 2
+        if evaluate(mid, proxy):
+            good = mid
+        else:
+            bad = mid
+    if proxy != method:  # confirm with the method itself, backing off toward lighter plans
+        lo = 0
+        while not evaluate(good, method):
+            if good == lo:
+                break
+            good = lo + (good - lo) // 2
+        if not evaluate(good, method):
+            raise OptionError(f"--min-cosine {target:g} cannot be met with --method {method}: "
+                              f"even {results[(good, method)][0].exact:.3f} of the MACs gives "
+                              f"a held-out cosine of {results[(good, method)][4]:.4f}")
+        chosen = (good, method)
+    else:
+        chosen = (good, proxy)
+    alloc, model, decisions, fid, w = results[chosen]
+    for p in points:
+        p["chosen"] = (p["step"], p["method"]) == chosen
+    return (alloc, replace(plan, ratios=dict(alloc.ratios)), model, decisions, fid,
+            {"points": points, "path_length": len(path)})
 
 
 def inspect(model: ModelSource) -> InspectReport:

@@ -1,13 +1,20 @@
 """Label-free per-group budgets: which fraction of each group to keep so that the pruned model
 meets a MAC or parameter target with the least damage to its output.
 
-**Sensitivity.** For every prunable group ``g`` and keep fractions ``f ∈ PROBES`` the group alone
-is pruned (the method's own one-shot selection and re-fit, everything else untouched) and the
-model is run on calibration samples. Its damage is the relative squared change of all outputs
+**Sensitivity.** For every prunable group ``g`` and keep fraction ``f`` the group alone is
+pruned (the method's own one-shot selection and re-fit, everything else untouched); its damage
+is the change of the model's outputs on calibration samples, no part of an output hidden by
+another (:func:`onnxprune.verify.damage`: per output, the mean over its scale parts of
+``‖y_f − y‖² / ‖y‖²``; no labels: ``y`` is the original model's output). ``d_g(1) = 0``.
 
-    d_g(f) = Σ_outputs ‖y_f − y‖² / Σ_outputs ‖y‖²
-
-(no labels: ``y`` is the original model's output). ``d_g(1) = 0``; between probes ``d_g`` is
+Measuring it costs a whole-model run per group and fraction, so it is only measured at the keep
+fractions ``WHOLE`` (3 runs per group). At the other ``PROBES`` it is *scaled* from the group's
+local error ``e_g(f) = 1 − F(S_f)/‖T‖²`` (its consumers' relative output error, known from the
+statistics alone): ``d_g(f) ≈ e_g(f) · d_g(f_w)/e_g(f_w)``, the ratio interpolated linearly in
+``f`` between the measured ``f_w`` and held constant beyond. The ratio is how much the
+network downstream amplifies (or absorbs) the group's local error. For the InChange greedy one
+greedy run gives every fraction (the kept sets are nested) and ``F(S_f)`` is the energy it
+explained, so the local curve costs one selection per group. Between probes ``d_g`` is
 interpolated linearly on a grid of ``1/GRID`` steps and made non-increasing in ``f`` (a smaller
 group never counts as less damaged).
 
@@ -38,19 +45,24 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from onnxprune import calibrate, rewrite
+from onnxprune import rewrite
 from onnxprune.analysis import Analysis, ConsumerSite, Group
 from onnxprune.calibrate import SiteStats
+from onnxprune.downstream import DownstreamRunner
 from onnxprune.errors import OptionError
 from onnxprune.graph import Graph
 from onnxprune.metrics import count_macs, count_params
 from onnxprune.modelio import Calibration
 from onnxprune.rules import rule_for
-from onnxprune.select import INCHANGE, KeepPlan, decide, removes_anything, segments_and_quotas
+from onnxprune.verify import damage
+from onnxprune.select import (INCHANGE, KeepPlan, level_decisions, removes_anything,
+                              segments_and_quotas)
 
 log = logging.getLogger(__name__)
 
 PROBES = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
+#: Probes at which the whole model is run; at the others the damage is scaled from local errors.
+WHOLE = (0.75, 0.5, 0.25)
 GRID = 32
 ALLOCATIONS = ("marginal", "equal-loss")
 
@@ -179,47 +191,63 @@ class CostModel:
 
 # -- sensitivity -------------------------------------------------------------------------------
 
-def _damage(ref: list[np.ndarray], outs: list[np.ndarray]) -> float:
-    num = sum(float(np.sum((o.astype(np.float64) - r) ** 2)) for o, r in zip(outs, ref))
-    den = sum(float(np.sum(r ** 2)) for r in ref)
-    return num / den if den > 0 else num
+def _probe_plan(base_plan: KeepPlan, group: Group, keep: float) -> KeepPlan:
+    return replace(base_plan, ratio=0.0, ratios={group.name: 1.0 - keep}, round_to=1,
+                   min_keep=1, excluded=frozenset())
 
 
-def _run(model: onnx.ModelProto, calib: Calibration, indices: np.ndarray, batch_size: int
-         ) -> list[np.ndarray]:
-    sess = calibrate.session(model)
-    names = [o.name for o in sess.get_outputs()]
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch, mask in calibrate.run_outputs(sess, calib, indices, names, batch_size):
-        for n in names:
-            parts[n].append(calibrate.drop_padding(np.asarray(batch[n], dtype=np.float64), mask))
-    return [np.concatenate(parts[n]) for n in names if np.issubdtype(parts[n][0].dtype, np.floating)]
+def _scaled(points: Sequence[tuple[float, float]], local: Mapping[float, float],
+            measured: Mapping[float, float]) -> list[tuple[float, float]]:
+    """Whole-model damage at every probe: measured where it was, elsewhere the local error times
+    the ratio damage/local error of the measured probes (linear in f between them, constant
+    beyond)."""
+    fs = sorted(measured)
+    ratio = [measured[f] / local[f] if local[f] > 0 else 0.0 for f in fs]
+    out = []
+    for f, _ in points:
+        if f in measured:
+            out.append((f, measured[f]))
+        else:
+            out.append((f, float(np.interp(f, fs, ratio)) * local[f]))
+    return out
 
 
 def sensitivity(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
                 groups: Sequence[tuple[int, Group]], stats: Mapping[ConsumerSite, SiteStats],
                 calib: Calibration, indices: np.ndarray, method: str, reweight: bool, seed: int,
                 ridge: float | None, base_plan: KeepPlan, batch_size: int = 32,
-                progress: Callable[[str], None] | None = None
+                progress: Callable[[str], None] | None = None, whole: Sequence[float] = WHOLE
                 ) -> dict[str, tuple[tuple[float, float], ...]]:
-    """``d_g(f)`` at every probe fraction, for every group (module docstring)."""
+    """``d_g(f)`` at every probe fraction, for every group (module docstring); the whole model
+    is run at the fractions ``whole`` (``PROBES``: measured everywhere, no scaling)."""
     say = progress or (lambda msg: None)
     one_shot = "inchange" if method in INCHANGE else method
-    ref = _run(model, calib, indices, batch_size)
-    out = {}
+    runner = DownstreamRunner(model, calib, indices, graph.elem_types, batch_size)
+    ref = [runner.reference[n] for n in runner.names]
+    chosen = []  # per group: (probes, local errors, decisions at the measured probes)
     for n, (index, g) in enumerate(groups):
+        say(f"selecting group {n + 1}/{len(groups)} '{g.name}' at {len(PROBES)} widths")
+        probes = [f for f in PROBES if removes_anything(g, _probe_plan(base_plan, g, f))]
+        runs = [f for f in probes if f in whole] or probes[len(probes) // 2:][:1]
+        errors, decisions = level_decisions(
+            graph, analysis, g, [stats[s] for s in g.consumers],
+            [_probe_plan(base_plan, g, f) for f in probes], [f in runs for f in probes],
+            one_shot, reweight, seed, index, ridge) if probes else ([], [])
+        chosen.append((probes, errors, decisions))
+
+    def variant(d) -> onnx.ModelProto:
+        return rewrite.apply(model, graph, analysis, d.set_keeps, d.weights)
+
+    # The tensors entering every group's changed region, captured in one run of the model.
+    firsts = [next(d for d in ds if d is not None) for _, _, ds in chosen if ds]
+    runner.capture(sorted({t for d in firsts for t in runner.region(variant(d))[1]}))
+    out = {}
+    for n, ((index, g), (probes, errors, decisions)) in enumerate(zip(groups, chosen)):
         say(f"sensitivity of group {n + 1}/{len(groups)} '{g.name}'")
-        points = [(1.0, 0.0)]
-        for f in PROBES:
-            plan = replace(base_plan, ratio=0.0, ratios={g.name: 1.0 - f}, round_to=1,
-                           min_keep=1, excluded=frozenset())
-            if not removes_anything(g, plan):
-                continue
-            d = decide(graph, analysis, g, [stats[s] for s in g.consumers], plan, one_shot,
-                       reweight, seed, index, ridge)
-            pruned = rewrite.apply(model, graph, analysis, d.set_keeps, d.weights)
-            points.append((f, _damage(ref, _run(pruned, calib, indices, batch_size))))
-        out[g.name] = tuple(points)
+        measured = {f: damage(ref, runner.outputs(variant(d)))
+                    for f, d in zip(probes, decisions) if d is not None}
+        out[g.name] = tuple([(1.0, 0.0)] + _scaled([(f, 0.0) for f in probes],
+                                                   dict(zip(probes, errors)), measured))
     return out
 
 
@@ -284,11 +312,14 @@ def allocate(cost: CostModel, sens: Mapping[str, Sequence[tuple[float, float]]],
     return {g.name: float(lv) / GRID for g, lv in zip(cost.groups, level)}
 
 
-def _marginal(level: np.ndarray, curves: np.ndarray, floor: np.ndarray,
-              predicted: Callable[[np.ndarray], float], goal: float) -> np.ndarray:
+def _marginal_steps(level: np.ndarray, curves: np.ndarray, floor: np.ndarray,
+                    predicted: Callable[[np.ndarray], float]):
+    """From ``level``, repeatedly lower by one grid step the group with the smallest damage
+    increase per unit of cost removed; yields ``(level, predicted cost)`` after every step until
+    no group can be lowered further."""
     level = level.copy()
     now = predicted(level)
-    while now > goal:
+    while True:
         best, best_i, best_cost = np.inf, -1, now
         for i in range(len(level)):
             if level[i] >= floor[i]:
@@ -303,10 +334,94 @@ def _marginal(level: np.ndarray, curves: np.ndarray, floor: np.ndarray,
             if score < best:
                 best, best_i, best_cost = score, i, c
         if best_i < 0:
-            break
+            return
         level[best_i] += 1
         now = best_cost
+        yield level.copy(), now
+
+
+def _marginal(level: np.ndarray, curves: np.ndarray, floor: np.ndarray,
+              predicted: Callable[[np.ndarray], float], goal: float) -> np.ndarray:
+    if predicted(level) <= goal:
+        return level.copy()
+    for level, cost in _marginal_steps(level, curves, floor, predicted):
+        if cost <= goal:
+            break
     return level
+
+
+class Planner:
+    """The cost model and the sensitivities of a model's groups, measured once (:func:`measure`);
+    plans for any target without measuring again (a ``--min-cosine`` search tries several)."""
+
+    def __init__(self, cost: CostModel, sens: Mapping[str, tuple[tuple[float, float], ...]],
+                 base_plan: KeepPlan) -> None:
+        self.cost, self.sens, self.base_plan = cost, sens, base_plan
+        self.names = [g.name for g in cost.groups]
+        self.curves, self.floor = _tables(cost, sens)
+        self.predicted = _predictor(cost)
+
+    def ratios(self, level: np.ndarray) -> dict[str, float]:
+        return {n: float(lv) / GRID for n, lv in zip(self.names, level)}
+
+    def allocation(self, level: np.ndarray) -> Allocation:
+        """The plan of grid ``level``s, with its exact cost counted on the rewritten model."""
+        ratios = self.ratios(level)
+        return Allocation(ratios=ratios, sensitivity=self.sens,
+                          predicted=self.predicted(level) / self.cost.full,
+                          exact=self.cost.exact(ratios, self.base_plan) / self.cost.full)
+
+    def path(self) -> list[np.ndarray]:
+        """Nested plans, lightest first: the marginal allocation's steps from the full model down
+        to every group's floor (each plan prunes at least as much as the one before)."""
+        start = np.zeros(len(self.names), dtype=np.int64)
+        return [lv for lv, _ in _marginal_steps(start, self.curves, self.floor, self.predicted)]
+
+    def plan(self, fraction: float, allocation: str, kind: str = "") -> Allocation:
+        """Per-group removed fractions whose exact cost is ≤ ``fraction`` of the original."""
+        cost, predicted = self.cost, self.predicted
+        goal = fraction * cost.full
+        level = _allocate_levels(cost, self.curves, self.floor, goal, allocation)
+        # The exact count includes ceil rounding, --round-to and --min-keep: tighten until met.
+        exact = cost.exact(self.ratios(level), self.base_plan)
+        for _ in range(50):
+            if exact <= goal:
+                break
+            aim = predicted(level) - (exact - goal) - 1e-9 * cost.full
+            new = _marginal(level, self.curves, self.floor, predicted, aim)
+            if np.array_equal(new, level):
+                new = _marginal(level, self.curves, self.floor, predicted,
+                                predicted(level) - 1e-6 * cost.full)
+                if np.array_equal(new, level):
+                    break
+            level = new
+            exact = cost.exact(self.ratios(level), self.base_plan)
+        if exact > goal * 1.0000001:
+            raise OptionError(f"the {kind or cost.kind} target {fraction:g} cannot be reached: "
+                              f"pruning every group as far as allowed leaves "
+                              f"{exact / cost.full:.3f} of the original (lower --min-keep, "
+                              "--round-to or --exclude, or raise the target)")
+        return Allocation(ratios=self.ratios(level), sensitivity=self.sens,
+                          predicted=predicted(level) / cost.full, exact=exact / cost.full)
+
+
+def measure(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
+            stats: Mapping[ConsumerSite, SiteStats], calib: Calibration, indices: np.ndarray,
+            kind: str, base_plan: KeepPlan, method: str, reweight: bool, seed: int,
+            ridge: float | None, shapes: Mapping[str, tuple[int, ...]], batch_size: int = 32,
+            progress: Callable[[str], None] | None = None) -> Planner:
+    """Measure the cost model and every group's sensitivity (module docstring)."""
+    say = progress or (lambda msg: None)
+    probe_plan = replace(base_plan, ratio=0.5)
+    groups = [(i, g) for i, g in enumerate(analysis.groups)
+              if g.name not in base_plan.excluded and removes_anything(g, probe_plan)]
+    if not groups:
+        raise OptionError("no prunable group: a budget cannot be met (see 'onnxprune inspect')")
+    say(f"measuring the cost model of {len(groups)} group(s)")
+    cost = CostModel(model, graph, analysis, [g for _, g in groups], kind, shapes, base_plan)
+    sens = sensitivity(model, graph, analysis, groups, stats, calib, indices, method, reweight,
+                       seed, ridge, base_plan, batch_size, progress)
+    return Planner(cost, sens, base_plan)
 
 
 def plan_for_budget(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
@@ -316,44 +431,7 @@ def plan_for_budget(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
                     shapes: Mapping[str, tuple[int, ...]], batch_size: int = 32,
                     progress: Callable[[str], None] | None = None) -> Allocation:
     """Measure sensitivities, allocate, and check the plan's exact cost (module docstring)."""
-    say = progress or (lambda msg: None)
-    probe_plan = replace(base_plan, ratio=0.5)
-    groups = [(i, g) for i, g in enumerate(analysis.groups)
-              if g.name not in base_plan.excluded and removes_anything(g, probe_plan)]
-    if not groups:
-        raise OptionError("no prunable group: a budget cannot be met (see 'onnxprune inspect')")
-    say(f"measuring the cost model of {len(groups)} group(s)")
-    cost = CostModel(model, graph, analysis, [g for _, g in groups], budget.kind, shapes,
-                     base_plan)
-    sens = sensitivity(model, graph, analysis, groups, stats, calib, indices, method, reweight,
-                       seed, ridge, base_plan, batch_size, progress)
-    say("allocating the budget")
-    names = [g.name for _, g in groups]
-    curves, floor = _tables(cost, sens)
-    goal = budget.fraction * cost.full
-    level = _allocate_levels(cost, curves, floor, goal, budget.allocation)
-    predicted = _predictor(cost)
-    ratios = {n: float(lv) / GRID for n, lv in zip(names, level)}
-    # The exact count includes ceil rounding, --round-to and --min-keep: tighten until it is met.
-    exact = cost.exact(ratios, base_plan)
-    for _ in range(50):
-        if exact <= goal:
-            break
-        aim = predicted(level) - (exact - goal) - 1e-9 * cost.full
-        new = _marginal(level, curves, floor, predicted, aim)
-        if np.array_equal(new, level):
-            new = _marginal(level, curves, floor, predicted,
-                            predicted(level) - 1e-6 * cost.full)
-            if np.array_equal(new, level):
-                break
-        level = new
-        ratios = {n: float(lv) / GRID for n, lv in zip(names, level)}
-        exact = cost.exact(ratios, base_plan)
-    if exact > goal * 1.0000001:
-        raise OptionError(f"the {budget.kind} target {budget.fraction:g} cannot be reached: "
-                          f"pruning every group as far as allowed leaves "
-                          f"{exact / cost.full:.3f} of the original (lower --min-keep, "
-                          "--round-to or --exclude, or raise the target)")
-    return Allocation(ratios=ratios, sensitivity=sens,
-                      predicted=predicted(level) / cost.full,
-                      exact=exact / cost.full)
+    planner = measure(model, graph, analysis, stats, calib, indices, budget.kind, base_plan,
+                      method, reweight, seed, ridge, shapes, batch_size, progress)
+    (progress or (lambda msg: None))("allocating the budget")
+    return planner.plan(budget.fraction, budget.allocation)

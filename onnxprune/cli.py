@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "from each group's measured output sensitivity (instead of --ratio)")
     pr.add_argument("--target-params", type=_fraction("--target-params"), metavar="F",
                     help="keep this fraction of the original parameters (as --target-macs)")
+    pr.add_argument("--min-cosine", type=_checked("--min-cosine", float, "a number in (-1, 1)",
+                                                  "(-1, 1)", lambda v: -1 < v < 1,
+                                                  " (the held-out output cosine to keep)"),
+                    metavar="C",
+                    help="the smallest model (fewest MACs) whose held-out output cosine stays "
+                         "≥ C on every output (and every scale part of one), found by searching "
+                         "the budget (instead of --ratio/--target-*)")
     pr.add_argument("--allocation", choices=("marginal", "equal-loss"), default="marginal",
                     help="how a budget is split among groups: least output damage per unit of "
                          "cost removed (default) or equal damage per group (the paper's)")
@@ -194,6 +201,7 @@ def _cmd_prune(args) -> int:
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
                        max_positions=args.max_positions, ridge=args.ridge,
                        target_macs=args.target_macs, target_params=args.target_params,
+                       min_cosine=args.min_cosine,
                        allocation=args.allocation, round_to=args.round_to,
                        min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
                        head_ratio=args.head_ratio, token_mask=args.token_mask,

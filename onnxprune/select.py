@@ -23,6 +23,7 @@ from onnxprune.solvers import (
     ConsumerStats,
     Problem,
     act_norm_scores,
+    greedy_path,
     greedy_remove,
     greedy_select,
     keep_count,
@@ -215,6 +216,12 @@ def decide(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteS
            targets: Mapping[ConsumerSite, np.ndarray] | None = None) -> GroupDecision:
     problem = build_problem(graph, analysis, group, stats, plan, targets)
     kept, fits, rel = solve(problem, method, reweight, seed, group_index, ridge)
+    return _decision(group, problem, kept, fits, rel)
+
+
+def _decision(group: Group, problem: Problem, kept: np.ndarray, fits: list, rel: float
+              ) -> GroupDecision:
+    """The kept channels per channel set and the consumers' new weights in their own scale."""
     set_keeps = {}
     for s, off in zip(group.sets, group.offsets):
         local = kept[(kept >= off) & (kept < off + s.size)] - off
@@ -232,6 +239,41 @@ def decide(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteS
         weights[site] = (W, bias)
     return GroupDecision(group=group, kept=kept, set_keeps=set_keeps, weights=weights,
                          rel_error=rel)
+
+
+def level_decisions(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
+                    plans: Sequence[KeepPlan], decided: Sequence[bool], method: str,
+                    reweight: bool, seed: int, group_index: int, ridge: float | None = 0.0
+                    ) -> tuple[list[float], list[GroupDecision | None]]:
+    """The group pruned as each of ``plans`` says: its relative error for every plan, and the
+    decision (kept channels, re-fitted weights) for the plans flagged in ``decided``.
+
+    For the InChange greedy with a plain least-squares re-fit on a single-segment group one
+    greedy run serves every plan (:func:`~onnxprune.solvers.greedy_path`: the kept set of a
+    smaller quota is a prefix of a larger one's), and the error of each level is read off the
+    energy the greedy explained, ``1 − F(S)/‖T‖²`` — the re-fit's error, with no re-fit.
+    Otherwise each plan is decided on its own."""
+    if not (method in INCHANGE and reweight and ridge == 0.0 and len(segment_sizes(group)) == 1):
+        out = [decide(graph, analysis, group, stats, p, method, reweight, seed, group_index,
+                      ridge) for p in plans]
+        return [d.rel_error for d in out], [d if want else None for d, want in zip(out, decided)]
+    quotas = [int(segments_and_quotas(group, p)[1][0]) for p in plans]
+    problem = build_problem(graph, analysis, group, stats, plans[int(np.argmax(quotas))])
+    forced = np.nonzero(problem.forced)[0]
+    picks, explained = greedy_path(problem, max(quotas))
+    total = sum(c.t_norm2 for c in problem.consumers)
+    errors, decisions = [], []
+    for q, want in zip(quotas, decided):
+        k = min(max(q - len(forced), 0), len(picks))
+        errors.append(max(0.0, 1.0 - explained[k] / total) if total > 0 else 0.0)
+        if not want:
+            decisions.append(None)
+            continue
+        kept = np.sort(np.concatenate([forced, picks[:k]])).astype(np.int64)
+        fits = refit(problem, kept, 0.0)
+        decisions.append(_decision(group, problem, kept, fits,
+                                   relative_error(problem, kept, fits)))
+    return errors, decisions
 
 
 def removes_anything(group: Group, plan: KeepPlan) -> bool:

@@ -30,7 +30,8 @@ from onnxprune.graph import Graph
 from onnxprune.modelio import Calibration
 from onnxprune.passbase import Pass, PassResult
 from onnxprune.rules import rule_for
-from onnxprune.select import SEQUENTIAL, GroupDecision, KeepPlan, decide, removes_anything
+from onnxprune.select import (SEQUENTIAL, GroupDecision, KeepPlan, decide, removes_anything,
+                              segments_and_quotas)
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,20 @@ class ChannelPrunePass(Pass):
 
     def __init__(self, calib: Calibration, indices: np.ndarray, options: PruneOptions,
                  progress: Callable[[str], None] | None = None,
-                 reference: onnx.ModelProto | None = None, lineage: Lineage | None = None
-                 ) -> None:
+                 reference: onnx.ModelProto | None = None, lineage: Lineage | None = None,
+                 stats: Mapping[ConsumerSite, calibrate.SiteStats] | None = None,
+                 cache: dict | None = None) -> None:
         self.calib = calib
         self.indices = np.asarray(indices)
         self.options = options
         self.progress = progress or (lambda msg: None)
         self.reference = reference  # asym's target model (default: the pass's input model)
         self.lineage = lineage or Lineage()
+        # One-shot methods: statistics already collected on this very model (a budget measured
+        # them), and decisions already taken for the same group and quotas (a --min-cosine
+        # search tries several plans): neither is computed again.
+        self.stats = stats
+        self.cache = cache
 
     def requires(self, model: onnx.ModelProto) -> None:
         names = [n.name for n in model.graph.node]
@@ -117,14 +124,23 @@ class ChannelPrunePass(Pass):
 
     def _one_shot(self, model, graph, analysis, todo):
         sites = [s for _, g in todo for s in g.consumers]
-        self.progress(f"calibrating {len(sites)} consumer(s) of {len(todo)} group(s) on "
-                      f"{len(self.indices)} sample(s)")
-        by_site = dict(zip(sites, self._collect(model, graph, sites)))
+        if self.stats is not None and all(s in self.stats for s in sites):
+            by_site = self.stats
+        else:
+            self.progress(f"calibrating {len(sites)} consumer(s) of {len(todo)} group(s) on "
+                          f"{len(self.indices)} sample(s)")
+            by_site = dict(zip(sites, self._collect(model, graph, sites)))
         decisions: dict[str, GroupDecision] = {}
         for n, (i, g) in enumerate(todo):
+            key = (g.name, segments_and_quotas(g, self.options.plan)[1].tobytes())
+            if self.cache is not None and key in self.cache:
+                decisions[g.name] = self.cache[key]
+                continue
             self.progress(f"selecting group {n + 1}/{len(todo)} '{g.name}' ({g.size} channels)")
             decisions[g.name] = self._decide(graph, analysis, g, [by_site[s] for s in g.consumers],
                                              i)
+            if self.cache is not None:
+                self.cache[key] = decisions[g.name]
         keeps = {sid: k for d in decisions.values() for sid, k in d.set_keeps.items()}
         weights = {site: w for d in decisions.values() for site, w in d.weights.items()}
         pruned = rewrite.apply(model, graph, analysis, keeps, weights)
