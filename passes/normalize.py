@@ -120,6 +120,16 @@ class NormalizePass(Pass):
         new_nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in keep_nodes]
         del g.node[:]
         g.node.extend(new_nodes)
+        # Constants that folding left unread (a Constant → Reshape chain folded into one value)
+        # would count as parameters of the input model; graph inputs are never touched.
+        read = {x for n in new_nodes for x in _all_inputs(n)} | {o.name for o in g.output} | {
+            i.name for i in g.input}
+        dead = [t for t in g.initializer if t.name not in read]
+        if dead:
+            live = [t for t in g.initializer if t.name in read]
+            del g.initializer[:]
+            g.initializer.extend(live)
+            modified = True
         return PassResult(m, modified)
 
     MAX_FOLD_ELEMENTS = 1 << 24

@@ -236,3 +236,34 @@ def test_transpose_to_channels_last_and_matmul_consumer():
     assert shapes["w1"][0] == 4 and shapes["w2"] == (4, 5)
     grp = next(g for g in res.report.groups if g.total == 8)
     assert 0 < grp.rel_error < 1
+
+
+def test_folded_constants_do_not_count_as_parameters():
+    """Paddle's exports reshape per-channel constants at run time (``Constant → Reshape → Add``).
+    Folding the Reshape must not leave the unreshaped copy behind as a dead initializer that
+    ``params_before`` would count twice."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    import onnxprune
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(b)),
+             helper.make_node("Constant", [], ["shape"],
+                              value=numpy_helper.from_array(np.array([1, 8, 1, 1], np.int64))),
+             helper.make_node("Reshape", ["b", "shape"], ["b4"]),
+             helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "b4"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                     ["n", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w2, "w2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((30, 3, 8, 8)).astype(np.float32)
+    r = onnxprune.prune(m, {"x": x}, ratio=0.0).report
+    assert r.params_before == w.size + w2.size + b.size == r.params_after
+    half = onnxprune.prune(m, {"x": x}, ratio=0.5).report
+    assert half.params_after == 4 * 27 + 4 + 4 * 4 + 4  # conv, its bias, conv2 and the bias its re-fit adds
