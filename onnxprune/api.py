@@ -302,8 +302,22 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                 planner, plan, min_cosine, method, run_plan,
                 lambda m: fidelity(reference, m, cal, hold_idx, batch_size),
                 lambda f: _worst_cosine(f, floating), say)
+    safeguard = None
     if pruned is None:
         pruned, decisions = run_plan(plan, method)
+        if method in SEQUENTIAL:
+            # Never worse than the one-shot fit: the sequential re-fit can fit the calibration
+            # samples' upstream drift rather than the model; keep whichever of the two models is
+            # closer to the original on the held-out samples.
+            say("safeguard: the one-shot inchange model on the same plan, for comparison")
+            fid = fidelity(reference, pruned, cal, hold_idx, batch_size)
+            alt, alt_decisions = run_plan(plan, "inchange")
+            alt_fid = fidelity(reference, alt, cal, hold_idx, batch_size)
+            ws, wi = _worst_cosine(fid, floating), _worst_cosine(alt_fid, floating)
+            safeguard = {"method": method, "worst_cosine": ws, "inchange_worst_cosine": wi,
+                         "used": method if ws >= wi else "inchange"}
+            if wi > ws:
+                pruned, decisions, fid = alt, alt_decisions, alt_fid
     say("verifying the pruned model")
     check_structure(pruned)
     if fid is None:
@@ -340,7 +354,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         seconds=round(time.perf_counter() - start, 3),
         calib_samples=len(sel_idx), holdout_samples=len(hold_idx),
         groups=tuple(groups), fidelity=fid, steps=steps, round_to=round_to, min_keep=min_keep,
-        exclude=tuple(sorted(plan.excluded)), budget=budget_info, token_mask=cal.token_mask)
+        exclude=tuple(sorted(plan.excluded)), budget=budget_info, token_mask=cal.token_mask,
+        safeguard=safeguard)
     return PruneResult(model=pruned, report=report, external_data=loaded.external_data)
 
 
@@ -352,8 +367,9 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
     The path's plans are nested (each prunes at least what the one before does), so the
     fidelity falls along it; a bisection over the path finds the last plan that keeps the
     target. Sequential methods (seq, asym) cost a whole pass per plan: the bisection then runs
-    with the one-shot ``inchange`` and its answer is confirmed with the method itself (backing
-    off along the path while it misses the target). Stops when the plans left between the last
+    with the one-shot ``inchange``, and the plan it chooses is then also pruned with the
+    method itself, whose model is kept unless the one-shot one is closer (the safeguard of a
+    plain sequential prune; the target stays met). Stops when the plans left between the last
     passing and the first failing one differ by less than ``SEARCH_TOLERANCE`` of the MACs."""
     path = planner.path()
     if not path:
@@ -392,19 +408,11 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
             good = mid
         else:
             bad = mid
-    if proxy != method:  # confirm with the method itself, backing off toward lighter plans
-        lo = 0
-        while not evaluate(good, method):
-            if good == lo:
-                break
-            good = lo + (good - lo) // 2
-        if not evaluate(good, method):
-            raise OptionError(f"--min-cosine {target:g} cannot be met with --method {method}: "
-                              f"even {results[(good, method)][0].exact:.3f} of the MACs gives "
-                              f"a held-out cosine of {results[(good, method)][4]:.4f}")
-        chosen = (good, method)
-    else:
-        chosen = (good, proxy)
+    chosen = (good, proxy)
+    if proxy != method:  # the method itself on the chosen plan; kept when it is not worse
+        evaluate(good, method)
+        if results[(good, method)][4] >= results[chosen][4]:
+            chosen = (good, method)
     alloc, model, decisions, fid, w = results[chosen]
     for p in points:
         p["chosen"] = (p["step"], p["method"]) == chosen

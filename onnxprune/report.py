@@ -55,6 +55,8 @@ class Report:
     exclude: tuple[str, ...] = ()
     budget: dict | None = None  # kind, target, allocation, predicted and planned cost fraction
     token_mask: str | None = None  # the calibration input marking real tokens, if any
+    # seq/asym: held-out worst cosine of the sequential and of the one-shot model, and the one kept
+    safeguard: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +70,7 @@ class Report:
             "fidelity": {k: v.to_dict() for k, v in self.fidelity.items()},
             "steps": self.steps, "round_to": self.round_to, "min_keep": self.min_keep,
             "exclude": list(self.exclude), "budget": self.budget, "token_mask": self.token_mask,
+            "safeguard": self.safeguard,
             "macs_fraction": self.macs_after / self.macs_before if self.macs_before else 1.0,
             "params_fraction": (self.params_after / self.params_before
                                 if self.params_before else 1.0),

@@ -72,12 +72,40 @@ def test_looser_target_gives_a_smaller_model():
     assert tight.fidelity["logits"].cosine >= 0.995
 
 
-def test_min_cosine_with_asym_is_confirmed_with_asym():
+def test_min_cosine_with_asym_prunes_the_chosen_plan_with_asym():
     res = onnxprune.prune(MOBILENET, CALIB_IMG, min_cosine=0.98, method="asym")
     pts = res.report.budget["points"]
     chosen = [p for p in pts if p["chosen"]]
-    assert chosen and chosen[0]["method"] == "asym" and chosen[0]["meets_target"]
+    assert len(chosen) == 1 and chosen[0]["meets_target"]
+    # the plan found by the one-shot bisection was also pruned with asym; the closer one is kept
+    step = chosen[0]["step"]
+    pair = {p["method"]: p["worst_cosine"] for p in pts if p["step"] == step}
+    assert set(pair) == {"inchange", "asym"}
+    assert chosen[0]["worst_cosine"] == max(pair.values())
     assert res.report.fidelity["logits"].cosine >= 0.98
+
+
+@pytest.mark.parametrize("method", ["asym", "seq"])
+def test_sequential_methods_never_lose_to_the_one_shot_fit(method):
+    """The safeguard keeps the sequential model only when it is at least as close to the
+    original on the held-out samples as the one-shot model with the same widths."""
+    for name, ratio in (("mobilenet_legacy", 0.75), ("inception_legacy", 0.5)):
+        path = MODELS / f"{name}.onnx"
+        one = onnxprune.prune(path, CALIB_IMG, ratio=ratio, method="inchange").report
+        res = onnxprune.prune(path, CALIB_IMG, ratio=ratio, method=method)
+        r = res.report
+        sg = r.safeguard
+        assert sg["method"] == method
+        assert sg["inchange_worst_cosine"] == pytest.approx(one.fidelity["logits"].cosine)
+        assert r.fidelity["logits"].cosine == pytest.approx(
+            max(sg["worst_cosine"], sg["inchange_worst_cosine"]))
+        assert r.fidelity["logits"].cosine >= one.fidelity["logits"].cosine - 1e-12
+        assert sg["used"] == (method if sg["worst_cosine"] >= sg["inchange_worst_cosine"]
+                              else "inchange")
+        assert [g.kept for g in r.groups] == [g.kept for g in one.groups]
+    # one of the two cases uses each fit: the safeguard is not a constant
+    assert onnxprune.prune(MOBILENET, CALIB_IMG, ratio=0.75, method="asym").report.safeguard[
+        "used"] == "asym"
 
 
 def test_impossible_target_is_refused(tmp_path):
