@@ -71,6 +71,14 @@ def _positive_int(value, flag: str, limit: int = 1 << 20) -> int:
     return int(value)
 
 
+def _round_option(value) -> tuple[int, bool]:
+    """``(K, auto)`` for ``--round-to``: ``"auto"`` (by width, :meth:`KeepPlan.round_step`) or
+    a multiple K ≥ 1 for every segment."""
+    if value == "auto":
+        return 1, True
+    return _positive_int(value, "--round-to", 4096), False
+
+
 def budget_option(target_macs: float | None, target_params: float | None,
                   allocation: str) -> Budget | None:
     given = [(k, v) for k, v in (("macs", target_macs), ("params", target_params))
@@ -151,6 +159,9 @@ def _sample_shapes(calib: Calibration) -> tuple[dict[str, tuple[int, ...]], int]
 
 #: Calibration samples used to measure each group's sensitivity for budgets.
 SENSITIVITY_SAMPLES = 64
+#: Without --ratio, --target-* or --min-cosine (and without --steps/--head-ratio, which go with
+#: a uniform ratio): the smallest model whose held-out cosine stays at least this.
+DEFAULT_MIN_COSINE = 0.99
 #: A --min-cosine search stops when its bracket spans less than this fraction of the MACs.
 SEARCH_TOLERANCE = 0.01
 
@@ -179,13 +190,15 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           max_positions: int = 256, batch_size: int = 32, ridge: float | str = 0.0,
           target_macs: float | None = None, target_params: float | None = None,
           min_cosine: float | None = None,
-          allocation: str = "marginal", round_to: int = 1, min_keep: int = 1,
+          allocation: str = "marginal", round_to: int | str = "auto", min_keep: int = 1,
           exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
           head_ratio: float | None = None, token_mask: str | None = "auto",
+          safeguard: bool = True,
           progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune channels of every prunable group of ``model``.
 
-    How much: ``ratio`` (fraction removed from every group, default 0.5; attention-head groups:
+    How much (by default ``min_cosine=0.99``; with ``steps`` > 1 or ``head_ratio`` and no other
+    choice, ``ratio=0.5``): ``ratio`` (fraction removed from every group; attention-head groups:
     ``head_ratio`` when given), or a budget —
     ``target_macs`` / ``target_params``, the fraction of the original cost to keep, split among
     groups by measured output sensitivity (``allocation``: "marginal" or "equal-loss"; see
@@ -208,9 +221,14 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     the fraction of attention heads removed from head groups (None: ``ratio``). ``token_mask``:
     the input whose 0/1 values mark real tokens (padding = 0); statistics and fidelity then use
     real-token positions only. ``"auto"`` (default): an input named ``attention_mask``, if any;
-    ``"none"``: every position counts.
+    ``"none"``: every position counts. ``safeguard``: with ``seq``/``asym``, also prune the same
+    plan with the one-shot ``inchange`` and keep whichever model is closer to the original on
+    the held-out samples (``report.safeguard``); False keeps the sequential model as it is.
     """
     start = time.perf_counter()
+    if ratio is None and target_macs is None and target_params is None and min_cosine is None \
+            and head_ratio is None and steps == 1:
+        min_cosine = DEFAULT_MIN_COSINE  # the default mode: as small as stays faithful
     budget = budget_option(target_macs, target_params, allocation)
     min_cosine = _min_cosine_option(min_cosine, {
         "--ratio": ratio, "--target-macs": target_macs, "--target-params": target_params,
@@ -223,7 +241,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                           "not both")
     ratio = 0.5 if ratio is None else ratio
     validate_options(ratio, method, holdout, max_positions, seed)
-    round_to = _positive_int(round_to, "--round-to", 4096)
+    round_to, auto_round = _round_option(round_to)
     min_keep = _positive_int(min_keep, "--min-keep")
     steps = _positive_int(steps, "--steps", 100)
     if method == "asym" and steps > 1:
@@ -253,7 +271,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     graph = Graph(normalized)
     analysis = analyze(graph)
     plan = KeepPlan(ratio=0.0 if budget or min_cosine is not None else ratio,
-                    round_to=round_to, min_keep=min_keep,
+                    round_to=round_to, auto_round=auto_round, min_keep=min_keep,
                     excluded=resolve_exclude(exclude, analysis),
                     head_ratio=None if head_ratio is None else float(head_ratio))
     stats = None
@@ -302,10 +320,10 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                 planner, plan, min_cosine, method, run_plan,
                 lambda m: fidelity(reference, m, cal, hold_idx, batch_size),
                 lambda f: _worst_cosine(f, floating), say)
-    safeguard = None
+    guard = None
     if pruned is None:
         pruned, decisions = run_plan(plan, method)
-        if method in SEQUENTIAL:
+        if method in SEQUENTIAL and safeguard:
             # Never worse than the one-shot fit: the sequential re-fit can fit the calibration
             # samples' upstream drift rather than the model; keep whichever of the two models is
             # closer to the original on the held-out samples.
@@ -314,8 +332,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
             alt, alt_decisions = run_plan(plan, "inchange")
             alt_fid = fidelity(reference, alt, cal, hold_idx, batch_size)
             ws, wi = _worst_cosine(fid, floating), _worst_cosine(alt_fid, floating)
-            safeguard = {"method": method, "worst_cosine": ws, "inchange_worst_cosine": wi,
-                         "used": method if ws >= wi else "inchange"}
+            guard = {"method": method, "worst_cosine": ws, "inchange_worst_cosine": wi,
+                     "used": method if ws >= wi else "inchange"}
             if wi > ws:
                 pruned, decisions, fid = alt, alt_decisions, alt_fid
     say("verifying the pruned model")
@@ -353,9 +371,11 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         macs_before=count_macs(normalized, shapes) // per, macs_after=count_macs(pruned, shapes) // per,
         seconds=round(time.perf_counter() - start, 3),
         calib_samples=len(sel_idx), holdout_samples=len(hold_idx),
-        groups=tuple(groups), fidelity=fid, steps=steps, round_to=round_to, min_keep=min_keep,
+        groups=tuple(groups), fidelity=fid, steps=steps,
+        round_to="auto" if auto_round else round_to,
+        min_keep=min_keep,
         exclude=tuple(sorted(plan.excluded)), budget=budget_info, token_mask=cal.token_mask,
-        safeguard=safeguard)
+        safeguard=guard)
     return PruneResult(model=pruned, report=report, external_data=loaded.external_data)
 
 

@@ -125,7 +125,8 @@ class CostModel:
         self.kind, self.shapes = kind, shapes
         self.groups = list(groups)
         self.index = {g.name: i for i, g in enumerate(self.groups)}
-        self.plain = replace(base_plan, ratio=0.0, round_to=1, min_keep=1, excluded=frozenset())
+        self.plain = replace(base_plan, ratio=0.0, round_to=1, auto_round=False, min_keep=1,
+                             excluded=frozenset())
         self.full = self.exact({}, self.plain)
         n = len(self.groups)
         self.alpha = np.zeros(n)
@@ -193,6 +194,7 @@ class CostModel:
 
 def _probe_plan(base_plan: KeepPlan, group: Group, keep: float) -> KeepPlan:
     return replace(base_plan, ratio=0.0, ratios={group.name: 1.0 - keep}, round_to=1,
+                   auto_round=False,
                    min_keep=1, excluded=frozenset())
 
 
@@ -419,6 +421,10 @@ def measure(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
         raise OptionError("no prunable group: a budget cannot be met (see 'onnxprune inspect')")
     say(f"measuring the cost model of {len(groups)} group(s)")
     cost = CostModel(model, graph, analysis, [g for _, g in groups], kind, shapes, base_plan)
+    if cost.full <= 0:
+        raise OptionError(f"the model's {'MACs' if kind == 'macs' else 'parameters'} cannot be "
+                          "counted (no Conv/Gemm/MatMul of known shape): a budget on them cannot "
+                          "be met; use --target-params or --ratio")
     sens = sensitivity(model, graph, analysis, groups, stats, calib, indices, method, reweight,
                        seed, ridge, base_plan, batch_size, progress)
     return Planner(cost, sens, base_plan)

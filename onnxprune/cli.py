@@ -51,6 +51,10 @@ def _count(flag: str, limit: int):
     return _checked(flag, int, "an integer", f"[1, {limit}]", lambda v: 1 <= v <= limit)
 
 
+def _round_to(text: str):
+    return text if text == "auto" else _count("--round-to", 4096)(text)
+
+
 def _ridge(text: str):
     if text == "auto":
         return text
@@ -86,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=".npz keyed by input name (or .npy for a single input), sample axis first")
     pr.add_argument("--ratio", type=_removed_fraction("--ratio", "channels"), default=None,
                     help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
-                         "(default 0.5 unless a --target-* budget is given)")
+                         "(without --ratio, --target-* or --min-cosine: --min-cosine 0.99; "
+                         "with --steps or --head-ratio: 0.5)")
     pr.add_argument("--target-macs", type=_fraction("--target-macs"), metavar="F",
                     help="keep this fraction of the original MACs; per-group ratios are chosen "
                          "from each group's measured output sensitivity (instead of --ratio)")
@@ -98,13 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="C",
                     help="the smallest model (fewest MACs) whose held-out output cosine stays "
                          "≥ C on every output (and every scale part of one), found by searching "
-                         "the budget (instead of --ratio/--target-*)")
+                         "the budget (instead of --ratio/--target-*; the default, with C = "
+                         "0.99, when none of them is given)")
     pr.add_argument("--allocation", choices=("marginal", "equal-loss"), default="marginal",
                     help="how a budget is split among groups: least output damage per unit of "
                          "cost removed (default) or equal damage per group (the paper's)")
-    pr.add_argument("--round-to", type=_count("--round-to", 4096), default=1, metavar="K",
+    pr.add_argument("--round-to", type=_round_to, default="auto", metavar="K",
                     help="kept widths are multiples of K (or the whole width) for SIMD/NPU-"
-                         "friendly shapes (default 1)")
+                         "friendly shapes; 'auto' (default): multiples of 8 for producers of "
+                         "≥ 32 channels, of 4 for 8–31, exact below; 1: no rounding")
     pr.add_argument("--min-keep", type=_count("--min-keep", 1 << 20), default=1, metavar="N",
                     help="keep at least N channels of every producer (default 1)")
     pr.add_argument("--exclude", action="append", default=[], metavar="NODE_OR_GROUP",

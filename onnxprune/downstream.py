@@ -9,8 +9,9 @@ from outside (its *frontier*), captured once. Graph outputs the region does not 
 original's. Budgets' sensitivities run one variant per group and keep fraction; for a group deep
 in the network the region is a small part of the model.
 
-The frontier values are held in memory for the samples used (``max_bytes`` at most; beyond that,
-or for models fed in fixed batches or with a token mask, the whole model is run instead).
+The frontier values are held in memory, batch by batch as the model computed them, for the
+samples used (``max_bytes`` at most; beyond that, for models without a batch axis or with a token
+mask, the whole model is run instead).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class DownstreamRunner:
         self.nodes = {n.name: n.SerializeToString() for n in model.graph.node}
         self.inits = _init_digest(model)
         self.graph_inputs = {i.name for i in model.graph.input}
-        self.enabled = calib.mode == "batched" and calib.token_mask is None
+        self.enabled = calib.mode in ("batched", "fixed") and calib.token_mask is None
         self.cache: dict[str, list[np.ndarray]] = {}  # tensor → its value per batch
 
     def region(self, variant: onnx.ModelProto) -> tuple[list[onnx.NodeProto], list[str]]:
@@ -98,9 +99,9 @@ class DownstreamRunner:
         parts: dict[str, list[np.ndarray]] = {t: [] for t in need}
         size = sum(a.nbytes for v in self.cache.values() for a in v)
         sess = session(self.model, need, self.elem_types)
-        for batch, _ in run_outputs(sess, self.calib, self.indices, need, self.batch_size):
-            for t in need:
-                parts[t].append(np.asarray(batch[t]))
+        for feed, _ in self.calib.feeds(self.indices, self.batch_size):  # padded batches kept
+            for t, v in zip(need, sess.run(need, feed)):
+                parts[t].append(np.asarray(v))
                 size += parts[t][-1].nbytes
             if size > self.max_bytes:
                 log.debug("frontier tensors exceed %d bytes: whole-model runs", self.max_bytes)
@@ -125,11 +126,12 @@ class DownstreamRunner:
         sess = session(self._sub_model(variant, nodes, frontier, produced))
         got: dict[str, list[np.ndarray]] = {n: [] for n in produced}
         feeds = self.calib.feeds(self.indices, self.batch_size)
-        for b, (feed, _) in enumerate(feeds):
+        for b, (feed, valid) in enumerate(feeds):
             outs = sess.run(produced, {t: feed[t] if t in self.graph_inputs else self.cache[t][b]
                                        for t in frontier})
-            for n, o in zip(produced, outs):
-                got[n].append(np.asarray(o))
+            fed = len(next(iter(feed.values())))
+            for n, o in zip(produced, outs):  # padding rows of a fixed-batch model dropped
+                got[n].append(np.asarray(o)[:valid] if valid < fed else np.asarray(o))
         return [np.concatenate(got[n]) if n in got else self.reference[n] for n in self.names]
 
     def _sub_model(self, variant: onnx.ModelProto, nodes: list[onnx.NodeProto],

@@ -45,30 +45,59 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...
     return m
 
 
+_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _runtime_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
+                    names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` from one onnxruntime run on placeholder inputs (zeros; ones for
+    integer inputs such as token ids and masks) of ``input_shapes``."""
+    from onnxprune.calibrate import session  # onnxruntime only when shapes are not static
+    types = {vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+             for vi in model.graph.input}
+    feeds = {n: (np.ones if np.issubdtype(types[n], np.integer) else np.zeros)(shp, types[n])
+             for n, shp in input_shapes.items() if n in types}
+    try:
+        sess = session(model, names)
+        outs = sess.run(names, feeds)
+    except Exception:  # noqa: BLE001 - placeholder inputs the model rejects: shapes stay unknown
+        return {}
+    return {n: tuple(np.shape(o)) for n, o in zip(names, outs)}
+
+
 def count_macs(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Multiply-accumulates of one run at ``input_shapes`` (module docstring). Shapes come from
+    ONNX shape inference; when it leaves some unknown (run-time shape arithmetic, e.g. attention
+    reshapes), from one onnxruntime run on placeholder inputs."""
     g = Graph(fix_input_shapes(model, input_shapes))
+    nodes = [n for n in g.nodes if n.op_type in _MAC_OPS]
+    wanted = {x for n in nodes for x in (n.input[0], n.input[1], n.output[0])}
+    shapes = {x: g.static_shape(x) for x in wanted}
+    missing = sorted(x for x, v in shapes.items() if v is None or any(
+        not isinstance(d, int) for d in v))
+    consts = {x: np.shape(g.const(x)) for x in missing if g.const(x) is not None}
+    shapes.update(consts)
+    if len(consts) < len(missing):
+        shapes.update(_runtime_shapes(model, input_shapes,
+                                      [x for x in missing if x not in consts]))
     total = 0
-    for node in g.nodes:
+    for node in nodes:
         try:
             if node.op_type == "Conv":
-                y = g.static_shape(node.output[0])
-                w = g.static_shape(node.input[1])
+                y, w = shapes[node.output[0]], shapes[node.input[1]]
                 total += int(np.prod(y[1:])) * int(np.prod(w[1:]))
             elif node.op_type == "ConvTranspose":
-                x = g.static_shape(node.input[0])
-                w = g.static_shape(node.input[1])
+                x, w = shapes[node.input[0]], shapes[node.input[1]]
                 total += int(np.prod(x[1:])) * int(np.prod(w[1:]))
             elif node.op_type == "Gemm":
-                y = g.static_shape(node.output[0])
-                a = g.static_shape(node.input[0])
+                y, a = shapes[node.output[0]], shapes[node.input[0]]
                 k = a[0] if attr(node, "transA", 0) else a[1]
                 total += int(np.prod(y)) * int(k)
-            elif node.op_type == "MatMul":
-                y = g.static_shape(node.output[0])
-                a = g.static_shape(node.input[0])
+            else:  # MatMul
+                y, a = shapes[node.output[0]], shapes[node.input[0]]
                 total += int(np.prod(y)) * int(a[-1])
-        except (TypeError, IndexError):
-            log.debug("no static shape for %s; its MACs are not counted", node.name)
+        except (TypeError, IndexError, KeyError):
+            log.debug("no shape for %s; its MACs are not counted", node.name)
     return total
 
 

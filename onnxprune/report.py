@@ -50,7 +50,7 @@ class Report:
     groups: tuple[GroupReport, ...]
     fidelity: dict[str, OutputFidelity] = field(default_factory=dict)
     steps: int = 1
-    round_to: int = 1
+    round_to: int | str = 1  # K, or "auto"
     min_keep: int = 1
     exclude: tuple[str, ...] = ()
     budget: dict | None = None  # kind, target, allocation, predicted and planned cost fraction

@@ -54,7 +54,8 @@ class KeepPlan:
     overrides, e.g. from a MAC budget). Each segment keeps ``⌈(1−r)·n⌉`` channels, at least
     ``min_keep`` (and ≥ 1); with ``round_to = K`` the count is then rounded to the nearest multiple
     of K that is ≥ ``min_keep`` — or the whole segment when it has ≤ K channels or rounding reaches
-    its size (not for attention-head groups: a head is already a block of head_dim entries).
+    its size (not for attention-head groups: a head is already a block of head_dim entries);
+    ``auto_round`` picks K per segment width (:meth:`round_step`).
     Groups named in ``excluded`` keep everything. For a group listed in ``base`` (its
     segment sizes in an earlier, larger version of the model — gradual pruning) the ratio is
     relative to those sizes: a segment keeps ``min(now, keep(base))`` channels.
@@ -63,6 +64,7 @@ class KeepPlan:
     ratio: float = 0.5
     ratios: Mapping[str, float] = field(default_factory=dict)
     round_to: int = 1
+    auto_round: bool = False  # ``--round-to auto``: K by segment width (:meth:`round_step`)
     min_keep: int = 1
     excluded: frozenset[str] = frozenset()
     base: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
@@ -77,11 +79,19 @@ class KeepPlan:
             return float(self.head_ratio)
         return float(self.ratio)
 
+    def round_step(self, size: int) -> int:
+        """The multiple a segment of ``size`` channels is rounded to: ``round_to``, or with
+        ``auto_round`` 8 from 32 channels, 4 from 8, none below (the channel blocks of
+        onnxruntime's convolution kernels: odd widths send them down slow paths)."""
+        if not self.auto_round:
+            return self.round_to
+        return 8 if size >= 32 else 4 if size >= 8 else 1
+
     def segment_keep(self, size: int, ratio: float) -> int:
         if ratio <= 0:
             return size
         k = max(keep_count(size, ratio), min(self.min_keep, size))
-        K = self.round_to
+        K = self.round_step(size)
         if K > 1:
             if size <= K:
                 return size
@@ -110,8 +120,8 @@ def segments_and_quotas(group: Group, plan: KeepPlan
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Segment id per group channel, kept count per segment, forced-channel mask."""
     ratio = plan.ratio_of(group)
-    if group.kind == "heads" and plan.round_to > 1:
-        plan = replace(plan, round_to=1)
+    if group.kind == "heads" and (plan.round_to > 1 or plan.auto_round):
+        plan = replace(plan, round_to=1, auto_round=False)
     base = plan.base.get(group.name)
     if base is not None and len(base) != len(segment_sizes(group)):
         base = None

@@ -235,3 +235,48 @@ def test_fidelity_reports_parts_and_their_worst_cosine(tmp_path):
     assert fid.parts[1].cosine == pytest.approx(-1.0, abs=1e-6)
     assert fid.worst_cosine == pytest.approx(-1.0, abs=1e-6)
     assert fid.to_dict()["parts"][1]["features"] == [[8, 14]]
+
+
+def _fixed_batch(path, batch):
+    m = onnx.load(path)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        d = vi.type.tensor_type.shape.dim[0]
+        d.Clear()
+        d.dim_value = batch
+    return m
+
+
+@pytest.mark.parametrize("source", ["resnet_legacy", "vit_dynamo", "inception_legacy",
+                                    "resnet_legacy@fixed4"])
+def test_downstream_runs_equal_whole_model_runs(source):
+    """Running only the changed region of a pruned variant, fed with captured frontier tensors
+    (shape tensors of the ViT's attention included; padded batches of a fixed-batch model),
+    gives the whole model's outputs."""
+    from onnxprune import rewrite
+    from onnxprune.downstream import DownstreamRunner, run_model
+    from onnxprune.select import decide
+    name, _, fixed = source.partition("@")
+    src = MODELS / f"{name}.onnx" if not fixed else _fixed_batch(MODELS / f"{name}.onnx", 4)
+    m = run_passes([NormalizePass()], load_model(src).model)[0]
+    cal = load_calibration(CALIB_IMG, m, "auto")
+    assert cal.mode == ("fixed" if fixed else "batched")
+    g = Graph(m)
+    an = analyze(g)
+    idx = np.arange(30)
+    groups = [(i, x) for i, x in enumerate(an.groups) if x.prunable]
+    sites = [s for _, x in groups for s in x.consumers]
+    stats = dict(zip(sites, calibrate.collect(m, g, cal, idx, sites, 0)))
+    runner = DownstreamRunner(m, cal, idx, g.elem_types, batch_size=8)
+    smaller = 0
+    for i, x in groups:
+        d = decide(g, an, x, [stats[s] for s in x.consumers], KeepPlan(ratio=0.5), "inchange",
+                   True, 0, i)
+        variant = rewrite.apply(m, g, an, d.set_keeps, d.weights)
+        nodes, _ = runner.region(variant)
+        smaller += len(nodes) < len(variant.graph.node)
+        got = runner.outputs(variant)
+        want = list(run_model(variant, cal, idx, batch_size=8).values())
+        assert [a.shape for a in got] == [b.shape for b in want]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+    assert runner.enabled and smaller >= 1  # the region was a strict part of the model
