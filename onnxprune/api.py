@@ -162,6 +162,8 @@ SENSITIVITY_SAMPLES = 64
 #: Without --ratio, --target-* or --min-cosine (and without --steps/--head-ratio, which go with
 #: a uniform ratio): the smallest model whose held-out cosine stays at least this.
 DEFAULT_MIN_COSINE = 0.99
+#: --min-cosine holds the held-out cosine less this many standard errors to the target.
+CONFIDENCE_Z = 2.0
 #: A --min-cosine search stops when its bracket spans less than this fraction of the MACs.
 SEARCH_TOLERANCE = 0.01
 
@@ -179,9 +181,11 @@ def _min_cosine_option(min_cosine, others: dict) -> float | None:
     return float(min_cosine)
 
 
-def _worst_cosine(fid: Mapping[str, OutputFidelity], floating: set[str]) -> float:
-    """The lowest cosine over the model's float outputs and the parts of each."""
-    vals = [f.worst_cosine for n, f in fid.items() if n in floating]
+def _worst_cosine(fid: Mapping[str, OutputFidelity], floating: set[str], z: float = 0.0
+                  ) -> float:
+    """The lowest cosine over the model's float outputs and the parts of each; with ``z`` > 0
+    the lowest lower confidence bound ``cosine − z·se`` (see :mod:`onnxprune.verify`)."""
+    vals = [f.worst_cosine_bound(z) for n, f in fid.items() if n in floating]
     return min(vals) if vals else 1.0
 
 
@@ -204,7 +208,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     groups by measured output sensitivity (``allocation``: "marginal" or "equal-loss"; see
     :mod:`onnxprune.budget`) — or a fidelity target: ``min_cosine``, the smallest model (fewest
     MACs, along the budget allocation's path) whose held-out output cosine is at least that on
-    every float output and on every scale part of one (see :mod:`onnxprune.verify`); the report's
+    every float output and on every scale part of one, less two standard errors (see
+    :mod:`onnxprune.verify`); the report's
     ``budget.points`` lists every plan tried. Kept counts are multiples of ``round_to`` (or the
     whole segment),
     at least ``min_keep``; groups named (or produced by the nodes named) in ``exclude`` are not
@@ -319,7 +324,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
             alloc, plan, pruned, decisions, fid, search = _search_min_cosine(
                 planner, plan, min_cosine, method, run_plan,
                 lambda m: fidelity(reference, m, cal, hold_idx, batch_size),
-                lambda f: _worst_cosine(f, floating), say)
+                lambda f: _worst_cosine(f, floating, CONFIDENCE_Z), say)
     guard = None
     if pruned is None:
         pruned, decisions = run_plan(plan, method)
@@ -382,7 +387,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
 def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: str,
                        run_plan: Callable, measure_fid: Callable, worst: Callable,
                        say: Callable[[str], None]):
-    """The deepest plan along the budget path whose held-out worst cosine is ≥ ``target``.
+    """The deepest plan along the budget path whose held-out worst cosine, less ``CONFIDENCE_Z``
+    standard errors, is ≥ ``target``.
 
     The path's plans are nested (each prunes at least what the one before does), so the
     fidelity falls along it; a bisection over the path finds the last plan that keeps the
@@ -408,9 +414,9 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
             results[key] = (alloc, model, decisions, fid, w)
             points.append({"method": meth, "step": i, "macs_fraction": alloc.exact,
                            "cosine": {n: f.worst_cosine for n, f in fid.items()},
-                           "worst_cosine": w, "meets_target": w >= target})
+                           "cosine_bound": w, "meets_target": w >= target})
             say(f"fidelity target {target:g}: {alloc.exact:.3f} of the MACs ({meth}) → "
-                f"cosine {w:.4f}")
+                f"cosine bound {w:.4f}")
         return results[key][4] >= target
 
     cost = [planner.predicted(lv) / planner.cost.full for lv in path]
@@ -419,7 +425,8 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
         alloc = results[(0, proxy)][0]
         raise OptionError(f"--min-cosine {target:g} cannot be met: even the lightest pruning "
                           f"({alloc.exact:.3f} of the MACs kept) gives a held-out cosine of "
-                          f"{results[(0, proxy)][4]:.4f}; lower the target")
+                          f"{results[(0, proxy)][4]:.4f} (less 2 standard errors); lower the "
+                          "target")
     good, bad = 0, len(path)
     while bad - good > 1 and cost[good] - (cost[bad] if bad < len(path) else 0.0) \
             > SEARCH_TOLERANCE:

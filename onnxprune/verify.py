@@ -18,7 +18,9 @@ live features (s_f > 0), a jump by more than ``PART_GAP`` (×10) between neighbo
 *parts* (each part holds at least ``MIN_PART`` features; features never active join the
 smallest part). Outputs whose scales are all within the gap form one part. The figures of every
 part are reported and :attr:`OutputFidelity.worst_cosine` is the lowest of the whole output's
-cosine and its parts' — what ``--min-cosine`` checks. Budgets measure damage the same way
+cosine and its parts'. ``--min-cosine`` checks that figure less twice its standard error over
+the held-out samples (``cosine_se``): a lower confidence bound of what new samples like them
+would show, not the held-out mean alone. Budgets measure damage the same way
 (:func:`damage`): the mean over parts of each part's relative squared change.
 
 With a calibration token mask, padding positions of per-token outputs (``[n, seq, ...]``) are
@@ -49,10 +51,11 @@ class PartFidelity:
     features: tuple[tuple[int, int], ...]  # index ranges [lo, hi) along the output's axis 1
     rel_l2: float
     cosine: float
+    cosine_se: float = 0.0  # standard error of the mean cosine over the samples
 
     def to_dict(self) -> dict:
         return {"features": [list(r) for r in self.features], "rel_l2": self.rel_l2,
-                "cosine": self.cosine}
+                "cosine": self.cosine, "cosine_se": self.cosine_se}
 
 
 @dataclass(frozen=True)
@@ -62,14 +65,21 @@ class OutputFidelity:
     cosine: float
     top1_agreement: float | None
     parts: tuple[PartFidelity, ...] = ()  # only when the output mixes scales (> 1 part)
+    cosine_se: float = 0.0  # standard error of the mean cosine over the samples
 
     @property
     def worst_cosine(self) -> float:
         return min([self.cosine] + [p.cosine for p in self.parts])
 
+    def worst_cosine_bound(self, z: float) -> float:
+        """The lowest of ``cosine − z·cosine_se`` over the output and its parts: with z ≈ 2 a
+        lower confidence bound of the mean cosine on new samples like the held-out ones."""
+        return min([self.cosine - z * self.cosine_se]
+                   + [p.cosine - z * p.cosine_se for p in self.parts])
+
     def to_dict(self) -> dict:
         d = {"max_abs": self.max_abs, "rel_l2": self.rel_l2, "cosine": self.cosine,
-             "top1_agreement": self.top1_agreement}
+             "cosine_se": self.cosine_se, "top1_agreement": self.top1_agreement}
         if self.parts:
             d["parts"] = [p.to_dict() for p in self.parts]
         return d
@@ -201,17 +211,18 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
         cnt = max(st["n"], 1)
         ab, aa, bb, dd = (np.concatenate(st[k]) for k in ("ab", "aa", "bb", "dd"))
 
-        def figures(cols) -> tuple[float, float]:
+        def figures(cols) -> tuple[float, float, float]:
             d2, r2 = float(dd[:, cols].sum()), float(aa[:, cols].sum())
             rel = float(np.sqrt(d2 / r2)) if r2 > 0 else float(np.sqrt(d2))
             cos = _cosines(ab[:, cols].sum(1), aa[:, cols].sum(1), bb[:, cols].sum(1))
-            return rel, float(cos.sum() / cnt)
+            se = float(cos.std(ddof=1) / np.sqrt(len(cos))) if len(cos) > 1 else 0.0
+            return rel, float(cos.sum() / cnt), se
 
-        rel, cos = figures(slice(None))
+        rel, cos, se = figures(slice(None))
         parts = output_parts(np.sqrt(aa.sum(axis=0)))
         part_fid = tuple(PartFidelity(_ranges(p), *figures(p)) for p in parts) \
             if len(parts) > 1 else ()
         out[n] = OutputFidelity(max_abs=st["max"], rel_l2=rel, cosine=cos,
                                 top1_agreement=(st["agree"] / cnt) if top1.get(n) else None,
-                                parts=part_fid)
+                                parts=part_fid, cosine_se=se)
     return out
