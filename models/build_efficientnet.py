@@ -84,7 +84,9 @@ SANITY_EXPECT = {
 
 # -- photos ----------------------------------------------------------------------------------------
 
-def _to_rgb_uint8(img: np.ndarray) -> np.ndarray | None:
+def _to_rgb_uint8(img: np.ndarray, min_side: int = 64) -> np.ndarray | None:
+    """An image as contiguous RGB uint8 (gray stacked, alpha dropped, [0, 1] floats scaled);
+    None when it is not an image or its shorter side is below ``min_side``."""
     img = np.asarray(img)
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
@@ -96,7 +98,7 @@ def _to_rgb_uint8(img: np.ndarray) -> np.ndarray | None:
         if f.max() <= 1.0:
             f = f * 255.0
         img = np.clip(np.round(f), 0, 255).astype(np.uint8)
-    if min(img.shape[:2]) < 64:
+    if min(img.shape[:2]) < min_side:
         return None
     return np.ascontiguousarray(img)
 

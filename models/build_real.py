@@ -89,18 +89,8 @@ FACE_BOXES = {"skimage/astronaut": (62, 187, 97), "skimage/camera": (124, 207, 5
 
 
 def _rgb_uint8(img) -> np.ndarray | None:
-    img = np.asarray(img)
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    if img.ndim != 3 or img.shape[-1] not in (3, 4):
-        return None
-    img = img[..., :3]
-    if img.dtype != np.uint8:
-        f = img.astype(np.float64)
-        if f.max() <= 1.0:
-            f = f * 255.0
-        img = np.clip(np.round(f), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img)
+    from build_efficientnet import _to_rgb_uint8
+    return _to_rgb_uint8(img, min_side=0)
 
 
 def collect_photos() -> tuple[dict[str, np.ndarray], dict[str, str]]:
