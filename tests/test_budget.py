@@ -151,3 +151,15 @@ def test_unreachable_and_conflicting_budgets_are_option_errors():
         onnxprune.prune(RESNET, CALIB_IMG, target_macs=1.5)
     with pytest.raises(OptionError, match="allocation"):
         onnxprune.prune(RESNET, CALIB_IMG, target_macs=0.5, allocation="best")
+
+
+def test_macs_counted_where_only_onnxruntime_knows_the_shapes():
+    """The legacy exporter's attention reshapes are computed at run time, so ONNX shape
+    inference leaves some MatMul shapes unknown (before: 6 % of the ViT's MACs were missed, and
+    all-MiniLM-L6-v2 counted 0 MACs). Both exports of the same network count the same MACs."""
+    import onnx
+    from onnxprune.metrics import count_macs
+    shapes = {"input": (1, 1, 8, 8)}
+    legacy = count_macs(onnx.load(MODELS / "vit_legacy.onnx"), shapes)
+    dynamo = count_macs(onnx.load(MODELS / "vit_dynamo.onnx"), shapes)
+    assert legacy == dynamo > 0
