@@ -281,6 +281,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                     head_ratio=None if head_ratio is None else float(head_ratio))
     stats = None
     caches: dict[str, dict] = {}  # per method: decisions by group and quotas
+    paths: dict = {}  # greedy paths of the groups on ``stats`` (shared by budget and pass)
 
     def run_plan(p: KeepPlan, meth: str) -> tuple[onnx.ModelProto, dict]:
         """The model pruned as ``p`` says with method ``meth`` (all rounds), and its decisions."""
@@ -295,7 +296,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
             current, results = run_passes(
                 [ChannelPrunePass(cal, sel_idx, options, say, reference=normalized,
                                   lineage=lineage, stats=stats if first else None,
-                                  cache=caches.setdefault(meth, {}) if first else None)],
+                                  cache=caches.setdefault(meth, {}) if first else None,
+                                  paths=paths if first else None)],
                 current)
             lineage = results[0].info["lineage"]
             decisions.update(results[0].info["decisions"])
@@ -315,7 +317,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         planner = measure(normalized, graph, analysis, stats, cal,
                           sel_idx[:SENSITIVITY_SAMPLES],
                           budget.kind if budget is not None else "macs", plan, method,
-                          reweight, seed, ridge, shapes, batch_size, say)
+                          reweight, seed, ridge, shapes, batch_size, say, paths)
         if budget is not None:
             say("allocating the budget")
             alloc = planner.plan(budget.fraction, budget.allocation)

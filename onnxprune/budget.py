@@ -218,8 +218,8 @@ def sensitivity(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
                 groups: Sequence[tuple[int, Group]], stats: Mapping[ConsumerSite, SiteStats],
                 calib: Calibration, indices: np.ndarray, method: str, reweight: bool, seed: int,
                 ridge: float | None, base_plan: KeepPlan, batch_size: int = 32,
-                progress: Callable[[str], None] | None = None, whole: Sequence[float] = WHOLE
-                ) -> dict[str, tuple[tuple[float, float], ...]]:
+                progress: Callable[[str], None] | None = None, whole: Sequence[float] = WHOLE,
+                paths: dict | None = None) -> dict[str, tuple[tuple[float, float], ...]]:
     """``d_g(f)`` at every probe fraction, for every group (module docstring); the whole model
     is run at the fractions ``whole`` (``PROBES``: measured everywhere, no scaling)."""
     say = progress or (lambda msg: None)
@@ -234,7 +234,7 @@ def sensitivity(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
         errors, decisions = level_decisions(
             graph, analysis, g, [stats[s] for s in g.consumers],
             [_probe_plan(base_plan, g, f) for f in probes], [f in runs for f in probes],
-            one_shot, reweight, seed, index, ridge) if probes else ([], [])
+            one_shot, reweight, seed, index, ridge, paths) if probes else ([], [])
         chosen.append((probes, errors, decisions))
 
     def variant(d) -> onnx.ModelProto:
@@ -411,8 +411,9 @@ def measure(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
             stats: Mapping[ConsumerSite, SiteStats], calib: Calibration, indices: np.ndarray,
             kind: str, base_plan: KeepPlan, method: str, reweight: bool, seed: int,
             ridge: float | None, shapes: Mapping[str, tuple[int, ...]], batch_size: int = 32,
-            progress: Callable[[str], None] | None = None) -> Planner:
-    """Measure the cost model and every group's sensitivity (module docstring)."""
+            progress: Callable[[str], None] | None = None, paths: dict | None = None) -> Planner:
+    """Measure the cost model and every group's sensitivity (module docstring); ``paths``
+    keeps the groups' greedy paths for the pruning that follows (:func:`level_decisions`)."""
     say = progress or (lambda msg: None)
     probe_plan = replace(base_plan, ratio=0.5)
     groups = [(i, g) for i, g in enumerate(analysis.groups)
@@ -426,7 +427,7 @@ def measure(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
                           "counted (no Conv/Gemm/MatMul of known shape): a budget on them cannot "
                           "be met; use --target-params or --ratio")
     sens = sensitivity(model, graph, analysis, groups, stats, calib, indices, method, reweight,
-                       seed, ridge, base_plan, batch_size, progress)
+                       seed, ridge, base_plan, batch_size, progress, paths=paths)
     return Planner(cost, sens, base_plan)
 
 

@@ -253,7 +253,8 @@ def _decision(group: Group, problem: Problem, kept: np.ndarray, fits: list, rel:
 
 def level_decisions(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
                     plans: Sequence[KeepPlan], decided: Sequence[bool], method: str,
-                    reweight: bool, seed: int, group_index: int, ridge: float | None = 0.0
+                    reweight: bool, seed: int, group_index: int, ridge: float | None = 0.0,
+                    paths: dict | None = None
                     ) -> tuple[list[float], list[GroupDecision | None]]:
     """The group pruned as each of ``plans`` says: its relative error for every plan, and the
     decision (kept channels, re-fitted weights) for the plans flagged in ``decided``.
@@ -262,7 +263,9 @@ def level_decisions(graph: Graph, analysis: Analysis, group: Group, stats: Seque
     greedy run serves every plan (:func:`~onnxprune.solvers.greedy_path`: the kept set of a
     smaller quota is a prefix of a larger one's), and the error of each level is read off the
     energy the greedy explained, ``1 − F(S)/‖T‖²`` — the re-fit's error, with no re-fit.
-    Otherwise each plan is decided on its own."""
+    With ``paths`` (a dict kept by the caller for statistics that do not change) the greedy
+    runs to the whole group once and later calls, for any widths, only re-fit. Otherwise each
+    plan is decided on its own. The decisions equal :func:`decide`'s."""
     if not (method in INCHANGE and reweight and ridge == 0.0 and len(segment_sizes(group)) == 1):
         out = [decide(graph, analysis, group, stats, p, method, reweight, seed, group_index,
                       ridge) for p in plans]
@@ -270,7 +273,12 @@ def level_decisions(graph: Graph, analysis: Analysis, group: Group, stats: Seque
     quotas = [int(segments_and_quotas(group, p)[1][0]) for p in plans]
     problem = build_problem(graph, analysis, group, stats, plans[int(np.argmax(quotas))])
     forced = np.nonzero(problem.forced)[0]
-    picks, explained = greedy_path(problem, max(quotas))
+    if paths is None:
+        picks, explained = greedy_path(problem, max(quotas))
+    else:
+        if group.name not in paths:
+            paths[group.name] = greedy_path(problem, group.size)
+        picks, explained = paths[group.name]
     total = sum(c.t_norm2 for c in problem.consumers)
     errors, decisions = [], []
     for q, want in zip(quotas, decided):

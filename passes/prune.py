@@ -30,8 +30,8 @@ from onnxprune.graph import Graph
 from onnxprune.modelio import Calibration
 from onnxprune.passbase import Pass, PassResult
 from onnxprune.rules import rule_for
-from onnxprune.select import (SEQUENTIAL, GroupDecision, KeepPlan, decide, removes_anything,
-                              segments_and_quotas)
+from onnxprune.select import (SEQUENTIAL, GroupDecision, KeepPlan, decide, level_decisions,
+                              removes_anything, segments_and_quotas)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ChannelPrunePass(Pass):
                  progress: Callable[[str], None] | None = None,
                  reference: onnx.ModelProto | None = None, lineage: Lineage | None = None,
                  stats: Mapping[ConsumerSite, calibrate.SiteStats] | None = None,
-                 cache: dict | None = None) -> None:
+                 cache: dict | None = None, paths: dict | None = None) -> None:
         self.calib = calib
         self.indices = np.asarray(indices)
         self.options = options
@@ -90,6 +90,7 @@ class ChannelPrunePass(Pass):
         # search tries several plans): neither is computed again.
         self.stats = stats
         self.cache = cache
+        self.paths = paths  # greedy paths of the groups on ``stats`` (select.level_decisions)
 
     def requires(self, model: onnx.ModelProto) -> None:
         names = [n.name for n in model.graph.node]
@@ -137,8 +138,14 @@ class ChannelPrunePass(Pass):
                 decisions[g.name] = self.cache[key]
                 continue
             self.progress(f"selecting group {n + 1}/{len(todo)} '{g.name}' ({g.size} channels)")
-            decisions[g.name] = self._decide(graph, analysis, g, [by_site[s] for s in g.consumers],
-                                             i)
+            st = [by_site[s] for s in g.consumers]
+            if self.paths is not None and by_site is self.stats:
+                opt = self.options
+                decisions[g.name] = level_decisions(
+                    graph, analysis, g, st, [opt.plan], [True], opt.method, opt.reweight,
+                    opt.seed, i, opt.ridge, self.paths)[1][0]
+            else:
+                decisions[g.name] = self._decide(graph, analysis, g, st, i)
             if self.cache is not None:
                 self.cache[key] = decisions[g.name]
         keeps = {sid: k for d in decisions.values() for sid, k in d.set_keeps.items()}
