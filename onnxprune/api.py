@@ -209,11 +209,10 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     :mod:`onnxprune.budget`) — or a fidelity target: ``min_cosine``, the smallest model (fewest
     MACs, along the budget allocation's path) whose held-out output cosine is at least that on
     every float output and on every scale part of one, less two standard errors (see
-    :mod:`onnxprune.verify`); the report's
-    ``budget.points`` lists every plan tried. Kept counts are multiples of ``round_to`` (or the
-    whole segment),
-    at least ``min_keep``; groups named (or produced by the nodes named) in ``exclude`` are not
-    pruned. ``steps`` > 1 prunes gradually in that many rounds on the cubic schedule, with
+    :mod:`onnxprune.verify`); the report's ``budget.points`` lists every plan tried. Kept counts
+    are multiples of ``round_to`` (``"auto"``: by width, see :meth:`KeepPlan.round_step`) or the
+    whole segment, at least ``min_keep``; groups named (or produced by the nodes named) in
+    ``exclude`` are not pruned. ``steps`` > 1 prunes gradually in that many rounds on the cubic schedule, with
     statistics re-collected between rounds. ``truncate=False`` runs the whole model whenever
     statistics are collected, instead of only the sub-graph they need (for benchmarking).
 
