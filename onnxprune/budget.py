@@ -194,11 +194,10 @@ class CostModel:
 
 def _probe_plan(base_plan: KeepPlan, group: Group, keep: float) -> KeepPlan:
     return replace(base_plan, ratio=0.0, ratios={group.name: 1.0 - keep}, round_to=1,
-                   auto_round=False,
-                   min_keep=1, excluded=frozenset())
+                   auto_round=False, min_keep=1, excluded=frozenset())
 
 
-def _scaled(points: Sequence[tuple[float, float]], local: Mapping[float, float],
+def _scaled(probes: Sequence[float], local: Mapping[float, float],
             measured: Mapping[float, float]) -> list[tuple[float, float]]:
     """Whole-model damage at every probe: measured where it was, elsewhere the local error times
     the ratio damage/local error of the measured probes (linear in f between them, constant
@@ -206,7 +205,7 @@ def _scaled(points: Sequence[tuple[float, float]], local: Mapping[float, float],
     fs = sorted(measured)
     ratio = [measured[f] / local[f] if local[f] > 0 else 0.0 for f in fs]
     out = []
-    for f, _ in points:
+    for f in probes:
         if f in measured:
             out.append((f, measured[f]))
         else:
@@ -248,8 +247,7 @@ def sensitivity(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
         say(f"sensitivity of group {n + 1}/{len(groups)} '{g.name}'")
         measured = {f: damage(ref, runner.outputs(variant(d)))
                     for f, d in zip(probes, decisions) if d is not None}
-        out[g.name] = tuple([(1.0, 0.0)] + _scaled([(f, 0.0) for f in probes],
-                                                   dict(zip(probes, errors)), measured))
+        out[g.name] = tuple([(1.0, 0.0)] + _scaled(probes, dict(zip(probes, errors)), measured))
     return out
 
 
@@ -379,7 +377,7 @@ class Planner:
         start = np.zeros(len(self.names), dtype=np.int64)
         return [lv for lv, _ in _marginal_steps(start, self.curves, self.floor, self.predicted)]
 
-    def plan(self, fraction: float, allocation: str, kind: str = "") -> Allocation:
+    def plan(self, fraction: float, allocation: str) -> Allocation:
         """Per-group removed fractions whose exact cost is ≤ ``fraction`` of the original."""
         cost, predicted = self.cost, self.predicted
         goal = fraction * cost.full
@@ -399,7 +397,7 @@ class Planner:
             level = new
             exact = cost.exact(self.ratios(level), self.base_plan)
         if exact > goal * 1.0000001:
-            raise OptionError(f"the {kind or cost.kind} target {fraction:g} cannot be reached: "
+            raise OptionError(f"the {cost.kind} target {fraction:g} cannot be reached: "
                               f"pruning every group as far as allowed leaves "
                               f"{exact / cost.full:.3f} of the original (lower --min-keep, "
                               "--round-to or --exclude, or raise the target)")
@@ -430,15 +428,3 @@ def measure(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
                        seed, ridge, base_plan, batch_size, progress, paths=paths)
     return Planner(cost, sens, base_plan)
 
-
-def plan_for_budget(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
-                    stats: Mapping[ConsumerSite, SiteStats], calib: Calibration,
-                    indices: np.ndarray, budget: Budget, base_plan: KeepPlan, method: str,
-                    reweight: bool, seed: int, ridge: float | None,
-                    shapes: Mapping[str, tuple[int, ...]], batch_size: int = 32,
-                    progress: Callable[[str], None] | None = None) -> Allocation:
-    """Measure sensitivities, allocate, and check the plan's exact cost (module docstring)."""
-    planner = measure(model, graph, analysis, stats, calib, indices, budget.kind, base_plan,
-                      method, reweight, seed, ridge, shapes, batch_size, progress)
-    (progress or (lambda msg: None))("allocating the budget")
-    return planner.plan(budget.fraction, budget.allocation)
