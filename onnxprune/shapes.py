@@ -83,6 +83,9 @@ _SAME_SHAPE = set(
     "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu Softplus Softsign Erf Gelu "
     "Mish Exp Log Sqrt Reciprocal Neg Abs Floor Ceil Round Sign Identity Cast CastLike Dropout "
     "Softmax LogSoftmax LayerNormalization IsNaN IsInf Not Clip BatchNormalization".split())
+#: Ops on ``[N, C, spatial…]`` whose output keeps the input's batch axis 0.
+_BATCH_FIRST = set("Conv ConvTranspose MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool "
+                   "GlobalLpPool InstanceNormalization LRN DepthToSpace SpaceToDepth".split())
 _BROADCAST = set("Add Sub Mul Div Pow Max Min Sum Mean Equal Less Greater LessOrEqual GreaterOrEqual "
                  "And Or Xor Where PRelu Mod".split())
 
@@ -167,6 +170,8 @@ class ShapeEval:
             return Dim(len(v)) if v is not None else self._leaf(tensor, axis)
         if op in _SAME_SHAPE and node.output[0] == tensor:
             return self.dim(node.input[0], axis, d)
+        if op in _BATCH_FIRST and axis == 0 and node.output[0] == tensor:
+            return self.dim(node.input[0], 0, d)
         if op in _BROADCAST:
             ins = list(node.input[1:]) if op == "Where" else list(node.input)
             x = same_rank_input(ins + ([node.input[0]] if op == "Where" else []))
@@ -257,7 +262,27 @@ class ShapeEval:
                 ax = ax + rank if ax < 0 else ax
                 if ax != axis:
                     return self.dim(node.input[0], axis, d)
+            elif op == "Pad" and self._unpadded(node, axis, rank):
+                return self.dim(node.input[0], axis, d)
         return self._leaf(tensor, axis)
+
+    def _unpadded(self, node, axis: int, rank: int) -> bool:
+        """True when the Pad adds nothing on ``axis`` (pads known, both ends 0)."""
+        pads = attr(node, "pads")
+        if pads is None and len(node.input) > 1 and node.input[1]:
+            v = self.g.const(node.input[1])
+            pads = None if v is None else [int(p) for p in np.asarray(v).reshape(-1)]
+        if pads is None:
+            return False
+        if len(node.input) > 3 and node.input[3]:
+            v = self.g.const(node.input[3])
+            if v is None:
+                return False
+            axes = [int(a) + rank if int(a) < 0 else int(a) for a in np.asarray(v).reshape(-1)]
+        else:
+            axes = list(range(rank))
+        n = len(axes)
+        return all(pads[i] == 0 and pads[i + n] == 0 for i, a in enumerate(axes) if a == axis)
 
     # -- shape tensors -----------------------------------------------------------------------------
     def value(self, tensor: str, _depth: int = 0) -> list[Entry] | None:
