@@ -61,3 +61,27 @@ def im2col(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int],
     pos = np.unravel_index(flat % P, out_spatial)
     patches = win[(n, slice(None)) + tuple(pos)]  # (R, C, k...)
     return patches.reshape(len(flat), -1)
+
+
+def transposed_im2col(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int],
+                      dilations: Sequence[int], pads: Sequence[tuple[int, int]],
+                      output_padding: Sequence[int],
+                      select: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """Rows × (C·K) patch matrix of a transposed convolution's input ``x`` (N, C, *spatial).
+
+    A transposed convolution (weight ``C × M × k…``, stride s, dilation d, pads b/e, output
+    padding a) is a plain convolution (stride 1, dilation d) of ``x`` upsampled by s (s − 1 zeros
+    between elements), padded by ``d(k−1) − b`` before and ``d(k−1) − e + a`` after (a negative
+    pad crops), with the spatially *flipped* kernel: ``Y[n, :, o] = W_flat · patch(n, o)`` where
+    ``W_flat[m, c·K + j] = W[c, m, k−1−j]``. The patches are those of :func:`im2col` on that
+    upsampled input."""
+    nd = len(kernel)
+    up = np.zeros(x.shape[:2] + tuple((i - 1) * s + 1 for i, s in zip(x.shape[2:], strides)),
+                  x.dtype)
+    up[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)] = x
+    around = [(d * (k - 1) - b, d * (k - 1) - e + a)
+              for k, d, (b, e), a in zip(kernel, dilations, pads, output_padding)]
+    crop = tuple(slice(max(-b, 0), up.shape[2 + i] - max(-e, 0)) for i, (b, e) in enumerate(around))
+    up = up[(slice(None), slice(None)) + crop]
+    return im2col(up, kernel, (1,) * nd, dilations, [(max(b, 0), max(e, 0)) for b, e in around],
+                  select)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from onnxprune.graph import Graph, attr, node_label, set_attr
-from onnxprune.im2col import conv_pads, im2col
+from onnxprune.im2col import conv_pads, im2col, transposed_im2col
 from onnxprune.layout import Layout
 from onnxprune.shapes import Dim
 
@@ -307,6 +307,11 @@ class Conv(Rule):
     def write_weights(self, node, rw, W: np.ndarray, bias_delta: np.ndarray | None) -> None:
         old = rw.value(node, 1)
         rw.set_input(node, 1, W.reshape((W.shape[0], -1) + tuple(old.shape[2:])))
+        self.write_bias(node, rw, bias_delta)
+
+    @staticmethod
+    def write_bias(node, rw, bias_delta: np.ndarray | None) -> None:
+        """Add ``bias_delta`` to the bias input 2 (created when absent)."""
         if bias_delta is None:
             return
         if len(node.input) > 2 and node.input[2]:
@@ -316,16 +321,39 @@ class Conv(Rule):
 
 
 class ConvTranspose(Rule):
+    """ConvTranspose (weight ``C_in × C_out/group × k…``): producer of out-channels and consumer of
+    in-channels (group = 1). As a consumer its rows are the patches of the equivalent plain
+    convolution of the upsampled input with the flipped kernel
+    (:func:`onnxprune.im2col.transposed_im2col`); explicit pads only (``auto_pad`` and
+    ``output_shape`` are refused as a consumer)."""
+
     def analyze(self, node, ctx):
+        g = ctx.graph
         lay = ctx.layout(node.input[0])
+        if any(ctx.layout(x) for x in node.input[1:]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its weight or bias")
+            return
+        w = g.const(node.input[1])
+        group = int(attr(node, "group", 1))
+        if w is None:
+            ctx.stop(lay, f"{_where(node)} has a run-time weight")
+            return
+        if len(node.input) > 2 and node.input[2] and g.const(node.input[2]) is None:
+            ctx.stop(lay, f"{_where(node)} has a run-time bias")
+            return
         if lay is not None:
-            ctx.stop(lay, f"{_where(node)}: pruning the input channels of a transposed "
-                          "convolution is not supported")
-        w = ctx.graph.const(node.input[1])
-        if w is not None and int(attr(node, "group", 1)) == 1 and not any(
-                ctx.layout(x) for x in node.input[1:]):
-            if len(node.input) > 2 and node.input[2] and ctx.graph.const(node.input[2]) is None:
-                return
+            auto = attr(node, "auto_pad", b"NOTSET")
+            if lay.axis != 1 or lay.g != 1:
+                ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not 1")
+            elif group != 1:
+                ctx.stop(lay, f"{_where(node)} is a grouped transposed convolution "
+                              f"(group={group}), which couples channels in blocks")
+            elif auto not in (b"NOTSET", "NOTSET") or attr(node, "output_shape") is not None:
+                ctx.stop(lay, f"{_where(node)} sets auto_pad/output_shape; only explicit pads "
+                              "are supported when its input channels are pruned")
+            else:
+                ctx.add_consumer(node, 0, lay, kind="conv", g=int(np.prod(w.shape[2:])))
+        if group == 1:
             ctx.new_block(node, node.output[0], int(w.shape[1]), axis=1)
 
     def rewrite(self, node, rw):
@@ -335,6 +363,34 @@ class ConvTranspose(Rule):
         rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=1))
         if len(node.input) > 2 and node.input[2]:
             rw.set_input(node, 2, np.take(rw.value(node, 2), keep, axis=0))
+
+    # consumer interface
+    def has_bias_slot(self, node, graph: Graph) -> bool:
+        return True
+
+    @staticmethod
+    def _flip(w: np.ndarray) -> np.ndarray:
+        """``C × M × k…`` ↔ ``M × C × k…`` with the kernel flipped (an involution)."""
+        return np.flip(np.swapaxes(w, 0, 1), axis=tuple(range(2, w.ndim)))
+
+    def weight_matrix(self, node, graph: Graph) -> np.ndarray:
+        w = self._flip(graph.const(node.input[1]).astype(np.float64))
+        return w.reshape(w.shape[0], -1)
+
+    def rows(self, node, graph: Graph, x: np.ndarray, select: Callable[[int, int], np.ndarray]):
+        w_shape = graph.const(node.input[1]).shape
+        kernel = tuple(int(k) for k in (attr(node, "kernel_shape") or w_shape[2:]))
+        nd = len(kernel)
+        pads = attr(node, "pads") or [0] * (2 * nd)
+        return transposed_im2col(x, kernel, tuple(attr(node, "strides") or (1,) * nd),
+                                 tuple(attr(node, "dilations") or (1,) * nd),
+                                 [(int(pads[i]), int(pads[i + nd])) for i in range(nd)],
+                                 tuple(attr(node, "output_padding") or (0,) * nd), select)
+
+    def write_weights(self, node, rw, W: np.ndarray, bias_delta: np.ndarray | None) -> None:
+        old = rw.value(node, 1)
+        rw.set_input(node, 1, self._flip(W.reshape((W.shape[0], -1) + tuple(old.shape[2:]))))
+        Conv.write_bias(node, rw, bias_delta)
 
 
 class Gemm(Rule):
