@@ -284,12 +284,6 @@ class AnalysisContext:
             if lay is not None:
                 self.stop(lay, f"'{name}' is used inside a subgraph (If/Loop/Scan)")
 
-        # Consumers seeing one channel twice cannot be re-fitted channel-wise.
-        for site in self.consumers:
-            keys = [(self.find(s.block), i) for s in site.layout.spans for i in range(s.lo, s.hi)]
-            if len(set(keys)) != len(keys):
-                self.stop(site.layout, f"node '{site.node}' sees the same channel twice")
-
         roots = sorted({self.find(b) for b in range(len(self.blocks))})
         members: dict[int, list[int]] = {r: [] for r in roots}
         for b in range(len(self.blocks)):

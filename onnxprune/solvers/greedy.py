@@ -23,8 +23,9 @@ and after choosing c both matrices are downdated by the Schur complement of bloc
 (exactly the block Gram–Schmidt step; no refactorisation from scratch). The gains of all candidate
 blocks are evaluated at once with a batched eigendecomposition of the g×g diagonal blocks;
 eigenvalues below ``rtol`` times the block's original scale count as zero (a channel already
-explained by S gains nothing). The constant column and the forced channels are projected out
-before the first step. Channels are picked subject to per-segment quotas (a partition matroid);
+explained by S gains nothing). A channel the consumer sees several times (the same tensor
+concatenated with pooled copies of itself) is one candidate whose block J holds every copy's
+columns. The constant column and the forced channels are projected out before the first step. Channels are picked subject to per-segment quotas (a partition matroid);
 ties go to the lowest index.
 """
 
@@ -53,6 +54,12 @@ class _ConsumerState:
         self.pos[stats.channels] = np.arange(nb)
         diag = np.diag(stats.G)[: nb * self.g].reshape(nb, self.g)
         self.scale = np.maximum(diag.sum(axis=1) / self.g, np.finfo(float).tiny)
+        # Channels this consumer sees more than once (a Concat of one tensor and its pooled
+        # copies, SPPF): all their blocks are one candidate, J = every column of every copy.
+        ids, counts = np.unique(stats.channels, return_counts=True)
+        self.copies = {int(c): np.concatenate([np.arange(p * self.g, (p + 1) * self.g)
+                                               for p in np.nonzero(stats.channels == c)[0]])
+                       for c in ids[counts > 1]}
 
     def project_out(self, cols: np.ndarray, scale: float) -> float:
         """Project the columns ``cols`` out of the residual statistics; returns the target energy
@@ -89,8 +96,18 @@ class _ConsumerState:
         p = self.pos[c]
         if p < 0:
             return 0.0
-        cols = np.arange(p * self.g, (p + 1) * self.g)
-        return self.project_out(cols, float(self.scale[p]))
+        cols = self.copies.get(c)
+        if cols is None:
+            return self.project_out(np.arange(p * self.g, (p + 1) * self.g),
+                                    float(self.scale[p]))
+        return self.project_out(cols, float(self.scale[cols // self.g].mean()))
+
+    def _gain(self, cols: np.ndarray) -> float:
+        """Δ for one candidate of several blocks (``cols``): tr(H_r,Jᵀ R_JJ⁺ H_r,J)."""
+        w, V = np.linalg.eigh(self.R[np.ix_(cols, cols)])
+        ok = w > RTOL * float(self.scale[cols // self.g].mean())
+        proj = V[:, ok].T @ self.Hr[cols]
+        return float(np.sum(proj * proj / w[ok][:, None]))
 
     def gains(self, n_channels: int) -> np.ndarray:
         """Δ(c | S) for every group channel (0 for channels this consumer does not see)."""
@@ -113,6 +130,8 @@ class _ConsumerState:
             ok = w > RTOL * self.scale[:, None]
             vals = np.where(ok, energy / np.where(ok, w, 1.0), 0.0).sum(axis=1)
         out[self.stats.channels] = vals
+        for c, cols in self.copies.items():
+            out[c] = self._gain(cols)
         return out
 
 
@@ -179,7 +198,7 @@ def removal_costs(problem: Problem) -> np.ndarray:
         K = s.n_blocks * s.g
         A = (s.weight.T @ s.weight) * s.G[:K, :K]
         blocks = A.reshape(s.n_blocks, s.g, s.n_blocks, s.g).sum(axis=(1, 3))
-        Q[np.ix_(s.channels, s.channels)] += blocks
+        np.add.at(Q, np.ix_(s.channels, s.channels), blocks)  # a channel seen twice: summed
     return Q
 
 
