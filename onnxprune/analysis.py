@@ -112,13 +112,21 @@ class Analysis:
     layouts: Mapping[str, Layout]
     block_set: Mapping[int, int]  # block id → channel-set id
     touched: tuple[str, ...]  # names of nodes whose rule must run at rewrite time
+    block_offset: Mapping[int, int] = field(default_factory=dict)  # block → its first channel
+    #                                                                in its set (absent: 0)
+
+    def set_range(self, s: Span) -> tuple[int, int, int]:
+        """``(set id, lo, hi)`` of span ``s`` in its channel set's coordinates."""
+        off = self.block_offset.get(s.block, 0)
+        return self.block_set[s.block], off + s.lo, off + s.hi
 
     def group_channels(self, group: Group, layout: Layout) -> np.ndarray:
         """Group channel index of every channel position of ``layout``."""
         parts = []
         for s in layout.spans:
-            off = group.set_offset(self.block_set[s.block])
-            parts.append(np.arange(off + s.lo, off + s.hi))
+            set_id, lo, hi = self.set_range(s)
+            off = group.set_offset(set_id)
+            parts.append(np.arange(off + lo, off + hi))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def group_of_set(self, set_id: int) -> Group | None:
@@ -153,23 +161,35 @@ class AnalysisContext:
         self.layouts: dict[str, Layout] = {}
         self.blocks: list[_Block] = []
         self.parent: list[int] = []
+        self.offset: list[int] = []  # channel 0 of a block is channel ``offset`` of its parent
         self.consumers: list[ConsumerSite] = []
         self.spans_seen: list[Span] = []
         self.touched: list[str] = []
         self._touched_set: set[str] = set()
 
-    # -- union-find ----------------------------------------------------------------------------
-    def find(self, b: int) -> int:
+    # -- union-find with offsets ---------------------------------------------------------------
+    # A channel set is a root block; every other block is a contiguous piece of it (a residual
+    # join of a whole block with a split piece of another, as in C2f bottlenecks): channel i of
+    # block b is channel ``locate(b)[1] + i`` of its set.
+    def locate(self, b: int) -> tuple[int, int]:
+        """(root block, offset of ``b``'s channel 0 in the root), compressing the path."""
+        path = []
         while self.parent[b] != b:
-            self.parent[b] = self.parent[self.parent[b]]
+            path.append(b)
             b = self.parent[b]
-        return b
+        for x in reversed(path):  # nearest the root first: its parent's offset is final
+            p = self.parent[x]
+            if p != b:
+                self.offset[x] += self.offset[p]
+                self.parent[x] = b
+        return b, (self.offset[path[0]] if path else 0)
 
-    def _union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            lo, hi = min(ra, rb), max(ra, rb)
-            self.parent[hi] = lo
+    def find(self, b: int) -> int:
+        return self.locate(b)[0]
+
+    def _attach(self, child_root: int, root: int, off: int) -> None:
+        self.parent[child_root] = root
+        self.offset[child_root] = off
 
     # -- API for rules ---------------------------------------------------------------------------
     def layout(self, name: str) -> Layout | None:
@@ -200,6 +220,7 @@ class AnalysisContext:
                                   producer=node.name if node is not None else None,
                                   reasons=[reason] if reason else [], kind=kind))
         self.parent.append(b)
+        self.offset.append(0)
         lay = Layout(axis=axis, spans=(Span(b, 0, size),), g=unit)
         self.set_layout(tensor, lay)
         if node is not None:
@@ -212,6 +233,7 @@ class AnalysisContext:
         self.blocks.append(_Block(size=size, tensor=tensor, producer=None,
                                   reasons=[f"channels of '{tensor}' are not made by a prunable layer"]))
         self.parent.append(b)
+        self.offset.append(0)
         return Layout(axis=axis, spans=(Span(b, 0, size),))
 
     def request_unit(self, node: onnx.NodeProto, layout: Layout, unit: int) -> None:
@@ -244,33 +266,55 @@ class AnalysisContext:
                                            tensor=node.input[input_index], layout=layout,
                                            kind=kind, g=g))
 
+    def _alignment(self, x: Span, y: Span) -> tuple[int, int, int] | bool:
+        """How spans ``x`` and ``y`` become the same channels: True if they already are, False
+        if they cannot, else ``(child root, root, offset)``: a set that the other span covers
+        whole becomes a piece of the other's set (equal whole sets: the later one joins the
+        earlier)."""
+        (rx, ox), (ry, oy) = self.locate(x.block), self.locate(y.block)
+        xl, yl = ox + x.lo, oy + y.lo
+        if x.size != y.size:
+            return False
+        if rx == ry:
+            return xl == yl
+        x_whole = xl == 0 and x.size == self.blocks[rx].size
+        y_whole = yl == 0 and y.size == self.blocks[ry].size
+        if x_whole and y_whole:
+            return (max(rx, ry), min(rx, ry), 0)
+        if y_whole:
+            return (ry, rx, xl)
+        if x_whole:
+            return (rx, ry, yl)
+        return False
+
     def join(self, node: onnx.NodeProto, layouts: list[Layout]) -> Layout | None:
         """Index-align several layouts (residual/gating joins). None if they cannot align."""
         first = layouts[0]
-        pairs: list[tuple[int, int]] = []
+        ok = all(other.g == first.g and other.channels == first.channels
+                 and len(other.spans) == len(first.spans)
+                 and all(self._alignment(x, y) is not False
+                         for x, y in zip(first.spans, other.spans))
+                 for other in layouts[1:])
+        if not ok:
+            self.stop(layouts, f"{node.op_type} node '{node_label(node)}' joins channel "
+                               "layouts that do not line up")
+            return None
         for other in layouts[1:]:
-            ok = (other.g == first.g and other.channels == first.channels
-                  and len(other.spans) == len(first.spans))
-            if ok:
-                for x, y in zip(first.spans, other.spans):
-                    rx, ry = self.find(x.block), self.find(y.block)
-                    if x.size != y.size:
-                        ok = False
-                    elif rx == ry:
-                        ok = ok and x.lo == y.lo
-                    else:
-                        whole = (x.lo == 0 and x.hi == self.blocks[x.block].size
-                                 and y.lo == 0 and y.hi == self.blocks[y.block].size)
-                        ok = ok and whole
-                        pairs.append((x.block, y.block))
-            if not ok:
-                self.stop(layouts, f"{node.op_type} node '{node_label(node)}' joins channel "
-                                   "layouts that do not line up")
-                return None
-        for a, b in pairs:
-            self._union(a, b)
+            for x, y in zip(first.spans, other.spans):
+                how = self._alignment(x, y)  # again: earlier unions may have moved the roots
+                if how is False:
+                    self.stop(layouts, f"{node.op_type} node '{node_label(node)}' joins "
+                                       "channel layouts that do not line up")
+                    return None
+                if how is not True:
+                    self._attach(*how)
         self.touch(node)
         return first
+
+    def set_span(self, s: Span) -> tuple[int, int, int]:
+        """``(set, lo, hi)``: span ``s`` in its channel set's coordinates."""
+        r, off = self.locate(s.block)
+        return r, off + s.lo, off + s.hi
 
     # -- results ---------------------------------------------------------------------------------
     def finish(self) -> Analysis:
@@ -293,8 +337,8 @@ class AnalysisContext:
             consumed.update(self.find(s.block) for s in site.layout.spans)
         bounds: dict[int, set[int]] = {r: {0, self.blocks[r].size} for r in roots}
         for s in self.spans_seen:
-            r = self.find(s.block)
-            bounds[r].update((s.lo, s.hi))
+            r, lo, hi = self.set_span(s)
+            bounds[r].update((lo, hi))
 
         sets: dict[int, ChannelSet] = {}
         for r in roots:
@@ -342,9 +386,11 @@ class AnalysisContext:
             name = next((p for s in gsets for p in s.producers), None) or gsets[0].tensors[0]
             groups.append(Group(name=name, sets=gsets, offsets=offsets,
                                 consumers=tuple(site_group[key])))
-        block_set = {b: self.find(b) for b in range(len(self.blocks))}
-        return Analysis(groups=tuple(groups), layouts=dict(self.layouts), block_set=block_set,
-                        touched=tuple(self.touched))
+        located = [self.locate(b) for b in range(len(self.blocks))]
+        return Analysis(groups=tuple(groups), layouts=dict(self.layouts),
+                        block_set={b: r for b, (r, _) in enumerate(located)},
+                        touched=tuple(self.touched),
+                        block_offset={b: off for b, (_, off) in enumerate(located) if off})
 
 
     def new_units(self) -> dict[str, int]:

@@ -37,10 +37,11 @@ def kept_positions(analysis: Analysis, keeps: Mapping[int, np.ndarray], name: st
         return None
     parts, pos, changed = [], 0, False
     for s in lay.spans:
-        k = keeps.get(analysis.block_set[s.block])
-        local = np.arange(s.lo, s.hi) if k is None else k[(k >= s.lo) & (k < s.hi)]
+        set_id, lo, hi = analysis.set_range(s)
+        k = keeps.get(set_id)
+        local = np.arange(lo, hi) if k is None else k[(k >= lo) & (k < hi)]
         changed |= len(local) != s.size
-        parts.append(pos + local - s.lo)
+        parts.append(pos + local - lo)
         pos += s.size
     return np.concatenate(parts).astype(np.int64) if changed else None
 
