@@ -6,6 +6,7 @@ the batch dimension set to 1 (dynamic dims take the calibration sample's size):
 * Conv:          |Y| · (C_in / group) · k₁⋯k_n
 * ConvTranspose: |X| · (C_out / group) · k₁⋯k_n
 * Gemm / MatMul: |Y| · K   (K the contracted dimension)
+* LSTM / GRU / RNN: (T·N) · dirs · gates·hidden · (input + hidden)  (``W`` and ``R`` per step)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...
     return m
 
 
-_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
 
 
 def _runtime_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]],
@@ -89,6 +90,12 @@ def count_macs(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...
             elif node.op_type == "ConvTranspose":
                 x, w = shapes[node.input[0]], shapes[node.input[1]]
                 total += int(np.prod(x[1:])) * int(np.prod(w[1:]))
+            elif node.op_type in ("LSTM", "GRU", "RNN"):
+                x, w = shapes[node.input[0]], shapes[node.input[1]]
+                r = g.const(node.input[2])
+                hidden = int(attr(node, "hidden_size", 0)) or int(np.shape(r)[-1])
+                steps = int(np.prod(x[:-1]))  # T·N (either layout)
+                total += steps * int(w[0]) * int(w[1]) * (int(w[2]) + hidden)
             elif node.op_type == "Gemm":
                 y, a = shapes[node.output[0]], shapes[node.input[0]]
                 k = a[0] if attr(node, "transA", 0) else a[1]

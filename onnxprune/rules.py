@@ -393,6 +393,59 @@ class ConvTranspose(Rule):
         Conv.write_bias(node, rw, bias_delta)
 
 
+class Recurrent(Rule):
+    """LSTM / GRU / RNN (weights ``W [dirs, gates·hidden, input]``): consumer of the input's
+    last axis. Every gate of every direction reads ``W x_t`` with the same ``x_t``, so the input
+    weights of all gates stack into one linear layer ``W.reshape(dirs·gates·hidden, input)``,
+    one row per time step and sample; the recurrence (``R``) is untouched. A bias change goes
+    into ``W_b``, the first half of ``B [dirs, 2·gates·hidden]`` (added to ``W x_t`` in every
+    gate, also for GRU's ``linear_before_reset``)."""
+
+    def analyze(self, node, ctx):
+        lay = ctx.layout(node.input[0])
+        if any(ctx.layout(x) for x in node.input[1:]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its weights or states")
+            return
+        if lay is None:
+            return
+        g = ctx.graph
+        rank = g.rank(node.input[0])
+        W, R = g.const(node.input[1]), g.const(node.input[2])
+        B = g.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        if W is None or R is None or (len(node.input) > 3 and node.input[3] and B is None):
+            ctx.stop(lay, f"{_where(node)} has run-time weights")
+        elif rank != 3 or lay.axis != 2 or lay.g != 1:
+            ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not the input axis")
+        else:
+            ctx.add_consumer(node, 0, lay, kind="linear", g=1)
+
+    def has_bias_slot(self, node, graph: Graph) -> bool:
+        return True
+
+    def weight_matrix(self, node, graph):
+        W = graph.const(node.input[1]).astype(np.float64)
+        return W.reshape(-1, W.shape[-1])
+
+    def rows(self, node, graph, x, select):
+        flat = x.reshape(-1, x.shape[-1])
+        return flat[select(len(flat), 1)]
+
+    def write_weights(self, node, rw, W, bias_delta):
+        old = rw.value(node, 1)
+        rw.set_input(node, 1, W.reshape(old.shape[0], old.shape[1], -1))
+        if bias_delta is None:
+            return
+        dirs, gh = old.shape[0], old.shape[1]
+        delta = bias_delta.reshape(dirs, gh)
+        if len(node.input) > 3 and node.input[3]:
+            B = rw.value(node, 3).copy()
+            B[:, :gh] += delta
+            rw.set_input(node, 3, B)
+        else:
+            rw.add_input(node, 3, np.concatenate([delta, np.zeros_like(delta)], axis=1),
+                         suffix="bias")
+
+
 class Gemm(Rule):
     """Y = α·A'·B' + β·C: consumer of A's features, producer of the N output features."""
 
@@ -1198,6 +1251,9 @@ REGISTRY.update({
     ("", "LayerNormalization"): LayerNorm(),
     ("", "Conv"): Conv(),
     ("", "ConvTranspose"): ConvTranspose(),
+    ("", "LSTM"): Recurrent(),
+    ("", "GRU"): Recurrent(),
+    ("", "RNN"): Recurrent(),
     ("", "Gemm"): Gemm(),
     ("", "MatMul"): MatMul(),
     ("", "Resize"): Resize(),
