@@ -317,6 +317,36 @@ class AnalysisContext:
         return r, off + s.lo, off + s.hi
 
     # -- results ---------------------------------------------------------------------------------
+    def _stop_shared_weights(self) -> None:
+        """A layer whose weight tensor another node also reads cannot be sliced or re-fitted
+        without a private copy of it, which would leave the model with more parameters than it
+        had: its channels stay whole."""
+        g = self.graph
+        users: dict[str, list[str]] = {}
+        for node in g.nodes:
+            for x in set(node.input):
+                t = g.initializers.get(x)
+                if t is not None and np.prod(t.dims) > 1:
+                    users.setdefault(x, []).append(node.name)
+
+        def shared(node_name: str) -> str | None:
+            node = g.node(node_name)
+            for x in node.input[1:]:
+                if len(users.get(x, ())) > 1:
+                    other = next(u for u in users[x] if u != node_name)
+                    return (f"the weight '{x}' of node '{node_label(node)}' is shared with node "
+                            f"'{other}' (pruning would copy it and add parameters)")
+            return None
+
+        for b, block in enumerate(self.blocks):
+            why = shared(block.producer) if block.producer else None
+            if why and why not in block.reasons:
+                block.reasons.append(why)
+        for site in self.consumers:
+            why = shared(site.node)
+            if why:
+                self.stop(site.layout, why)
+
     def finish(self) -> Analysis:
         g = self.graph
         for out in sorted(g.graph_outputs):
@@ -327,6 +357,7 @@ class AnalysisContext:
             lay = self.layout(name)
             if lay is not None:
                 self.stop(lay, f"'{name}' is used inside a subgraph (If/Loop/Scan)")
+        self._stop_shared_weights()
 
         roots = sorted({self.find(b) for b in range(len(self.blocks))})
         members: dict[int, list[int]] = {r: [] for r in roots}

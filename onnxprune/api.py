@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,11 @@ from onnxprune import calibrate
 from onnxprune.analysis import Analysis, Group, analyze
 from onnxprune.budget import ALLOCATIONS, Allocation, Budget, Planner, measure
 from onnxprune.calibrate import session
-from onnxprune.errors import ModelError, OptionError
+from onnxprune.errors import ModelError, OptionError, PassError
 from onnxprune.graph import Graph
 from onnxprune.metrics import count_macs, count_params
-from onnxprune.modelio import Calibration, load_calibration, load_model, save_model
+from onnxprune.modelio import (Calibration, check_collisions, load_calibration, load_model,
+                               save_model)
 from onnxprune.passbase import run_passes
 from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import PruneOptions
@@ -38,16 +39,44 @@ CalibSource = str | os.PathLike | np.ndarray | Mapping[str, np.ndarray]
 
 @dataclass(frozen=True, eq=False)
 class PruneResult:
-    """The pruned model, its report, and whether it should be saved with external data."""
+    """The pruned model, its report, whether it should be saved with external data, and the
+    files the run read (never overwritten by :meth:`save`)."""
 
     model: onnx.ModelProto
     report: Report
     external_data: bool = False
+    sources: Mapping[str, Path] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike, external_data: bool | None = None) -> list[Path]:
-        """Save atomically (``<path>.data`` beside it when the input used external data)."""
+    def save(self, path: str | os.PathLike, external_data: bool | None = None,
+             overwrite_input: bool = False) -> list[Path]:
+        """Save atomically (``<path>.data`` beside it when the input used external data).
+        Refuses a path (or ``.data`` file) that is a file the run read — the input model only
+        with ``overwrite_input``, the calibration data never."""
         ext = self.external_data if external_data is None else external_data
+        out = Path(path)
+        writes = {"output model": out}
+        if ext:
+            writes["output's external data"] = out.with_name(out.name + ".data")
+        reads = {k: v for k, v in self.sources.items()
+                 if not (overwrite_input and k.startswith(INPUT_MODEL))}
+        check_collisions(writes, reads)
         return save_model(self.model, path, ext)
+
+
+#: Label of the input model (and prefix of its external data's) among a run's sources.
+INPUT_MODEL = "input model"
+
+
+def run_sources(model_path: Path | None, data_files: Sequence[Path], calib) -> dict[str, Path]:
+    """The files a run reads: the model, its external data, the calibration file."""
+    out: dict[str, Path] = {}
+    if model_path is not None:
+        out[INPUT_MODEL] = Path(model_path)
+    for i, f in enumerate(data_files):
+        out[f"{INPUT_MODEL}'s external data" + (f" #{i + 1}" if i else "")] = f
+    if isinstance(calib, (str, os.PathLike)):
+        out["calibration data"] = Path(calib)
+    return out
 
 
 def validate_options(ratio: float, method: str, holdout: float, max_positions: int,
@@ -370,6 +399,10 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                        "predicted": alloc.predicted, "planned": alloc.exact, **search}
     else:
         budget_info = None
+    if count_params(pruned) > count_params(normalized):
+        raise PassError(f"pruning would leave the model with more parameters "
+                        f"({count_params(pruned)}) than it had ({count_params(normalized)}); "
+                        "please report this model")
     report = Report(
         method=method, ratio=float(ratio), reweight=bool(reweight),
         seed=int(seed),
@@ -382,7 +415,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         min_keep=min_keep,
         exclude=tuple(sorted(plan.excluded)), budget=budget_info, token_mask=cal.token_mask,
         safeguard=guard)
-    return PruneResult(model=pruned, report=report, external_data=loaded.external_data)
+    return PruneResult(model=pruned, report=report, external_data=loaded.external_data,
+                       sources=run_sources(loaded.path, loaded.data_files, calib))
 
 
 def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: str,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from onnxprune import api
 from onnxprune.errors import OnnxPruneError, OutputError, PassError
-from onnxprune.modelio import check_output_path, file_mode
+from onnxprune.modelio import (check_collisions, check_output_path, external_data_files,
+                               file_mode)
 from onnxprune.select import METHODS
 
 
@@ -180,12 +181,8 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
-def _check_report_path(path: str, protected: list[Path]) -> Path:
+def _check_report_path(path: str) -> Path:
     p = Path(path)
-    for other in protected:
-        if p.resolve() == other.resolve():
-            raise OutputError(f"report path '{p}' is the same file as '{other}'; give the report "
-                              "its own .json path")
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         raise OutputError(f"report path '{p}' is a directory; give a file name")
@@ -202,8 +199,21 @@ def _progress(quiet: bool):
 
 def _cmd_prune(args) -> int:
     out = check_output_path(args.output, args.input, args.force)
-    protected = [Path(args.input), out, out.with_name(out.name + ".data")]
-    report_path = _check_report_path(args.report, protected) if args.report else None
+    writes = {"output model": out}
+    report_path = _check_report_path(args.report) if args.report else None
+    if report_path is not None:
+        writes["report"] = report_path
+
+    def check(reads: dict[str, Path], data: bool) -> None:
+        w = dict(writes, **({"output's external data": out.with_name(out.name + ".data")}
+                            if data else {}))
+        check_collisions(w, {k: v for k, v in reads.items()
+                             if not (args.force and k.startswith(api.INPUT_MODEL))})
+
+    # before any work: what is known from the command line; after the run (nothing written yet)
+    # again with the input's external-data files
+    check(api.run_sources(Path(args.input), external_data_files(Path(args.input)), args.calib),
+          True)
     result = api.prune(args.input, args.calib, ratio=args.ratio, method=args.method,
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
                        max_positions=args.max_positions, ridge=args.ridge,
@@ -213,7 +223,8 @@ def _cmd_prune(args) -> int:
                        min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
                        head_ratio=args.head_ratio, token_mask=args.token_mask,
                        progress=_progress(args.quiet))
-    result.save(out)
+    check(dict(result.sources), result.external_data)
+    result.save(out, overwrite_input=args.force)
     r = result.report
     if report_path is not None:
         try:

@@ -28,6 +28,7 @@ class LoadedModel:
     model: onnx.ModelProto
     path: Path | None
     external_data: bool
+    data_files: tuple[Path, ...] = ()  # the external-data files it was read from
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:
@@ -59,9 +60,14 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
         raise ModelError(f"'{path}' is not a complete ONNX model (no graph outputs or opset); "
                          "re-export it or check that the file was copied completely")
     external = _uses_external_data(model)
+    data_files = _data_files(model, path)
     if external:
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except ValueError as exc:  # onnx: "External data length … exceeds available data"
+            raise ModelError(f"external data of '{path}' is truncated or does not match the "
+                             f"model ({str(exc).splitlines()[0]}); copy the data file again"
+                             ) from None
         except (FileNotFoundError, OSError, onnx.checker.ValidationError) as exc:
             raise ModelError(f"external data of '{path}' cannot be read ({exc}); keep the "
                              "data file next to the model under the name it was saved with"
@@ -73,7 +79,46 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
                 raise ModelError(f"external data of '{path}' is truncated (tensor '{t.name}' has "
                                  f"{len(t.raw_data)} of {expected} bytes); copy the data file again")
     _check(model, f"'{path}'")
-    return LoadedModel(model=model, path=path, external_data=external)
+    return LoadedModel(model=model, path=path, external_data=external, data_files=data_files)
+
+
+def external_data_files(path: Path, limit: int = 64 << 20) -> tuple[Path, ...]:
+    """The external-data files an .onnx file refers to (read without its data; a file over
+    ``limit`` bytes holds its weights inline and is not parsed twice: ``()``)."""
+    try:
+        if path.stat().st_size > limit:
+            return ()
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable: load_model reports it
+        return ()
+    return _data_files(model, path)
+
+
+def _data_files(model: onnx.ModelProto, path: Path) -> tuple[Path, ...]:
+    return tuple(sorted({path.parent / external_data_helper.ExternalDataInfo(t).location
+                         for t in external_data_helper._get_all_tensors(model)
+                         if external_data_helper.uses_external_data(t)}))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same file after resolving links (symbolic: resolve; hard: same inode when both exist)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_collisions(writes: dict[str, Path], reads: dict[str, Path]) -> None:
+    """Refuse a run that would write (model, its .data, report …) over a file it reads (model,
+    its external data, calibration …) or write two of its outputs to one file."""
+    items = list(writes.items())
+    for i, (what, w) in enumerate(items):
+        for other, r in list(reads.items()) + items[i + 1:]:
+            if _same_file(Path(w), Path(r)):
+                raise OutputError(f"the {what} '{w}' would overwrite the {other} '{r}'; "
+                                  "choose another path")
 
 
 def _check(model: onnx.ModelProto, what: str) -> None:
@@ -308,6 +353,12 @@ def load_calibration(source, model: onnx.ModelProto, token_mask: str | None = "a
             fixed = shape[1:]
             got = arr.shape[1:]
         elif arr.ndim == len(shape) + 1:
+            if shape and not (isinstance(shape[0], int) and shape[0] > 0):
+                # a dynamic batch axis: the samples go along it, not along an extra one
+                raise CalibrationError(
+                    f"{where}: '{spec.name}' has shape {arr.shape}, one axis more than the "
+                    f"model input {_fmt(shape)}; give the samples as shape "
+                    f"(N, {', '.join(_fmt_dim(d) for d in shape[1:])})")
             mode, fixed, got = "unbatched", shape, arr.shape[1:]
         else:
             raise CalibrationError(
@@ -333,8 +384,30 @@ def load_calibration(source, model: onnx.ModelProto, token_mask: str | None = "a
         raise CalibrationError(f"{where}: the model's inputs mix batched and unbatched shapes; "
                                "this model cannot be calibrated automatically")
     mode = modes.pop()
+    _check_indices(model, arrays, where)
     return Calibration(arrays=arrays, n_samples=n, mode=mode, batch=batch,
                        token_mask=_token_mask(token_mask, arrays, mode, where))
+
+
+def _check_indices(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Integer inputs that index a constant table (``Gather(table, ids)``: token ids into an
+    embedding) must lie inside it; onnxruntime would stop with an error deep in a run."""
+    tables = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[1] not in arrays:
+            continue
+        table = tables.get(node.input[0])
+        arr = arrays[node.input[1]]
+        if table is None or arr.dtype.kind not in "iu" or arr.size == 0:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        rows = int(table.dims[axis])
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < -rows or hi >= rows:
+            bad = hi if hi >= rows else lo
+            raise CalibrationError(f"{where}: '{node.input[1]}' holds the index {bad}, outside "
+                                   f"the table '{node.input[0]}' it looks up ({rows} rows: "
+                                   f"0 … {rows - 1}); tokenize with the model's own vocabulary")
 
 
 def _token_mask(option: str | None, arrays: Mapping[str, np.ndarray], mode: str,

@@ -159,3 +159,18 @@ def test_token_mask_option_errors(encoder, tmp_path):
     assert main(["prune", str(encoder), str(out), "--calib", str(calib), "--token-mask",
                  "mask", "-q"]) == 2
     assert not out.exists()
+
+
+def test_token_ids_outside_the_embedding_table_are_one_clear_error(encoder, tmp_path):
+    """onnxruntime's Gather error used to escape as a traceback."""
+    from test_cli_errors import expect_cli_error
+    feeds = _feeds()
+    feeds["input_ids"][3, 1] = VOCAB + 5
+    calib = tmp_path / "ids.npz"
+    np.savez(calib, **feeds)
+    line = expect_cli_error(["prune", encoder, tmp_path / "out.onnx", "--calib", calib],
+                            cwd=tmp_path, watch_dirs=[tmp_path], inputs=[encoder, calib],
+                            mention=["input_ids", str(VOCAB + 5)])
+    assert f"{VOCAB} rows" in line
+    with pytest.raises(onnxprune.OnnxPruneError, match="outside the table"):
+        onnxprune.prune(str(encoder), {**feeds, "input_ids": feeds["input_ids"] - VOCAB - 9})
