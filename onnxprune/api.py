@@ -220,7 +220,7 @@ def _worst_cosine(fid: Mapping[str, OutputFidelity], floating: set[str], z: floa
 
 def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           method: str = "inchange", reweight: bool = True, seed: int = 0, holdout: float = 0.2,
-          max_positions: int = 256, batch_size: int = 32, ridge: float | str = 0.0,
+          max_positions: int = 256, batch_size: int = 32, ridge: float | str = "auto",
           target_macs: float | None = None, target_params: float | None = None,
           min_cosine: float | None = None,
           allocation: str = "marginal", round_to: int | str = "auto", min_keep: int = 1,
@@ -289,10 +289,10 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
             head_ratio, (int, float)) or not math.isfinite(head_ratio) or not 0 <= head_ratio < 1):
         raise OptionError(f"--head-ratio must be in [0, 1) (the fraction of attention heads "
                           f"removed), got {head_ratio!r}")
-    if ridge == "auto":
-        ridge = None
-    elif isinstance(ridge, str) or not (math.isfinite(ridge) and ridge >= 0):
-        raise OptionError(f"--ridge must be a non-negative number or 'auto', got {ridge!r}")
+    if ridge not in ("auto", "gcv") and (isinstance(ridge, (str, bool)) or not isinstance(
+            ridge, (int, float)) or not (math.isfinite(ridge) and ridge >= 0)):
+        raise OptionError(f"--ridge must be a non-negative number, 'auto' or 'gcv', got "
+                          f"{ridge!r}")
     say = progress or (lambda msg: None)
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)

@@ -216,7 +216,7 @@ def _scaled(probes: Sequence[float], local: Mapping[float, float],
 def sensitivity(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
                 groups: Sequence[tuple[int, Group]], stats: Mapping[ConsumerSite, SiteStats],
                 calib: Calibration, indices: np.ndarray, method: str, reweight: bool, seed: int,
-                ridge: float | None, base_plan: KeepPlan, batch_size: int = 32,
+                ridge: float | str, base_plan: KeepPlan, batch_size: int = 32,
                 progress: Callable[[str], None] | None = None, whole: Sequence[float] = WHOLE,
                 paths: dict | None = None) -> dict[str, tuple[tuple[float, float], ...]]:
     """``d_g(f)`` at every probe fraction, for every group (module docstring); the whole model
@@ -377,6 +377,36 @@ class Planner:
         start = np.zeros(len(self.names), dtype=np.int64)
         return [lv for lv, _ in _marginal_steps(start, self.curves, self.floor, self.predicted)]
 
+    def _fill(self, level: np.ndarray, goal: float, exact: float) -> tuple[np.ndarray, float]:
+        """Give back what rounding took beyond the target: while the exact cost stays ≤ ``goal``,
+        raise by one grid step the group whose damage falls most per unit of cost added (the
+        reverse of the marginal step). The predicted cost, corrected by its last measured
+        offset from the exact count, proposes; the exact count decides."""
+        level = level.copy()
+        refused: set[int] = set()  # groups whose step back the exact count refused at this level
+        while True:
+            now = self.predicted(level)
+            offset = exact - now
+            best, best_i = -np.inf, -1
+            for i in np.nonzero(level > 0)[0]:
+                trial = level.copy()
+                trial[i] -= 1
+                added = self.predicted(trial) - now
+                if i in refused or added <= 0 or self.predicted(trial) + offset > goal:
+                    continue
+                score = (self.curves[i, level[i]] - self.curves[i, level[i] - 1]) / added
+                if score > best:
+                    best, best_i = score, i
+            if best_i < 0:
+                return level, exact
+            trial = level.copy()
+            trial[best_i] -= 1
+            trial_exact = self.cost.exact(self.ratios(trial), self.base_plan)
+            if trial_exact > goal:
+                refused.add(int(best_i))
+                continue
+            level, exact, refused = trial, trial_exact, set()
+
     def plan(self, fraction: float, allocation: str) -> Allocation:
         """Per-group removed fractions whose exact cost is ≤ ``fraction`` of the original."""
         cost, predicted = self.cost, self.predicted
@@ -401,6 +431,7 @@ class Planner:
                               f"pruning every group as far as allowed leaves "
                               f"{exact / cost.full:.3f} of the original (lower --min-keep, "
                               "--round-to or --exclude, or raise the target)")
+        level, exact = self._fill(level, goal, exact)
         return Allocation(ratios=self.ratios(level), sensitivity=self.sens,
                           predicted=predicted(level) / cost.full, exact=exact / cost.full)
 
@@ -408,7 +439,7 @@ class Planner:
 def measure(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
             stats: Mapping[ConsumerSite, SiteStats], calib: Calibration, indices: np.ndarray,
             kind: str, base_plan: KeepPlan, method: str, reweight: bool, seed: int,
-            ridge: float | None, shapes: Mapping[str, tuple[int, ...]], batch_size: int = 32,
+            ridge: float | str, shapes: Mapping[str, tuple[int, ...]], batch_size: int = 32,
             progress: Callable[[str], None] | None = None, paths: dict | None = None) -> Planner:
     """Measure the cost model and every group's sensitivity (module docstring); ``paths``
     keeps the groups' greedy paths for the pruning that follows (:func:`level_decisions`)."""

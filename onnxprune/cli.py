@@ -57,16 +57,16 @@ def _round_to(text: str):
 
 
 def _ridge(text: str):
-    if text == "auto":
+    if text in ("auto", "gcv"):
         return text
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--ridge must be a non-negative number or 'auto', "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(f"--ridge must be a non-negative number, 'auto' or "
+                                         f"'gcv', got {text!r}")
     if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"--ridge must be a non-negative number or 'auto', "
-                                         f"got {text}")
+        raise argparse.ArgumentTypeError(f"--ridge must be a non-negative number, 'auto' or "
+                                         f"'gcv', got {text}")
     return v
 
 
@@ -142,10 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-positions", type=int, default=256,
                     help="cap on sampled output positions per sample for conv consumers "
                          "(default 256)")
-    pr.add_argument("--ridge", type=_ridge, default=0.0,
+    pr.add_argument("--ridge", type=_ridge, default="auto",
                     help="regularisation of the re-fit toward the layer's original weights, "
-                         "relative to each input's variance (default 0: least squares), or "
-                         "'auto' (generalised cross-validation per layer)")
+                         "relative to each input's variance: a number for every layer (0: "
+                         "least squares), 'auto' (default: 1 for layers with fewer than 20 "
+                         "calibration rows per input column, such as a classifier after global "
+                         "pooling; 0 for the others) or 'gcv' (generalised cross-validation "
+                         "for those few-row layers)")
     pr.add_argument("--report", help="write the JSON report here")
     pr.add_argument("--force", action="store_true", help="allow overwriting the input model")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress messages")

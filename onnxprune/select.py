@@ -31,6 +31,7 @@ from onnxprune.solvers import (
     random_scores,
     sample_keys,
     choose_ridge,
+    default_ridges,
     refit,
     regularized,
     relative_error,
@@ -183,13 +184,15 @@ def build_problem(graph: Graph, analysis: Analysis, group: Group, stats: Sequenc
 
 
 def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index: int,
-          ridge: float | None = None) -> tuple[np.ndarray, list, float]:
+          ridge: float | str = "auto") -> tuple[np.ndarray, list, float]:
     """Select and re-fit.
 
-    Regularisation toward the original weights: ρ_q is fixed (``ridge``) or chosen by GCV of the
-    re-fit on a first selection (only consumers with < 20 rows per kept column can get ρ > 0).
-    If any ρ_q > 0 the greedy runs again on the regularised statistics, and the re-fit uses them.
-    The reported error is always measured on the plain statistics.
+    Regularisation toward the original weights: ρ_q is ``"auto"`` (ρ = 1 for consumers with
+    fewer than 20 rows per column, 0 for the others: :func:`~onnxprune.solvers.default_ridges`),
+    fixed (a number), or ``"gcv"`` (chosen by GCV of the re-fit on a first selection; only
+    consumers with < 20 rows per kept column can get ρ > 0). If any ρ_q > 0 the greedy runs on
+    the regularised statistics, and the re-fit uses them. The reported error is always measured
+    on the plain statistics.
     """
     def select(prob: Problem) -> np.ndarray:
         if method in INCHANGE:
@@ -205,24 +208,32 @@ def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index:
                                                    seed * 1_000_003 + group_index))
         raise ValueError(f"unknown method {method!r}")
 
-    kept = select(problem)
+    rhos = _ridges(problem, ridge) if reweight and ridge != "gcv" else None
+    if rhos is not None and any(r > 0 for r in rhos) and method in INCHANGE:
+        kept = select(regularized(problem, rhos))
+    else:
+        kept = select(problem)
     if not reweight:
         fits = sliced(problem, kept)
         return kept, fits, relative_error(problem, kept, fits)
-    if ridge is None:
+    if rhos is None:
         rhos = [choose_ridge(s, kept) for s in problem.consumers]
-    else:
-        rhos = [float(ridge)] * len(problem.consumers)
+        if any(r > 0 for r in rhos) and method in INCHANGE:
+            kept = select(regularized(problem, rhos))
     reg = regularized(problem, rhos)
-    if any(r > 0 for r in rhos) and method in INCHANGE:
-        kept = select(reg)
     fits = refit(reg, kept, 0.0)
     return kept, fits, relative_error(problem, kept, fits)
 
 
+def _ridges(problem: Problem, ridge: float | str) -> list[float]:
+    if ridge == "auto":
+        return default_ridges(problem)
+    return [float(ridge)] * len(problem.consumers)
+
+
 def decide(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
            plan: KeepPlan, method: str, reweight: bool, seed: int, group_index: int,
-           ridge: float | None = None,
+           ridge: float | str = "auto",
            targets: Mapping[ConsumerSite, np.ndarray] | None = None) -> GroupDecision:
     problem = build_problem(graph, analysis, group, stats, plan, targets)
     kept, fits, rel = solve(problem, method, reweight, seed, group_index, ridge)
@@ -253,7 +264,7 @@ def _decision(group: Group, problem: Problem, kept: np.ndarray, fits: list, rel:
 
 def level_decisions(graph: Graph, analysis: Analysis, group: Group, stats: Sequence[SiteStats],
                     plans: Sequence[KeepPlan], decided: Sequence[bool], method: str,
-                    reweight: bool, seed: int, group_index: int, ridge: float | None = 0.0,
+                    reweight: bool, seed: int, group_index: int, ridge: float | str = "auto",
                     paths: dict | None = None
                     ) -> tuple[list[float], list[GroupDecision | None]]:
     """The group pruned as each of ``plans`` says: its relative error for every plan, and the
@@ -262,24 +273,28 @@ def level_decisions(graph: Graph, analysis: Analysis, group: Group, stats: Seque
     For the InChange greedy with a plain least-squares re-fit on a single-segment group one
     greedy run serves every plan (:func:`~onnxprune.solvers.greedy_path`: the kept set of a
     smaller quota is a prefix of a larger one's), and the error of each level is read off the
-    energy the greedy explained, ``1 − F(S)/‖T‖²`` — the re-fit's error, with no re-fit.
+    energy the greedy explained, ``1 − F(S)/‖T‖²`` — the re-fit's error, with no re-fit (with the
+    default ridge, of the regularised objective: the same as the plain one unless a consumer has
+    few rows).
     With ``paths`` (a dict kept by the caller for statistics that do not change) the greedy
     runs to the whole group once and later calls, for any widths, only re-fit. Otherwise each
     plan is decided on its own. The decisions equal :func:`decide`'s."""
-    if not (method in INCHANGE and reweight and ridge == 0.0 and len(segment_sizes(group)) == 1):
+    if not (method in INCHANGE and reweight and (ridge == "auto" or ridge == 0.0)
+            and len(segment_sizes(group)) == 1):
         out = [decide(graph, analysis, group, stats, p, method, reweight, seed, group_index,
                       ridge) for p in plans]
         return [d.rel_error for d in out], [d if want else None for d, want in zip(out, decided)]
     quotas = [int(segments_and_quotas(group, p)[1][0]) for p in plans]
     problem = build_problem(graph, analysis, group, stats, plans[int(np.argmax(quotas))])
+    reg = regularized(problem, _ridges(problem, ridge))
     forced = np.nonzero(problem.forced)[0]
     if paths is None:
-        picks, explained = greedy_path(problem, max(quotas))
+        picks, explained = greedy_path(reg, max(quotas))
     else:
         if group.name not in paths:
-            paths[group.name] = greedy_path(problem, group.size)
+            paths[group.name] = greedy_path(reg, group.size)
         picks, explained = paths[group.name]
-    total = sum(c.t_norm2 for c in problem.consumers)
+    total = sum(c.t_norm2 for c in reg.consumers)
     errors, decisions = [], []
     for q, want in zip(quotas, decided):
         k = min(max(q - len(forced), 0), len(picks))
@@ -288,7 +303,7 @@ def level_decisions(graph: Graph, analysis: Analysis, group: Group, stats: Seque
             decisions.append(None)
             continue
         kept = np.sort(np.concatenate([forced, picks[:k]])).astype(np.int64)
-        fits = refit(problem, kept, 0.0)
+        fits = refit(reg, kept, 0.0)
         decisions.append(_decision(group, problem, kept, fits,
                                    relative_error(problem, kept, fits)))
     return errors, decisions

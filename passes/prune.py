@@ -44,7 +44,7 @@ class PruneOptions:
     seed: int = 0
     max_positions: int = calibrate.DEFAULT_MAX_POSITIONS
     batch_size: int = 32
-    ridge: float | None = 0.0  # None: generalised cross-validation per consumer
+    ridge: float | str = "auto"  # a number, "auto" (few-row consumers shrunk) or "gcv"
     truncate: bool = True  # run only the sub-graph needed for the statistics
 
 

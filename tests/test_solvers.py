@@ -348,3 +348,33 @@ def test_solvers_do_not_load_onnx():
             "print(sorted(m for m in ('onnx', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_default_ridge_shrinks_only_consumers_with_few_rows():
+    """ridge="auto": ρ = FEW_ROWS_RIDGE for a consumer with fewer than PLENTIFUL rows per column
+    (then selection and re-fit run on the regularised statistics), 0 for one with plenty — for
+    which "auto" is exactly plain least squares."""
+    from onnxprune.select import solve
+    from onnxprune.solvers import default_ridges, regularized
+    from onnxprune.solvers.lstsq import FEW_ROWS_RIDGE, PLENTIFUL
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((4, 12))
+    few = rng.standard_normal((30, 12))            # 30 rows < 20 · 13 columns
+    many = rng.standard_normal((20 * 13 + 1, 12))  # plenty
+    for B, rho in ((few, FEW_ROWS_RIDGE), (many, 0.0)):
+        T = B @ W.T + 0.1 * rng.standard_normal((len(B), 4))
+        prob = _single(_stats_from(B, T, W), 12, 5)
+        assert default_ridges(prob) == [rho] and (len(B) < PLENTIFUL * 13) == (rho > 0)
+        kept, fits, _ = solve(prob, "inchange", True, 0, 0, "auto")
+        reg = regularized(prob, [rho])
+        np.testing.assert_array_equal(kept, greedy_select(reg))
+        (Wn, b), = refit(reg, kept, 0.0)
+        np.testing.assert_allclose(fits[0][0], Wn)
+        plain_kept, plain_fits, _ = solve(prob, "inchange", True, 0, 0, 0.0)
+        if rho == 0:
+            np.testing.assert_array_equal(kept, plain_kept)
+            np.testing.assert_array_equal(fits[0][0], plain_fits[0][0])
+        else:  # shrunk toward the original weights on the kept columns
+            cols = prob.consumers[0].columns_of(kept)
+            assert np.linalg.norm(Wn - W[:, cols]) < np.linalg.norm(
+                refit(prob, kept, 0.0)[0][0] - W[:, cols])
