@@ -237,6 +237,23 @@ class LayerNorm(OnData):
         ctx.set_layout(node.output[0], lay)
 
 
+def _constant_weight(node, ctx, lay: Layout | None) -> np.ndarray | None:
+    """The constant weight (input 1) of a convolution, or None after stopping what flows in
+    when the weight or the bias is computed at run time or carries channels itself."""
+    g = ctx.graph
+    if any(ctx.layout(x) for x in node.input[1:]):
+        ctx.stop_inputs(node, f"{_where(node)} takes channels on its weight or bias")
+        return None
+    w = g.const(node.input[1])
+    if w is None:
+        ctx.stop(lay, f"{_where(node)} has a run-time weight")
+        return None
+    if len(node.input) > 2 and node.input[2] and g.const(node.input[2]) is None:
+        ctx.stop(lay, f"{_where(node)} has a run-time bias")
+        return None
+    return w
+
+
 class Conv(Rule):
     """Conv: producer of out-channels (group=1), consumer of in-channels (group=1), and
     pass-through for depthwise convolutions (group = C_in = C_out)."""
@@ -248,19 +265,11 @@ class Conv(Rule):
             lay is None or lay.length == group)
 
     def analyze(self, node, ctx):
-        g = ctx.graph
         lay = ctx.layout(node.input[0])
-        if any(ctx.layout(x) for x in node.input[1:]):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on its weight or bias")
-            return
-        w = g.const(node.input[1])
-        group = int(attr(node, "group", 1))
+        w = _constant_weight(node, ctx, lay)
         if w is None:
-            ctx.stop(lay, f"{_where(node)} has a run-time weight")
             return
-        if len(node.input) > 2 and node.input[2] and g.const(node.input[2]) is None:
-            ctx.stop(lay, f"{_where(node)} has a run-time bias")
-            return
+        group = int(attr(node, "group", 1))
         if lay is not None:
             if lay.axis != 1 or lay.g != 1:
                 ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not 1")
@@ -328,19 +337,11 @@ class ConvTranspose(Rule):
     ``output_shape`` are refused as a consumer)."""
 
     def analyze(self, node, ctx):
-        g = ctx.graph
         lay = ctx.layout(node.input[0])
-        if any(ctx.layout(x) for x in node.input[1:]):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on its weight or bias")
-            return
-        w = g.const(node.input[1])
-        group = int(attr(node, "group", 1))
+        w = _constant_weight(node, ctx, lay)
         if w is None:
-            ctx.stop(lay, f"{_where(node)} has a run-time weight")
             return
-        if len(node.input) > 2 and node.input[2] and g.const(node.input[2]) is None:
-            ctx.stop(lay, f"{_where(node)} has a run-time bias")
-            return
+        group = int(attr(node, "group", 1))
         if lay is not None:
             auto = attr(node, "auto_pad", b"NOTSET")
             if lay.axis != 1 or lay.g != 1:

@@ -21,50 +21,14 @@ from onnxprune.api import split_samples  # noqa: E402
 from onnxprune.graph import Graph  # noqa: E402
 from onnxprune.rules import rule_for  # noqa: E402
 from helpers import export, full_check, randomize_bn, run  # noqa: E402
-
-
-class ConvBN(nn.Module):
-    def __init__(self, c1, c2, k=1, s=1):
-        super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, s, k // 2, bias=False)
-        self.bn = nn.BatchNorm2d(c2)
-
-    def forward(self, x):
-        return nn.functional.silu(self.bn(self.conv(x)))
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.cv1 = ConvBN(c, c, 3)
-        self.cv2 = ConvBN(c, c, 3)
-
-    def forward(self, x):
-        return x + self.cv2(self.cv1(x))
-
-
-class C2f(nn.Module):
-    def __init__(self, c1, c2, n=2):
-        super().__init__()
-        self.c = c2 // 2
-        self.cv1 = ConvBN(c1, 2 * self.c)
-        self.cv2 = ConvBN((2 + n) * self.c, c2)
-        self.m = nn.ModuleList(Bottleneck(self.c) for _ in range(n))
-
-    def pieces(self, x):
-        y = list(self.cv1(x).chunk(2, 1))
-        y.extend(m(y[-1]) for m in self.m)
-        return torch.cat(y, 1)
-
-    def forward(self, x):
-        return self.cv2(self.pieces(x))
+from yolo_helpers import C2f, Conv  # noqa: E402
 
 
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem = ConvBN(3, 16, 3, 2)
-        self.c2f = C2f(16, 16)
+        self.stem = Conv(3, 16, 3, 2)
+        self.c2f = C2f(16, 16, n=2, shortcut=True)
         self.fc = nn.Linear(16, 4)
 
     def forward(self, x):

@@ -39,10 +39,14 @@ class C2f(nn.Module):
         self.cv2 = Conv((2 + n) * self.c, c2)
         self.m = nn.ModuleList(Bottleneck(self.c, shortcut) for _ in range(n))
 
-    def forward(self, x):
+    def pieces(self, x):
+        """The concatenated pieces the final conv reads."""
         y = list(self.cv1(x).chunk(2, 1))
         y.extend(m(y[-1]) for m in self.m)
-        return self.cv2(torch.cat(y, 1))
+        return torch.cat(y, 1)
+
+    def forward(self, x):
+        return self.cv2(self.pieces(x))
 
 
 class SPPF(nn.Module):
