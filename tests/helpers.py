@@ -143,3 +143,30 @@ def check_prune_roundtrip(path, input_shape, *, ratio=0.5, min_param_cut=0.35, n
     # a batch of 1 still works (dynamic batch preserved)
     run(res.model, {"input": x[:1]})
     return original, res.model, r, x
+
+
+def assert_groups(path, expected: list[tuple[int, bool]]) -> None:
+    """``inspect`` finds exactly these ``(size, prunable)`` channel groups (sorted)."""
+    import onnxprune
+    groups = onnxprune.inspect(str(path)).groups
+    assert sorted((g.total, g.prunable) for g in groups) == sorted(expected), \
+        [(g.name, g.total, g.reason) for g in groups]
+
+
+def prune_one_group(path, feeds, size: int, **kw):
+    """Prune only the group(s) of ``size`` channels, at 0.5, with a plain least-squares re-fit on
+    every sampled position (for comparisons with a direct solve)."""
+    import onnxprune
+    groups = onnxprune.inspect(str(path)).groups
+    return onnxprune.prune(str(path), feeds, ratio=0.5, ridge=0.0, max_positions=10_000,
+                           exclude=[g.name for g in groups if g.total != size], **kw)
+
+
+def kept_by_direction(original: np.ndarray, pruned: np.ndarray) -> list[int]:
+    """Which of ``original``'s filters (first axis) ``pruned``'s are, by direction (a folded
+    BatchNormalization rescales them)."""
+    ref = original.reshape(len(original), -1).astype(np.float64)
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    got = pruned.reshape(len(pruned), -1).astype(np.float64)
+    got = got / np.linalg.norm(got, axis=1, keepdims=True)
+    return [int(np.argmax(np.abs(ref @ u))) for u in got]

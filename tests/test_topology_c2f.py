@@ -20,7 +20,7 @@ import onnxprune  # noqa: E402
 from onnxprune.api import split_samples  # noqa: E402
 from onnxprune.graph import Graph  # noqa: E402
 from onnxprune.rules import rule_for  # noqa: E402
-from helpers import export, full_check, randomize_bn, run  # noqa: E402
+from helpers import export, full_check, kept_by_direction, randomize_bn, run  # noqa: E402
 from yolo_helpers import C2f, Conv  # noqa: E402
 
 
@@ -87,10 +87,7 @@ def test_c2f_final_conv_refit_is_the_least_squares_solution(model):
     # the C2f's first conv: 16 filters → 8; which ones, by direction (BN is folded)
     first = next(k for k, w in before.items() if w.shape == (16, 16, 1, 1))
     final = next(k for k, w in before.items() if w.shape == (16, 32, 1, 1))
-    ref = before[first].reshape(16, -1)
-    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
-    kept = [int(np.argmax(np.abs(ref @ (w / np.linalg.norm(w)))))
-            for w in after[first].reshape(8, -1)]
+    kept = kept_by_direction(before[first], after[first])
     assert kept == sorted(set(kept))
     assert sum(k < 8 for k in kept) == 4  # each half keeps its quota
     with torch.no_grad():

@@ -49,7 +49,9 @@ def test_rows_times_weight_matrix_is_the_transposed_convolution(kw):
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
-from helpers import export, randomize_bn  # noqa: E402
+from helpers import (  # noqa: E402
+    assert_groups, export, kept_by_direction, prune_one_group, randomize_bn,
+)
 
 
 class Upsampler(nn.Module):
@@ -81,18 +83,13 @@ def model(request, tmp_path_factory):
 
 
 def test_deconv_inputs_are_prunable(model):
-    path, _ = model
-    groups = onnxprune.inspect(str(path)).groups
-    assert sorted((g.total, g.prunable) for g in groups) == [(4, False), (8, True), (16, True)], \
-        [(g.name, g.total, g.reason) for g in groups]
+    assert_groups(model[0], [(4, False), (8, True), (16, True)])
 
 
 def test_deconv_refit_is_the_least_squares_solution(model):
     path, module = model
     x = np.random.default_rng(4).standard_normal((60, 3, 12, 12)).astype(np.float32)
-    groups = onnxprune.inspect(str(path)).groups
-    res = onnxprune.prune(str(path), {"input": x}, ratio=0.5, ridge=0.0, max_positions=10_000,
-                          exclude=[g.name for g in groups if g.total != 16])
+    res = prune_one_group(path, {"input": x}, 16)
     full_check(res.model)
     inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
     deconv_w = [inits[n.input[1]] for n in res.model.graph.node if n.op_type == "ConvTranspose"]
@@ -102,10 +99,7 @@ def test_deconv_refit_is_the_least_squares_solution(model):
         F = module.features(torch.from_numpy(x)).double()
     # kept channels: the pruned first conv's filters are a subset of the original (BN folded)
     conv_w = next(inits[n.input[1]] for n in res.model.graph.node if n.op_type == "Conv")
-    ref = module.c.weight.detach().numpy().reshape(16, -1)
-    unit = conv_w.reshape(8, -1) / np.linalg.norm(conv_w.reshape(8, -1), axis=1, keepdims=True)
-    kept = [int(np.argmax(np.abs(ref / np.linalg.norm(ref, axis=1, keepdims=True) @ u)))
-            for u in unit]
+    kept = kept_by_direction(module.c.weight.detach().numpy(), conv_w)
     assert kept == sorted(set(kept)) and len(kept) == 8
     # direct least squares: every output pixel of up1 is linear in the kept input channels'
     # patches; solve on the calibration samples through the same row construction, then compare

@@ -19,7 +19,7 @@ from torch import nn  # noqa: E402
 
 import onnxprune  # noqa: E402
 from onnxprune.api import split_samples  # noqa: E402
-from helpers import export, full_check, randomize_bn, run  # noqa: E402
+from helpers import export, full_check, kept_by_direction, randomize_bn, run  # noqa: E402
 
 HEAD = 32
 
@@ -104,11 +104,7 @@ def test_head_refit_is_the_least_squares_solution_and_batch_stays_dynamic(model)
     w_head = module.head.weight.detach().numpy().reshape(HEAD, -1)
     pruned_ws = [numpy_helper.to_array(t) for t in res.model.graph.initializer]
     conv_w = next(w for w in pruned_ws if w.ndim == 4 and w.shape[0] == HEAD // 2)
-    # BN is folded into the conv by the exporter or by normalize: compare directions
-    unit = conv_w.reshape(HEAD // 2, -1) / np.linalg.norm(conv_w.reshape(HEAD // 2, -1),
-                                                           axis=1, keepdims=True)
-    ref_unit = w_head / np.linalg.norm(w_head, axis=1, keepdims=True)
-    kept = [int(np.argmax(np.abs(ref_unit @ u))) for u in unit]
+    kept = kept_by_direction(w_head, conv_w)  # BN is folded into the conv
     assert kept == sorted(set(kept)) and len(kept) == HEAD // 2
     # Direct least squares of the classifier on the calibration part of the samples.
     sel, _ = split_samples(len(x), 0.2, 0)

@@ -73,7 +73,9 @@ import onnxprune  # noqa: E402
 from onnxprune.api import split_samples  # noqa: E402
 from onnxprune.graph import Graph  # noqa: E402
 from onnxprune.rules import rule_for  # noqa: E402
-from helpers import export, full_check, randomize_bn, run  # noqa: E402
+from helpers import (  # noqa: E402
+    assert_groups, export, full_check, kept_by_direction, prune_one_group, randomize_bn, run,
+)
 
 
 class SPPF(nn.Module):
@@ -106,28 +108,20 @@ def model(request, tmp_path_factory):
 
 
 def test_sppf_is_prunable(model):
-    path, _ = model
-    groups = onnxprune.inspect(str(path)).groups
-    assert sorted((g.total, g.prunable) for g in groups) == [(4, False), (8, True), (16, True)], \
-        [(g.name, g.total, g.reason) for g in groups]
+    assert_groups(model[0], [(4, False), (8, True), (16, True)])
 
 
 def test_sppf_refit_is_the_least_squares_solution(model):
     path, module = model
     x = np.random.default_rng(1).standard_normal((60, 3, 10, 10)).astype(np.float32)
-    groups = onnxprune.inspect(str(path)).groups
-    res = onnxprune.prune(str(path), {"input": x}, ratio=0.5, ridge=0.0, max_positions=10_000,
-                          exclude=[g.name for g in groups if g.total != 16])
+    res = prune_one_group(path, {"input": x}, 16)
     full_check(res.model)
     from onnx import numpy_helper
     inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
     convs = [inits[n.input[1]] for n in res.model.graph.node if n.op_type == "Conv"]
     # exact parameter counts: cv1 keeps 8 filters, cv2 reads 4 × 8 channels
     assert [w.shape for w in convs] == [(8, 3, 3, 3), (8, 32, 1, 1)]
-    ref = module.cv1.weight.detach().numpy().reshape(16, -1)
-    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
-    kept = [int(np.argmax(np.abs(ref @ (w / np.linalg.norm(w)))))
-            for w in convs[0].reshape(8, -1)]
+    kept = kept_by_direction(module.cv1.weight.detach().numpy(), convs[0])
     assert kept == sorted(set(kept))
     with torch.no_grad():
         f = module.features(torch.from_numpy(x))
