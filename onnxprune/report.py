@@ -95,26 +95,32 @@ class InspectReport:
                 "total_channels": sum(g.total for g in self.groups)}
 
     def to_text(self) -> str:
-        lines = []
+        """An aligned table, one row per group (prunable first), then each reason in full."""
         ok = [g for g in self.groups if g.prunable]
         bad = [g for g in self.groups if not g.prunable]
-        lines.append(f"{len(self.groups)} channel group(s): {len(ok)} prunable, "
-                     f"{len(bad)} unprunable")
-        lines.append("")
-        lines.append("prunable groups:")
-        for g in ok:
-            lines.append(f"  {g.name}  {'heads' if g.kind == 'heads' else 'size'}={g.total}"
-                         f"  producers={', '.join(g.producers) or '-'}"
-                         f"  consumers={', '.join(g.consumers) or '-'}")
-            if g.reason:
-                lines.append(f"      partly kept: {g.reason}")
-        lines.append("")
-        lines.append("unprunable groups:")
-        for g in bad:
-            lines.append(f"  {g.name}  {'heads' if g.kind == 'heads' else 'size'}={g.total}"
-                         f"  producers={', '.join(g.producers) or '-'}"
-                         f"  consumers={', '.join(g.consumers) or '-'}")
-            lines.append(f"      reason: {g.reason}")
+
+        def names(xs) -> str:
+            return "-" if not xs else xs[0] + (f" (+{len(xs) - 1})" if len(xs) > 1 else "")
+
+        head = ("#", "group", "kind", "size", "prunable", "producers", "consumers")
+        rows = [(str(i + 1), g.name, g.kind, str(g.total), "yes" if g.prunable else "no",
+                 names(g.producers), names(g.consumers)) for i, g in enumerate(ok + bad)]
+        width = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
+        right = {0, 3}  # numbers
+
+        def line(r) -> str:
+            return "  ".join(v.rjust(w) if c in right else v.ljust(w)
+                             for c, (v, w) in enumerate(zip(r, width))).rstrip()
+
+        lines = [f"{len(self.groups)} channel group(s): {len(ok)} prunable, {len(bad)} "
+                 "unprunable", "", line(head), line(tuple("-" * w for w in width))]
+        lines += [line(r) for r in rows]
+        notes = [(i + 1, g) for i, g in enumerate(ok + bad) if g.reason]
+        if notes:
+            lines.append("")
+            for i, g in notes:
+                what = "reason" if not g.prunable else "partly kept"
+                lines.append(f"  #{i} {what}: {g.reason}")
         return "\n".join(lines)
 
 

@@ -317,3 +317,23 @@ def test_api_modelproto_and_dict_calibration(tmp_path):
     outs = run_model(out, {"input": x[:20]})
     assert outs["probabilities"].shape == (20, 10)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["api.onnx"]
+
+
+def test_inspect_prints_an_aligned_table(tmp_path):
+    """One row per group, every column starting at the same offset, reasons listed below."""
+    from helpers import RESNET
+    import onnxprune.cli as cli_mod
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli_mod.main(["inspect", str(RESNET)]) == 0
+    lines = buf.getvalue().splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.startswith("#  group"))
+    rows = lines[header + 2:header + 2 + 7]
+    cols = [lines[header].index(c) for c in ("kind", "size", "prunable", "producers")]
+    for r in rows:
+        assert r[cols[0]:cols[0] + 8].strip() == "channels"
+        assert r[cols[2]:cols[2] + 3].strip() in ("yes", "no")
+    assert sum(" yes " in r for r in rows) == 6
+    assert any(ln.strip().startswith("#7 reason: reaches the graph output") for ln in lines)
