@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from onnxprune import api
-from onnxprune.errors import OnnxPruneError, OutputError, PassError
+from onnxprune.errors import OnnxPruneError, OptionError, OutputError, PassError
 from onnxprune.modelio import (check_collisions, check_output_path, external_data_files,
                                file_mode)
 from onnxprune.select import METHODS
@@ -87,8 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="prune a model")
     pr.add_argument("input", help="model to prune (.onnx; external data is read from beside it)")
     pr.add_argument("output", help="where to write the pruned model (.onnx)")
-    pr.add_argument("--calib", required=True,
-                    help=".npz keyed by input name (or .npy for a single input), sample axis first")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--calib",
+                     help=".npz keyed by input name (or .npy for a single input), sample axis "
+                          "first")
+    src.add_argument("--calib-images", metavar="DIR",
+                     help="a folder of images (single NCHW float input; needs Pillow: pip "
+                          "install 'onnxprune[images]'): shorter side resized, centre crop, "
+                          "[0, 1], then (x - mean) / std")
+    pr.add_argument("--size", type=_count("--size", 1 << 15), nargs=2, metavar=("H", "W"),
+                    help="image size for --calib-images (default: the model input's)")
+    pr.add_argument("--mean", type=float, nargs="+", default=[0.0],
+                    help="per-channel mean on the [0, 1] scale for --calib-images (one value or "
+                         "one per channel; default 0)")
+    pr.add_argument("--std", type=float, nargs="+", default=[1.0],
+                    help="per-channel std for --calib-images (default 1)")
     pr.add_argument("--ratio", type=_removed_fraction("--ratio", "channels"), default=None,
                     help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
                          "(without --ratio, --target-* or --min-cosine: --min-cosine 0.99; "
@@ -215,9 +228,18 @@ def _cmd_prune(args) -> int:
 
     # before any work: what is known from the command line; after the run (nothing written yet)
     # again with the input's external-data files
-    check(api.run_sources(Path(args.input), external_data_files(Path(args.input)), args.calib),
-          True)
-    result = api.prune(args.input, args.calib, ratio=args.ratio, method=args.method,
+    if args.calib_images is None and (args.size or args.mean != [0.0] or args.std != [1.0]):
+        raise OptionError("--size, --mean and --std apply to --calib-images only")
+    calib = args.calib
+    if args.calib_images is not None:
+        calib = args.calib_images  # a folder: nothing is written into it (outputs are .onnx/.json)
+    check(api.run_sources(Path(args.input), external_data_files(Path(args.input)),
+                          args.calib), True)
+    if args.calib_images is not None:
+        from onnxprune.images import load_images, model_header
+        calib = load_images(args.calib_images, model_header(args.input), args.size, args.mean,
+                            args.std)
+    result = api.prune(args.input, calib, ratio=args.ratio, method=args.method,
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
                        max_positions=args.max_positions, ridge=args.ridge,
                        target_macs=args.target_macs, target_params=args.target_params,
