@@ -142,7 +142,8 @@ class NormalizePass(Pass):
         from onnx.reference import ReferenceEvaluator
 
         g = m.graph
-        values = {t.name: t for t in g.initializer if t.name not in {i.name for i in g.input}}
+        overridable = {i.name for i in g.input}  # once, not per initializer (IR < 4 models)
+        values = {t.name: t for t in g.initializer if t.name not in overridable}
         outputs = {o.name for o in g.output}
         static_dims = cls._static_shape_reads(m, nodes, values)
         for name, arr in static_dims.items():
