@@ -600,6 +600,26 @@ def _loadavg() -> str | None:
         return None
 
 
+def merge_runs(runs: list[dict]) -> dict:
+    """One result set from runs made side by side on different models: their models in order,
+    the union of their configs (first seen first), every command, the load and time of each."""
+    out = json.loads(json.dumps(runs[0]))
+    seen = {c["label"] for c in out["configs"]}
+    for r in runs[1:]:
+        out["models"] += r["models"]
+        out["configs"] += [c for c in r["configs"] if c["label"] not in seen]
+        seen |= {c["label"] for c in r["configs"]}
+    m = out["meta"]
+    m["command"] = " ; ".join(r["meta"]["command"] for r in runs) + " — run side by side"
+    m["complete"] = all(r["meta"].get("complete") for r in runs)
+    m["total_s"] = max(r["meta"].get("total_s") or 0 for r in runs)
+    m["git"]["dirty"] = any(r["meta"]["git"]["dirty"] for r in runs)
+    commits = {r["meta"]["git"]["commit"] for r in runs}
+    if len(commits) > 1:
+        raise SystemExit(f"runs were made on different commits: {sorted(commits)}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(build_real.DEFAULT_WORK),
@@ -614,7 +634,7 @@ def main(argv=None) -> int:
                     help="a config: JSON or key=value,... (repeatable; added to --configs)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: preset 'quick' (unless --configs/--config given), "
-                         f"--quick-heldout held-out inputs, 10 latency iterations")
+                         "--quick-heldout held-out inputs, 10 latency iterations")
     ap.add_argument("--quick-heldout", type=int, default=32)
     ap.add_argument("--peer", choices=("first", "all", "none"), default="first",
                     help="onnxsim rows after the first ok row per model, every row, or none")
@@ -626,7 +646,15 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="list models and presets, then exit")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite OUT_PREFIX.md from OUT_PREFIX.json without running anything")
+    ap.add_argument("--merge", nargs="+", metavar="RUN.json",
+                    help="merge the JSON results of runs made side by side (different models) "
+                         "into OUT_PREFIX.json/.md without running anything")
     args = ap.parse_args(argv)
+    if args.merge:
+        prefix = Path(args.out_prefix)
+        write_outputs(merge_runs([json.loads(Path(p).read_text()) for p in args.merge]), prefix)
+        print(f"wrote {prefix.with_suffix('.md')}")
+        return 0
     if args.render_only:
         prefix = Path(args.out_prefix)
         write_outputs(json.loads(prefix.with_suffix(".json").read_text()), prefix)
