@@ -33,6 +33,18 @@ def _constant_weight(node, ctx, lay: Layout | None) -> np.ndarray | None:
     return w
 
 
+def _slice_out_channels(node, rw, weight_axis: int) -> np.ndarray | None:
+    """Keep the kept output channels of a convolution's weight (on ``weight_axis``) and bias;
+    returns them (None: nothing removed)."""
+    keep = rw.keep_cols(node.output[0])
+    if keep is None:
+        return None
+    rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=weight_axis))
+    if len(node.input) > 2 and node.input[2]:
+        rw.set_input(node, 2, np.take(rw.value(node, 2), keep, axis=0))
+    return keep
+
+
 class Conv(Rule):
     """Conv: producer of out-channels (group=1), consumer of in-channels (group=1), and
     pass-through for depthwise convolutions (group = C_in = C_out)."""
@@ -64,13 +76,8 @@ class Conv(Rule):
             ctx.new_block(node, node.output[0], int(w.shape[0]), axis=1)
 
     def rewrite(self, node, rw):
-        keep = rw.keep_cols(node.output[0])
-        if keep is None:
-            return
-        rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=0))
-        if len(node.input) > 2 and node.input[2]:
-            rw.set_input(node, 2, np.take(rw.value(node, 2), keep, axis=0))
-        if int(attr(node, "group", 1)) > 1:
+        keep = _slice_out_channels(node, rw, weight_axis=0)
+        if keep is not None and int(attr(node, "group", 1)) > 1:
             set_attr(node, "group", int(len(keep)))
 
     # consumer interface
@@ -137,12 +144,7 @@ class ConvTranspose(Rule):
             ctx.new_block(node, node.output[0], int(w.shape[1]), axis=1)
 
     def rewrite(self, node, rw):
-        keep = rw.keep_cols(node.output[0])
-        if keep is None:
-            return
-        rw.set_input(node, 1, np.take(rw.value(node, 1), keep, axis=1))
-        if len(node.input) > 2 and node.input[2]:
-            rw.set_input(node, 2, np.take(rw.value(node, 2), keep, axis=0))
+        _slice_out_channels(node, rw, weight_axis=1)
 
     # consumer interface
     def has_bias_slot(self, node, graph: Graph) -> bool:
