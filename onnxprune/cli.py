@@ -233,8 +233,11 @@ def _cmd_prune(args) -> int:
     calib = args.calib
     if args.calib_images is not None:
         calib = args.calib_images  # a folder: nothing is written into it (outputs are .onnx/.json)
-    check(api.run_sources(Path(args.input), external_data_files(Path(args.input)),
-                          args.calib), True)
+    reads = api.run_sources(Path(args.input), external_data_files(Path(args.input)), args.calib)
+    if args.calib_images is not None:
+        from onnxprune.images import image_files
+        reads.update({f"calibration image '{f.name}'": f for f in image_files(args.calib_images)})
+    check(reads, True)
     if args.calib_images is not None:
         from onnxprune.images import load_images, model_header
         calib = load_images(args.calib_images, model_header(args.input), args.size, args.mean,
@@ -248,7 +251,8 @@ def _cmd_prune(args) -> int:
                        min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
                        head_ratio=args.head_ratio, token_mask=args.token_mask,
                        progress=_progress(args.quiet))
-    check(dict(result.sources), result.external_data)
+    check(dict(result.sources, **{k: v for k, v in reads.items() if k not in result.sources}),
+          result.external_data)
     result.save(out, overwrite_input=args.force)
     r = result.report
     if report_path is not None:

@@ -83,3 +83,10 @@ def test_cli_image_errors(folder, tmp_path):
     expect_cli_error(["prune", RESNET, tmp_path / "o.onnx", "--calib-images", folder],
                      cwd=tmp_path, watch_dirs=[tmp_path, folder], inputs=[RESNET],
                      mention=["zz.png"])
+
+
+def test_report_onto_a_calibration_image_is_refused(folder, tmp_path):
+    target = sorted(folder.glob("*.png"))[3]
+    expect_cli_error(["prune", RESNET, tmp_path / "o.onnx", "--calib-images", folder, "--report",
+                      target], cwd=tmp_path, watch_dirs=[tmp_path, folder],
+                     inputs=[RESNET, target], mention=["calibration image"])
