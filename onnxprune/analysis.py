@@ -290,21 +290,21 @@ class AnalysisContext:
     def join(self, node: onnx.NodeProto, layouts: list[Layout]) -> Layout | None:
         """Index-align several layouts (residual/gating joins). None if they cannot align."""
         first = layouts[0]
+        reason = (f"{node.op_type} node '{node_label(node)}' joins channel layouts that do not "
+                  "line up")
         ok = all(other.g == first.g and other.channels == first.channels
                  and len(other.spans) == len(first.spans)
                  and all(self._alignment(x, y) is not False
                          for x, y in zip(first.spans, other.spans))
                  for other in layouts[1:])
         if not ok:
-            self.stop(layouts, f"{node.op_type} node '{node_label(node)}' joins channel "
-                               "layouts that do not line up")
+            self.stop(layouts, reason)
             return None
         for other in layouts[1:]:
             for x, y in zip(first.spans, other.spans):
                 how = self._alignment(x, y)  # again: earlier unions may have moved the roots
                 if how is False:
-                    self.stop(layouts, f"{node.op_type} node '{node_label(node)}' joins "
-                                       "channel layouts that do not line up")
+                    self.stop(layouts, reason)
                     return None
                 if how is not True:
                     self._attach(*how)
@@ -338,7 +338,7 @@ class AnalysisContext:
                             f"'{other}' (pruning would copy it and add parameters)")
             return None
 
-        for b, block in enumerate(self.blocks):
+        for block in self.blocks:
             why = shared(block.producer) if block.producer else None
             if why and why not in block.reasons:
                 block.reasons.append(why)

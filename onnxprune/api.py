@@ -53,18 +53,25 @@ class PruneResult:
         Refuses a path (or ``.data`` file) that is a file the run read — the input model only
         with ``overwrite_input``, the calibration data never."""
         ext = self.external_data if external_data is None else external_data
-        out = Path(path)
-        writes = {"output model": out}
-        if ext:
-            writes["output's external data"] = out.with_name(out.name + ".data")
-        reads = {k: v for k, v in self.sources.items()
-                 if not (overwrite_input and k.startswith(INPUT_MODEL))}
-        check_collisions(writes, reads)
+        check_writes(Path(path), ext, self.sources, overwrite_input)
         return save_model(self.model, path, ext)
 
 
 #: Label of the input model (and prefix of its external data's) among a run's sources.
 INPUT_MODEL = "input model"
+
+
+def check_writes(out: Path, external_data: bool, sources: Mapping[str, Path],
+                 overwrite_input: bool = False, others: Mapping[str, Path] | None = None
+                 ) -> None:
+    """Refuse writing the model ``out`` (its ``.data`` with ``external_data``) and ``others``
+    (a report …) over any of ``sources`` — the input model's files only with
+    ``overwrite_input`` — or over each other (:func:`~onnxprune.modelio.check_collisions`)."""
+    writes = {"output model": out, **(others or {})}
+    if external_data:
+        writes["output's external data"] = out.with_name(out.name + ".data")
+    check_collisions(writes, {k: v for k, v in sources.items()
+                              if not (overwrite_input and k.startswith(INPUT_MODEL))})
 
 
 def run_sources(model_path: Path | None, data_files: Sequence[Path], calib) -> dict[str, Path]:

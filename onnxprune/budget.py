@@ -391,8 +391,9 @@ class Planner:
             for i in np.nonzero(level > 0)[0]:
                 trial = level.copy()
                 trial[i] -= 1
-                added = self.predicted(trial) - now
-                if i in refused or added <= 0 or self.predicted(trial) + offset > goal:
+                cost = self.predicted(trial)
+                added = cost - now
+                if i in refused or added <= 0 or cost + offset > goal:
                     continue
                 score = (self.curves[i, level[i]] - self.curves[i, level[i] - 1]) / added
                 if score > best:

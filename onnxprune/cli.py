@@ -12,8 +12,7 @@ from pathlib import Path
 
 from onnxprune import api
 from onnxprune.errors import OnnxPruneError, OptionError, OutputError, PassError
-from onnxprune.modelio import (check_collisions, check_output_path, external_data_files,
-                               file_mode)
+from onnxprune.modelio import check_output_path, external_data_files, file_mode
 from onnxprune.select import METHODS
 
 
@@ -215,29 +214,18 @@ def _progress(quiet: bool):
 
 def _cmd_prune(args) -> int:
     out = check_output_path(args.output, args.input, args.force)
-    writes = {"output model": out}
     report_path = _check_report_path(args.report) if args.report else None
-    if report_path is not None:
-        writes["report"] = report_path
-
-    def check(reads: dict[str, Path], data: bool) -> None:
-        w = dict(writes, **({"output's external data": out.with_name(out.name + ".data")}
-                            if data else {}))
-        check_collisions(w, {k: v for k, v in reads.items()
-                             if not (args.force and k.startswith(api.INPUT_MODEL))})
-
-    # before any work: what is known from the command line; after the run (nothing written yet)
-    # again with the input's external-data files
+    others = {"report": report_path} if report_path is not None else {}
     if args.calib_images is None and (args.size or args.mean != [0.0] or args.std != [1.0]):
         raise OptionError("--size, --mean and --std apply to --calib-images only")
-    calib = args.calib
-    if args.calib_images is not None:
-        calib = args.calib_images  # a folder: nothing is written into it (outputs are .onnx/.json)
+    # Before any work, every path written against every path read; after the run (nothing
+    # written yet) again with what the run itself read (PruneResult.sources).
     reads = api.run_sources(Path(args.input), external_data_files(Path(args.input)), args.calib)
     if args.calib_images is not None:
         from onnxprune.images import image_files
         reads.update({f"calibration image '{f.name}'": f for f in image_files(args.calib_images)})
-    check(reads, True)
+    api.check_writes(out, True, reads, args.force, others)
+    calib = args.calib
     if args.calib_images is not None:
         from onnxprune.images import load_images, model_header
         calib = load_images(args.calib_images, model_header(args.input), args.size, args.mean,
@@ -251,8 +239,7 @@ def _cmd_prune(args) -> int:
                        min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
                        head_ratio=args.head_ratio, token_mask=args.token_mask,
                        progress=_progress(args.quiet))
-    check(dict(result.sources, **{k: v for k, v in reads.items() if k not in result.sources}),
-          result.external_data)
+    api.check_writes(out, result.external_data, {**reads, **result.sources}, args.force, others)
     result.save(out, overwrite_input=args.force)
     r = result.report
     if report_path is not None:

@@ -19,6 +19,7 @@ import onnx
 from onnx import external_data_helper, helper
 
 from onnxprune.errors import CalibrationError, ModelError, OutputError
+from onnxprune.graph import attr
 
 log = logging.getLogger(__name__)
 
@@ -400,8 +401,7 @@ def _check_indices(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray], whe
         arr = arrays[node.input[1]]
         if table is None or arr.dtype.kind not in "iu" or arr.size == 0:
             continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        rows = int(table.dims[axis])
+        rows = int(table.dims[int(attr(node, "axis", 0))])
         lo, hi = int(arr.min()), int(arr.max())
         if lo < -rows or hi >= rows:
             bad = hi if hi >= rows else lo

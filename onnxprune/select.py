@@ -208,19 +208,21 @@ def solve(problem: Problem, method: str, reweight: bool, seed: int, group_index:
                                                    seed * 1_000_003 + group_index))
         raise ValueError(f"unknown method {method!r}")
 
-    rhos = _ridges(problem, ridge) if reweight and ridge != "gcv" else None
-    if rhos is not None and any(r > 0 for r in rhos) and method in INCHANGE:
-        kept = select(regularized(problem, rhos))
-    else:
-        kept = select(problem)
     if not reweight:
+        kept = select(problem)
         fits = sliced(problem, kept)
         return kept, fits, relative_error(problem, kept, fits)
-    if rhos is None:
-        rhos = [choose_ridge(s, kept) for s in problem.consumers]
-        if any(r > 0 for r in rhos) and method in INCHANGE:
-            kept = select(regularized(problem, rhos))
+    first = None
+    if ridge == "gcv":  # ρ from the re-fit of a first selection on the plain statistics
+        first = select(problem)
+        rhos = [choose_ridge(s, first) for s in problem.consumers]
+    else:
+        rhos = _ridges(problem, ridge)
     reg = regularized(problem, rhos)
+    if any(r > 0 for r in rhos) and method in INCHANGE:
+        kept = select(reg)
+    else:
+        kept = first if first is not None else select(problem)
     fits = refit(reg, kept, 0.0)
     return kept, fits, relative_error(problem, kept, fits)
 
