@@ -4,6 +4,7 @@ least-squares re-fitting of the next layer (Halabi, Lacoste-Julien & Srinivas, 2
 >>> import onnxprune
 >>> result = onnxprune.prune("model.onnx", "calib.npz", ratio=0.5)   # doctest: +SKIP
 >>> result.save("model.pruned.onnx")                                 # doctest: +SKIP
+>>> sparse = onnxprune.sparsify("model.onnx", "calib.npz", pattern="2:4")  # doctest: +SKIP
 
 The public names are resolved lazily, so that ``import onnxprune.solvers`` (pure NumPy) does not
 load onnx or onnxruntime.
@@ -28,6 +29,9 @@ _LAZY = {
     "PruneResult": "onnxprune.api",
     "inspect": "onnxprune.api",
     "prune": "onnxprune.api",
+    "sparsify": "onnxprune.sparse_api",
+    "compare": "onnxprune.sparse_api",
+    "SparsifyReport": "onnxprune.report",
     "GroupReport": "onnxprune.report",
     "InspectReport": "onnxprune.report",
     "Report": "onnxprune.report",
@@ -55,6 +59,9 @@ __all__ = [
     "PassError",
     "PruneResult",
     "Report",
+    "SparsifyReport",
+    "compare",
     "inspect",
     "prune",
+    "sparsify",
 ]

@@ -61,14 +61,14 @@ class PruneResult:
 INPUT_MODEL = "input model"
 
 
-def check_writes(out: Path, external_data: bool, sources: Mapping[str, Path],
+def check_writes(out: Path | None, external_data: bool, sources: Mapping[str, Path],
                  overwrite_input: bool = False, others: Mapping[str, Path] | None = None
                  ) -> None:
     """Refuse writing the model ``out`` (its ``.data`` with ``external_data``) and ``others``
     (a report …) over any of ``sources`` — the input model's files only with
     ``overwrite_input`` — or over each other (:func:`~onnxprune.modelio.check_collisions`)."""
-    writes = {"output model": out, **(others or {})}
-    if external_data:
+    writes = {**({"output model": out} if out is not None else {}), **(others or {})}
+    if external_data and out is not None:
         writes["output's external data"] = out.with_name(out.name + ".data")
     check_collisions(writes, {k: v for k, v in sources.items()
                               if not (overwrite_input and k.startswith(INPUT_MODEL))})
@@ -93,7 +93,12 @@ def validate_options(ratio: float, method: str, holdout: float, max_positions: i
                           f"{ratio!r}")
     if method not in METHODS:
         raise OptionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if not 0 < holdout < 1:
+    validate_sampling(holdout, max_positions, seed)
+
+
+def validate_sampling(holdout: float, max_positions: int, seed: int) -> None:
+    """The options every calibrated run shares: held-out fraction, position cap, seed."""
+    if not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
         raise OptionError(f"--holdout must be in (0, 1), got {holdout!r}")
     if max_positions < 1:
         raise OptionError(f"max_positions must be ≥ 1, got {max_positions!r}")

@@ -79,14 +79,9 @@ def _seed(text: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune", description="Structured pruning of ONNX models (channels, "
-                "neurons) with submodular selection and least-squares re-fitting.")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
-    pr = sub.add_parser("prune", help="prune a model")
-    pr.add_argument("input", help="model to prune (.onnx; external data is read from beside it)")
-    pr.add_argument("output", help="where to write the pruned model (.onnx)")
-    src = pr.add_mutually_exclusive_group(required=True)
+def _calib_args(p) -> None:
+    """--calib or --calib-images (with --size, --mean, --std)."""
+    src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib",
                      help=".npz keyed by input name (or .npy for a single input), sample axis "
                           "first")
@@ -94,13 +89,52 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a folder of images (single NCHW float input; needs Pillow: pip "
                           "install 'onnxprune[images]'): shorter side resized, centre crop, "
                           "[0, 1], then (x - mean) / std")
-    pr.add_argument("--size", type=_count("--size", 1 << 15), nargs=2, metavar=("H", "W"),
-                    help="image size for --calib-images (default: the model input's)")
-    pr.add_argument("--mean", type=float, nargs="+", default=[0.0],
-                    help="per-channel mean on the [0, 1] scale for --calib-images (one value or "
-                         "one per channel; default 0)")
-    pr.add_argument("--std", type=float, nargs="+", default=[1.0],
-                    help="per-channel std for --calib-images (default 1)")
+    p.add_argument("--size", type=_count("--size", 1 << 15), nargs=2, metavar=("H", "W"),
+                   help="image size for --calib-images (default: the model input's)")
+    p.add_argument("--mean", type=float, nargs="+", default=[0.0],
+                   help="per-channel mean on the [0, 1] scale for --calib-images (one value or "
+                        "one per channel; default 0)")
+    p.add_argument("--std", type=float, nargs="+", default=[1.0],
+                   help="per-channel std for --calib-images (default 1)")
+
+
+_PRUNE_RIDGE_HELP = ("regularisation of the re-fit toward the layer's original weights, "
+                     "relative to each input's variance: a number for every layer (0: "
+                     "least squares), 'auto' (default: 1 for layers with fewer than 20 "
+                     "calibration rows per input column, such as a classifier after global "
+                     "pooling; 0 for the others) or 'gcv' (generalised cross-validation "
+                     "for those few-row layers)")
+
+
+def _run_args(p, ridge: bool = True, ridge_help: str = "", force: bool = True) -> None:
+    """Options every calibrated command shares."""
+    p.add_argument("--token-mask", default="auto", metavar="INPUT",
+                   help="input whose 0/1 values mark real tokens (padding = 0): statistics and "
+                        "the fidelity check use real tokens only (default 'auto': an input "
+                        "named attention_mask, if any; 'none': every position)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for sampling and splits (default 0)")
+    p.add_argument("--holdout", type=float, default=0.2,
+                   help="fraction of calibration samples kept aside for the fidelity check "
+                        "(default 0.2)")
+    p.add_argument("--max-positions", type=int, default=256,
+                   help="cap on sampled output positions per sample for conv consumers "
+                        "(default 256)")
+    if ridge:
+        p.add_argument("--ridge", type=_ridge, default="auto", help=ridge_help)
+    p.add_argument("--report", help="write the JSON report here")
+    if force:
+        p.add_argument("--force", action="store_true", help="allow overwriting the input model")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune", description="Structured pruning of ONNX models (channels, "
+                "neurons) with submodular selection and least-squares re-fitting.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
+    pr = sub.add_parser("prune", help="prune a model")
+    pr.add_argument("input", help="model to prune (.onnx; external data is read from beside it)")
+    pr.add_argument("output", help="where to write the pruned model (.onnx)")
+    _calib_args(pr)
     pr.add_argument("--ratio", type=_removed_fraction("--ratio", "channels"), default=None,
                     help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
                          "(without --ratio, --target-* or --min-cosine: --min-cosine 0.99; "
@@ -137,33 +171,60 @@ def build_parser() -> argparse.ArgumentParser:
                     default=None,
                     help="fraction of attention heads removed from every head group, 0 ≤ R < 1 "
                          "(default: --ratio)")
-    pr.add_argument("--token-mask", default="auto", metavar="INPUT",
-                    help="input whose 0/1 values mark real tokens (padding = 0): statistics and "
-                         "the fidelity check use real tokens only (default 'auto': an input "
-                         "named attention_mask, if any; 'none': every position)")
     pr.add_argument("--method", choices=METHODS, default="inchange",
                     help="selection method (default inchange): inchange = LayerInChange, seq = "
                          "SeqInChange, asym = AsymInChange, sampling = PFP sensitivity sampling, "
                          "weight-norm, act-norm, random")
     pr.add_argument("--no-reweight", action="store_true",
                     help="only slice the next layer's weights (no least-squares re-fit)")
-    pr.add_argument("--seed", type=_seed, default=0, help="seed for sampling and splits (default 0)")
-    pr.add_argument("--holdout", type=float, default=0.2,
-                    help="fraction of calibration samples kept aside for the fidelity check "
-                         "(default 0.2)")
-    pr.add_argument("--max-positions", type=int, default=256,
-                    help="cap on sampled output positions per sample for conv consumers "
-                         "(default 256)")
-    pr.add_argument("--ridge", type=_ridge, default="auto",
-                    help="regularisation of the re-fit toward the layer's original weights, "
-                         "relative to each input's variance: a number for every layer (0: "
-                         "least squares), 'auto' (default: 1 for layers with fewer than 20 "
-                         "calibration rows per input column, such as a classifier after global "
-                         "pooling; 0 for the others) or 'gcv' (generalised cross-validation "
-                         "for those few-row layers)")
-    pr.add_argument("--report", help="write the JSON report here")
-    pr.add_argument("--force", action="store_true", help="allow overwriting the input model")
-    pr.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    _run_args(pr, ridge_help=_PRUNE_RIDGE_HELP)
+    sp = sub.add_parser("sparsify", help="zero weights (unstructured or N:M) and re-fit the rest")
+    sp.add_argument("input", help="model to sparsify (.onnx)")
+    sp.add_argument("output", help="where to write the sparse model (.onnx)")
+    _calib_args(sp)
+    sp.add_argument("--sparsity", type=_removed_fraction("--sparsity", "weights"), default=None,
+                    metavar="S", help="fraction of the weights of every Conv/Gemm/MatMul zeroed "
+                    "(default 0.5; with an N:M pattern: 1 - N/M)")
+    sp.add_argument("--pattern", default="unstructured",
+                    help="'unstructured' (default) or N:M, e.g. 2:4 (N kept of every M "
+                         "consecutive input channels)")
+    sp.add_argument("--method", choices=("obs", "magnitude"), default="obs",
+                    help="which weights: obs = least-squares (OBS) saliency (default), "
+                         "magnitude = smallest |w| (Zhu & Gupta)")
+    sp.add_argument("--allocation", choices=("global", "uniform"), default=None,
+                    help="global (default for unstructured): one saliency threshold over all "
+                         "layers, so sensitive layers keep more; uniform (N:M's): every layer "
+                         "at --sparsity")
+    sp.add_argument("--steps", type=_count("--steps", 100), default=1, metavar="N",
+                    help="gradual: N rounds on the cubic schedule, statistics re-collected "
+                         "between rounds (default 1)")
+    sp.add_argument("--no-reweight", action="store_true",
+                    help="only zero weights (no least-squares re-fit of the rest)")
+    sp.add_argument("--storage", choices=("dense", "sparse"), default="dense",
+                    help="sparse: save weights that are smaller that way as ONNX sparse "
+                         "initializers (onnxruntime loads them; default dense)")
+    sp.add_argument("--exclude", action="append", default=[], metavar="NODE",
+                    help="leave this layer dense (repeatable)")
+    _run_args(sp, ridge_help="regularisation of the re-fit toward the original weights: a "
+              "number, or 'auto' (default: 1 for layers with fewer than 20 calibration rows "
+              "per input column, else 0)")
+    cp = sub.add_parser("compare", help="small-dense vs large-sparse at equal non-zeros")
+    cp.add_argument("input", help="model (.onnx)")
+    _calib_args(cp)
+    cp.add_argument("--nonzeros", required=True,
+                    type=_checked("--nonzeros", float, "a number in (0, 1)", "(0, 1)",
+                                  lambda v: 0 < v < 1,
+                                  " (the fraction of non-zero parameters kept)"),
+                    metavar="F", help="fraction of the original non-zero parameters both "
+                                      "models keep")
+    cp.add_argument("--method", choices=("obs", "magnitude"), default="obs",
+                    help="sparsify's selection (default obs)")
+    cp.add_argument("--allocation", choices=("global", "uniform"), default="global",
+                    help="sparsify's allocation (default global)")
+    cp.add_argument("--no-reweight", action="store_true", help="no re-fit in either model")
+    cp.add_argument("--save-dense", metavar="PATH", help="also write the small-dense model")
+    cp.add_argument("--save-sparse", metavar="PATH", help="also write the large-sparse model")
+    _run_args(cp, ridge=False, force=False)
     ins = sub.add_parser("inspect", help="list channel groups and why some are unprunable")
     ins.add_argument("input", help="model to inspect (.onnx)")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -212,24 +273,49 @@ def _progress(quiet: bool):
     return lambda msg: sys.stderr.write(f"onnxprune: {msg}\n")
 
 
-def _cmd_prune(args) -> int:
-    out = check_output_path(args.output, args.input, args.force)
-    report_path = _check_report_path(args.report) if args.report else None
-    others = {"report": report_path} if report_path is not None else {}
+def _reads_and_calib(args, out: Path | None, others: dict[str, Path]):
+    """Every path the run reads, checked against every path it writes (``out`` and
+    ``others``) before any work; then the calibration source (the images loaded)."""
     if args.calib_images is None and (args.size or args.mean != [0.0] or args.std != [1.0]):
         raise OptionError("--size, --mean and --std apply to --calib-images only")
-    # Before any work, every path written against every path read; after the run (nothing
-    # written yet) again with what the run itself read (PruneResult.sources).
     reads = api.run_sources(Path(args.input), external_data_files(Path(args.input)), args.calib)
     if args.calib_images is not None:
         from onnxprune.images import image_files
         reads.update({f"calibration image '{f.name}'": f for f in image_files(args.calib_images)})
-    api.check_writes(out, True, reads, args.force, others)
+    api.check_writes(out, True, reads, getattr(args, "force", False), others)
     calib = args.calib
     if args.calib_images is not None:
         from onnxprune.images import load_images, model_header
         calib = load_images(args.calib_images, model_header(args.input), args.size, args.mean,
                             args.std)
+    return reads, calib
+
+
+def _write_report(report_path: Path | None, data: dict) -> None:
+    if report_path is None:
+        return
+    try:
+        _write_json_atomic(report_path, data)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report '{report_path}': {exc.strerror or exc}"
+                          ) from None
+
+
+def _say_fidelity(fidelity, token_mask) -> None:
+    for name, f in fidelity.items():
+        top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
+        sys.stderr.write(f"onnxprune:   output '{name}': rel_l2 {f.rel_l2:.4f}, cosine "
+                         f"{f.cosine:.4f}{top1} (held-out samples"
+                         f"{', real tokens' if token_mask else ''})\n")
+
+
+def _cmd_prune(args) -> int:
+    out = check_output_path(args.output, args.input, args.force)
+    report_path = _check_report_path(args.report) if args.report else None
+    others = {"report": report_path} if report_path is not None else {}
+    # Before any work, every path written against every path read; after the run (nothing
+    # written yet) again with what the run itself read (PruneResult.sources).
+    reads, calib = _reads_and_calib(args, out, others)
     result = api.prune(args.input, calib, ratio=args.ratio, method=args.method,
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
                        max_positions=args.max_positions, ridge=args.ridge,
@@ -242,23 +328,66 @@ def _cmd_prune(args) -> int:
     api.check_writes(out, result.external_data, {**reads, **result.sources}, args.force, others)
     result.save(out, overwrite_input=args.force)
     r = result.report
-    if report_path is not None:
-        try:
-            _write_json_atomic(report_path, r.to_dict())
-        except OSError as exc:
-            raise OutputError(f"cannot write the report '{report_path}': {exc.strerror or exc}"
-                              ) from None
+    _write_report(report_path, r.to_dict())
     if not args.quiet:
         pct = 100.0 * (1 - r.params_after / max(r.params_before, 1))
         mpct = 100.0 * (1 - r.macs_after / max(r.macs_before, 1))
         sys.stderr.write(f"onnxprune: wrote {out}: params {r.params_before} → {r.params_after} "
                          f"(−{pct:.1f}%), MACs {r.macs_before} → {r.macs_after} (−{mpct:.1f}%) "
                          f"in {r.seconds:.1f}s\n")
-        for name, f in r.fidelity.items():
-            top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
-            sys.stderr.write(f"onnxprune:   output '{name}': rel_l2 {f.rel_l2:.4f}, cosine "
-                             f"{f.cosine:.4f}{top1} (held-out samples"
-                             f"{', real tokens' if r.token_mask else ''})\n")
+        _say_fidelity(r.fidelity, r.token_mask)
+    return 0
+
+
+def _cmd_sparsify(args) -> int:
+    from onnxprune.sparse_api import sparsify
+    out = check_output_path(args.output, args.input, args.force)
+    report_path = _check_report_path(args.report) if args.report else None
+    others = {"report": report_path} if report_path is not None else {}
+    reads, calib = _reads_and_calib(args, out, others)
+    result = sparsify(args.input, calib, sparsity=args.sparsity, pattern=args.pattern,
+                      method=args.method, reweight=not args.no_reweight, steps=args.steps,
+                      allocation=args.allocation, ridge=args.ridge, seed=args.seed,
+                      holdout=args.holdout, max_positions=args.max_positions,
+                      exclude=args.exclude, token_mask=args.token_mask,
+                      storage_format=args.storage, progress=_progress(args.quiet))
+    api.check_writes(out, result.external_data, {**reads, **result.sources}, args.force, others)
+    result.save(out, overwrite_input=args.force)
+    r = result.report
+    _write_report(report_path, r.to_dict())
+    if not args.quiet:
+        sys.stderr.write(f"onnxprune: wrote {out}: non-zero parameters {r.nonzeros_before} → "
+                         f"{r.nonzeros_after} ({r.weight_nonzeros} of {r.weights} weights in "
+                         f"{len(r.layers)} layers), {r.size_after['gzip_bytes']} bytes gzipped "
+                         f"(was {r.size_before['gzip_bytes']}) in {r.seconds:.1f}s\n")
+        _say_fidelity(r.fidelity, r.token_mask)
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from onnxprune.sparse_api import compare
+    report_path = _check_report_path(args.report) if args.report else None
+    others = {k: Path(v) for k, v in (("report", report_path), ("--save-dense", args.save_dense),
+                                      ("--save-sparse", args.save_sparse)) if v is not None}
+    for flag in ("--save-dense", "--save-sparse"):
+        if flag in others:
+            check_output_path(others[flag], args.input, False)
+    data = {f"{k}'s external data": v.with_name(v.name + ".data") for k, v in others.items()
+            if k != "report"}
+    reads, calib = _reads_and_calib(args, None, {**others, **data})
+    report, dense, sparse = compare(args.input, calib, nonzeros=args.nonzeros,
+                                    method=args.method, allocation=args.allocation,
+                                    reweight=not args.no_reweight, seed=args.seed,
+                                    holdout=args.holdout, max_positions=args.max_positions,
+                                    token_mask=args.token_mask, progress=_progress(args.quiet))
+    for flag, result in (("--save-dense", dense), ("--save-sparse", sparse)):
+        if flag in others:
+            rest = {k: v for k, v in others.items() if k != flag}
+            api.check_writes(others[flag], result.external_data, {**reads, **result.sources},
+                             False, rest)
+            result.save(others[flag])
+    _write_report(report_path, report.to_dict())
+    sys.stdout.write(report.to_text() + "\n")
     return 0
 
 
@@ -275,9 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="onnxprune: %(levelname)s: %(message)s")
     try:
-        if args.command == "prune":
-            return _cmd_prune(args)
-        return _cmd_inspect(args)
+        return {"prune": _cmd_prune, "sparsify": _cmd_sparsify, "compare": _cmd_compare,
+                "inspect": _cmd_inspect}[args.command](args)
     except PassError as exc:  # our fault, not the input's: exit 1
         sys.stderr.write(f"onnxprune: error: {exc}\n")
         return 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from onnxprune.errors import CalibrationError, ModelError, OutputError
 from onnxprune.graph import attr
@@ -46,6 +46,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
             raise ModelError("the ModelProto refers to external data that is not loaded; pass the "
                              "model's path instead, or load it with onnx.load(path)")
         _check(model, "the given ModelProto")
+        _densify(model)
         return LoadedModel(model=model, path=None, external_data=False)
     path = Path(source)
     if not path.exists():
@@ -80,7 +81,23 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
                 raise ModelError(f"external data of '{path}' is truncated (tensor '{t.name}' has "
                                  f"{len(t.raw_data)} of {expected} bytes); copy the data file again")
     _check(model, f"'{path}'")
+    _densify(model)
     return LoadedModel(model=model, path=path, external_data=external, data_files=data_files)
+
+
+def _densify(model: onnx.ModelProto) -> None:
+    """Sparse initializers (``onnxprune sparsify --storage sparse``) become dense ones: every
+    pass reads weights as initializers."""
+    for sp in model.graph.sparse_initializer:
+        values = numpy_helper.to_array(sp.values)
+        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+        dense = np.zeros(tuple(sp.dims), dtype=values.dtype)
+        if idx.ndim == 2:  # [nnz, rank] coordinates
+            dense[tuple(idx.T)] = values
+        else:  # linear positions
+            dense.reshape(-1)[idx] = values
+        model.graph.initializer.append(numpy_helper.from_array(dense, sp.values.name))
+    del model.graph.sparse_initializer[:]
 
 
 def external_data_files(path: Path, limit: int = 64 << 20) -> tuple[Path, ...]:

@@ -126,3 +126,57 @@ class InspectReport:
 
 def inspect_report(analysis: Analysis) -> InspectReport:
     return InspectReport(groups=tuple(group_entry(g, g.size, None) for g in analysis.groups))
+
+
+@dataclass(frozen=True)
+class SparsifyReport:
+    """The JSON contract of ``onnxprune sparsify --report``."""
+
+    method: str
+    pattern: str  # "unstructured" or "N:M"
+    sparsity: float  # target, per layer (uniform) or over all sparsified weights (global)
+    allocation: str
+    reweight: bool
+    steps: int
+    seed: int
+    layers: tuple  # passes.sparsify.LayerResult, of the last round
+    skipped: dict[str, str]
+    params: int
+    nonzeros_before: int
+    nonzeros_after: int
+    size_before: dict[str, int]
+    size_after: dict[str, int]
+    seconds: float
+    calib_samples: int
+    holdout_samples: int
+    fidelity: dict[str, OutputFidelity] = field(default_factory=dict)
+    storage: str = "dense"
+    token_mask: str | None = None
+    schedule: tuple[float, ...] = ()
+
+    @property
+    def weights(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def weight_nonzeros(self) -> int:
+        return sum(layer.nonzeros for layer in self.layers)
+
+    def to_dict(self) -> dict:
+        w = self.weights
+        return {
+            "method": self.method, "pattern": self.pattern, "sparsity": self.sparsity,
+            "allocation": self.allocation, "reweight": self.reweight, "steps": self.steps,
+            "schedule": list(self.schedule), "seed": self.seed, "storage": self.storage,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": dict(self.skipped),
+            "weights": w, "weight_nonzeros": self.weight_nonzeros,
+            "weight_sparsity": 1.0 - self.weight_nonzeros / w if w else 0.0,
+            "params": self.params, "nonzeros_before": self.nonzeros_before,
+            "nonzeros_after": self.nonzeros_after,
+            "size_before": dict(self.size_before), "size_after": dict(self.size_after),
+            "seconds": self.seconds, "calib_samples": self.calib_samples,
+            "holdout_samples": self.holdout_samples,
+            "fidelity": {k: v.to_dict() for k, v in self.fidelity.items()},
+            "token_mask": self.token_mask,
+        }

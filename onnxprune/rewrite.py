@@ -49,7 +49,7 @@ def kept_positions(analysis: Analysis, keeps: Mapping[int, np.ndarray], name: st
 class RewriteContext:
     """What a rule may do during rewrite."""
 
-    def __init__(self, model: onnx.ModelProto, graph: Graph, analysis: Analysis,
+    def __init__(self, model: onnx.ModelProto, graph: Graph, analysis: Analysis | None,
                  keeps: Mapping[int, np.ndarray]) -> None:
         self.model = model
         self.graph = graph  # index of the *original* model (constants, shapes)
@@ -112,10 +112,13 @@ class RewriteContext:
 
     # -- channel positions -----------------------------------------------------------------------
     def layout(self, name: str) -> Layout | None:
-        return self.analysis.layouts.get(name)
+        return None if self.analysis is None else self.analysis.layouts.get(name)
 
     def keep(self, name: str) -> np.ndarray | None:
-        """Kept channel positions along ``name``'s channel axis, or None if nothing is removed."""
+        """Kept channel positions along ``name``'s channel axis, or None if nothing is removed
+        (always None without an analysis: weights re-written in place, no channel removed)."""
+        if self.analysis is None:
+            return None
         return kept_positions(self.analysis, self.keeps, name)
 
     def keep_cols(self, name: str) -> np.ndarray | None:

