@@ -13,7 +13,11 @@ re-fit are :mod:`onnxprune.solvers.sparse`. Weights are written back through the
 Rounds: with a schedule of sparsities ``s_1 < … < s_N`` (Zhu & Gupta's cubic one) the pass runs
 once per round, each time on the model sparsified so far: its statistics are re-collected, the
 weights already zero stay zero (removed first), and the re-fit target is the current layer's own
-output.
+output. (Re-fitting each layer, in graph order, on the model sparsified so far *toward the
+original model's output* — the sparse analogue of ``asym`` — was measured and dropped: on
+EfficientNet-Lite0 at 50 % it raised the cosine on held-back crops of the calibration photos from
+0.904 to 0.952 but lowered it on unseen photos from 0.757 to 0.578, at 6× the time: it fits the
+calibration set's drift, not the model.)
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from onnxprune.rewrite import RewriteContext
 from onnxprune.rules import rule_for
 from onnxprune.solvers import lstsq
 from onnxprune.solvers.sparse import (global_sparsities, magnitude_mask, masked, nm_groups,
-                                      obs_mask, output_error, refit_rows)
+                                      obs_mask, output_error, refit_rows, target_moments)
 
 log = logging.getLogger(__name__)
 
@@ -167,46 +171,57 @@ class SparsifyPass(Pass):
         opt = self.options
         graph = Graph(model)
         sites, skipped = find_layers(graph, opt.exclude)
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        rw = RewriteContext(out, graph, None, {})
+        weights = {s: rule_for(graph.node(s.node)).weight_matrix(graph.node(s.node), graph)
+                   for s in sites}
         stats: dict[LayerSite, calibrate.SiteStats] = {}
         for chunk in _chunks(sites, graph, GRAM_BUDGET):
             self.progress(f"calibrating {len(chunk)} layer(s) on {len(self.indices)} sample(s)")
             stats.update(zip(chunk, calibrate.collect(
                 model, graph, self.calib, self.indices, chunk, opt.seed, opt.max_positions,
                 opt.batch_size)))
-        weights = {s: rule_for(graph.node(s.node)).weight_matrix(graph.node(s.node), graph)
-                   for s in sites}
         if opt.allocation == "global" and opt.nm is None and sites:
             levels = global_sparsities([weights[s] for s in sites], [stats[s].G for s in sites],
-                                       [stats[s].has_const for s in sites], opt.sparsity)
+                                       [stats[s].has_const for s in sites], opt.sparsity,
+                                       ridges=[_ridge(opt.ridge, stats[s]) for s in sites])
         else:
             levels = [opt.sparsity] * len(sites)
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        rw = RewriteContext(out, graph, None, {})
         layers = []
         for i, (site, level) in enumerate(zip(sites, levels)):
             node = graph.node(site.node)
             self.progress(f"layer {i + 1}/{len(sites)} '{node_label(node)}'")
-            W, st = weights[site], stats[site]
-            frozen = W == 0
-            groups = (nm_groups(W.shape[1] // site.g, site.g, opt.nm[1])
-                      if opt.nm is not None else None)
-            if opt.method == "magnitude":
-                keep = magnitude_mask(W, level, opt.nm, groups, frozen)
-            else:
-                keep = obs_mask(W, st.G, st.has_const, level, opt.nm, groups, frozen)
-            if opt.reweight:
-                rho = _ridge(opt.ridge, st)
-                W_new, bias = refit_rows(W, st.G, keep, st.has_const, rho)
-            else:
-                W_new, bias = masked(W, keep), None
-            err = output_error(W, st.G, W_new, bias, st.has_const)
-            rule_for(node).write_weights(node, rw, W_new, bias)
-            layers.append(LayerResult(node_label(node), node.op_type,
-                                      tuple(graph.const(node.input[1]).shape), int(W.size),
-                                      int(np.count_nonzero(keep)), float(err)))
+            st = stats[site]
+            H, t2 = target_moments(weights[site], st.G, st.has_const)
+            layers.append(self._layer(rw, graph, site, level, weights[site], st, H, t2))
         rw.finalize()
         return PassResult(out, bool(sites), {"layers": layers, "skipped": skipped})
+
+    def _layer(self, rw: RewriteContext, graph: Graph, site: LayerSite, level: float,
+               W: np.ndarray, st: calibrate.SiteStats, H: np.ndarray, t2: float
+               ) -> LayerResult:
+        """Choose, re-fit toward the target (moments ``H``, ``‖T‖² = t2``) and write one layer.
+        ``W``: its current weights (zeros stay zero; the ridge pulls toward them)."""
+        opt = self.options
+        node = rw.nodes[site.node]
+        frozen = W == 0
+        groups = (nm_groups(W.shape[1] // site.g, site.g, opt.nm[1])
+                  if opt.nm is not None else None)
+        rho = _ridge(opt.ridge, st)
+        if opt.method == "magnitude":
+            keep = magnitude_mask(W, level, opt.nm, groups, frozen)
+        else:
+            keep = obs_mask(W, st.G, st.has_const, level, opt.nm, groups, frozen, ridge=rho)
+        if opt.reweight:
+            W_new, bias = refit_rows(W, st.G, keep, st.has_const, rho, H)
+        else:
+            W_new, bias = masked(W, keep), None
+        err = output_error(st.G, H, t2, W_new, bias, st.has_const)
+        rule_for(node).write_weights(node, rw, W_new, bias)
+        return LayerResult(node_label(node), node.op_type,
+                           tuple(graph.const(node.input[1]).shape), int(W.size),
+                           int(np.count_nonzero(keep)), float(err))
 
 
 def _ridge(ridge: float | str, st: calibrate.SiteStats) -> float:

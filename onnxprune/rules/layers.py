@@ -106,13 +106,24 @@ class Conv(Rule):
 
     @staticmethod
     def write_bias(node, rw, bias_delta: np.ndarray | None) -> None:
-        """Add ``bias_delta`` to the bias input 2 (created when absent)."""
+        """Add ``bias_delta`` to the bias input 2; without one, subtract it from the running mean
+        of a BatchNormalization that alone reads the output (``BN(x + δ)`` with mean μ is
+        ``BN(x)`` with mean μ − δ: no new parameters), else create the bias."""
         if bias_delta is None:
             return
         if len(node.input) > 2 and node.input[2]:
             rw.set_input(node, 2, rw.value(node, 2) + bias_delta)
-        else:
-            rw.add_input(node, 2, bias_delta, suffix="bias")
+            return
+        y = node.output[0]
+        users = rw.graph.users(y)
+        if len(users) == 1 and users[0][1] == 0 and y not in rw.graph.graph_outputs \
+                and users[0][0].op_type == "BatchNormalization":
+            bn = rw.nodes[users[0][0].name]
+            mean = rw.value(bn, 3)
+            if mean is not None and mean.shape == bias_delta.shape:
+                rw.set_input(bn, 3, mean - bias_delta)
+                return
+        rw.add_input(node, 2, bias_delta, suffix="bias")
 
 
 class ConvTranspose(Rule):

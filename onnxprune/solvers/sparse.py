@@ -141,14 +141,17 @@ def activation_mask(W: np.ndarray, G: np.ndarray, has_const: bool, sparsity: flo
     return magnitude_mask(W * scale[None, :], sparsity, nm, groups, frozen)
 
 
-def weight_hessian(G: np.ndarray, has_const: bool) -> np.ndarray:
-    """The Gram of the weight columns with the intercept taken out (Schur complement)."""
-    if not has_const:
-        return G.copy()
-    c = G.shape[0] - 1
-    if G[c, c] <= 0:
-        return G[:c, :c].copy()
-    return G[:c, :c] - np.outer(G[:c, c], G[:c, c]) / G[c, c]
+def weight_hessian(G: np.ndarray, has_const: bool, ridge: float = 0.0) -> np.ndarray:
+    """The Gram of the weight columns with the intercept taken out (Schur complement), plus the
+    re-fit's ridge ``ρ·diag(var)``: the curvature of the objective the re-fit minimises."""
+    if not has_const or G[-1, -1] <= 0:
+        H = G[:G.shape[0] - int(has_const), :G.shape[0] - int(has_const)].copy()
+    else:
+        c = G.shape[0] - 1
+        H = G[:c, :c] - np.outer(G[:c, c], G[:c, c]) / G[c, c]
+    if ridge > 0:
+        H[np.diag_indices_from(H)] += ridge * np.maximum(np.diag(H), 0.0)
+    return H
 
 
 def _inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
@@ -176,7 +179,7 @@ def _inverse_cholesky(H: np.ndarray, damp: float) -> np.ndarray:
 def obs_mask(W: np.ndarray, G: np.ndarray, has_const: bool, sparsity: float = 0.0,
              nm: tuple[int, int] | None = None, groups: np.ndarray | None = None,
              frozen: np.ndarray | None = None, damp: float = OBS_DAMP,
-             block: int = OBS_BLOCK) -> np.ndarray:
+             block: int = OBS_BLOCK, ridge: float = 0.0) -> np.ndarray:
     """Kept weights (True) chosen by the OBS saliency on the column-by-column updated weights
     (module docstring). Unstructured: exactly ``kept_count(W.size, sparsity)`` kept (unless
     ``frozen`` removals exceed it), the removals spread over blocks in proportion to their
@@ -192,7 +195,7 @@ def obs_mask(W: np.ndarray, G: np.ndarray, has_const: bool, sparsity: float = 0.
     else:
         order, starts = np.arange(n), {}
         bounds = list(range(0, n, block)) + [n]
-    U = _inverse_cholesky(weight_hessian(G, has_const)[np.ix_(order, order)], damp)
+    U = _inverse_cholesky(weight_hessian(G, has_const, ridge)[np.ix_(order, order)], damp)
     Wp = W[:, order].astype(np.float64)
     fz = None if frozen is None else frozen[:, order]
     remove = np.zeros((m, n), dtype=bool)
@@ -241,15 +244,22 @@ def column_variances(G: np.ndarray, has_const: bool) -> np.ndarray:
     return np.maximum(np.diag(G)[:nw] - G[:nw, -1] ** 2 / G[-1, -1], 0.0)
 
 
-def refit_rows(W: np.ndarray, G: np.ndarray, keep: np.ndarray, has_const: bool,
-               ridge: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Re-fit every row's kept weights (module docstring). Returns the new weight matrix (zeros
-    off the mask) and the bias change per row (None without a constant column)."""
-    m, n = W.shape
+def _augmented(W: np.ndarray, has_const: bool) -> np.ndarray:
     W = W.astype(np.float64)
+    return np.hstack([W, np.zeros((W.shape[0], 1))]) if has_const else W
+
+
+def refit_rows(W: np.ndarray, G: np.ndarray, keep: np.ndarray, has_const: bool,
+               ridge: float = 0.0, H: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Re-fit every row's kept weights (module docstring). ``H`` (n_aug × m): the cross moment
+    ``B_augᵀ T`` of a target other than the layer's own output ``T = B Wᵀ`` (sequential mode:
+    the original model's output); the ridge always pulls toward ``W``. Returns the new weight
+    matrix (zeros off the mask) and the bias change per row (None without a constant column)."""
+    m, n = W.shape
     nc = n + int(has_const)
-    Waug = np.hstack([W, np.zeros((m, 1))]) if has_const else W
-    GW = Waug @ G  # row r: G_{·,:} w_r  (G symmetric)
+    Waug = _augmented(W, has_const)
+    GW = Waug @ G if H is None else H.T  # row r: B_augᵀ t_r
     pen = np.zeros(nc)
     pen[:n] = ridge * column_variances(G, has_const)
     jitter = REFIT_JITTER * np.maximum(np.diag(G), 1e-30)
@@ -283,30 +293,34 @@ def masked(W: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.where(keep, W, 0.0)
 
 
-def output_error(W: np.ndarray, G: np.ndarray, W_new: np.ndarray, bias: np.ndarray | None,
-                 has_const: bool) -> float:
-    """Relative change of the layer's output on the calibration rows,
-    ``‖B_aug (w_aug − v_aug)‖² / ‖B w‖²`` summed over rows (from ``G`` alone)."""
-    m, n = W.shape
+def target_moments(W: np.ndarray, G: np.ndarray, has_const: bool) -> tuple[np.ndarray, float]:
+    """``H = B_augᵀ T`` and ``‖T‖²`` for the layer's own output ``T = B Wᵀ``."""
+    Wa = _augmented(W, has_const)
+    H = G @ Wa.T
+    return H, float(np.sum(Wa.T * H))
+
+
+def output_error(G: np.ndarray, H: np.ndarray, t_norm2: float, W_new: np.ndarray,
+                 bias: np.ndarray | None, has_const: bool) -> float:
+    """Relative error of the new layer against its target on the calibration rows,
+    ``‖T − B_aug v_aug‖² / ‖T‖² = (‖T‖² − 2 tr(Vᵀ H) + tr(V G Vᵀ)) / ‖T‖²`` (statistics only)."""
+    V = W_new.astype(np.float64)
     if has_const:
-        D = np.hstack([W - W_new, -(np.zeros((m, 1)) if bias is None else bias[:, None])])
-        Wa = np.hstack([W, np.zeros((m, 1))])
-    else:
-        D, Wa = W - W_new, W
-    num = float(np.einsum("ij,jk,ik->", D, G, D))
-    den = float(np.einsum("ij,jk,ik->", Wa, G, Wa))
-    return num / den if den > 0 else 0.0
+        V = np.hstack([V, (np.zeros(len(V)) if bias is None else bias)[:, None]])
+    num = t_norm2 - 2.0 * float(np.sum(V.T * H)) + float(np.einsum("ij,jk,ik->", V, G, V))
+    return max(num, 0.0) / t_norm2 if t_norm2 > 0 else 0.0
 
 
 def global_sparsities(weights: Sequence[np.ndarray], grams: Sequence[np.ndarray],
                       has_const: Sequence[bool], sparsity: float,
-                      max_layer: float = 0.95) -> list[float]:
+                      max_layer: float = 0.95,
+                      ridges: Sequence[float] | None = None) -> list[float]:
     """Per-layer sparsities whose weighted mean is ``sparsity``, from one threshold on the
     relative OBS saliency (module docstring)."""
     scores, sizes = [], []
-    for W, G, hc in zip(weights, grams, has_const):
+    for W, G, hc, rho in zip(weights, grams, has_const, ridges or [0.0] * len(weights)):
         H = weight_hessian(G, hc)
-        U = _inverse_cholesky(H, ALLOCATION_DAMP)
+        U = _inverse_cholesky(weight_hessian(G, hc, rho), ALLOCATION_DAMP)
         hinv_diag = np.sum(U ** 2, axis=0)  # diag(UᵀU)
         energy = float(np.einsum("ij,jk,ik->", W, H, W)) or 1.0
         scores.append((W ** 2 / hinv_diag[None, :] / energy).reshape(-1))
