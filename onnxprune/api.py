@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune import calibrate
+from onnxprune import stats as stats_io
 from onnxprune.analysis import Analysis, Group, analyze
 from onnxprune.budget import ALLOCATIONS, Allocation, Budget, Planner, measure
 from onnxprune.calibrate import session
@@ -238,7 +239,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           allocation: str = "marginal", round_to: int | str = "auto", min_keep: int = 1,
           exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
           head_ratio: float | None = None, token_mask: str | None = "auto",
-          safeguard: bool = True,
+          safeguard: bool = True, stats: Sequence[str | os.PathLike] | None = None,
           progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune channels of every prunable group of ``model``.
 
@@ -269,8 +270,12 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     ``"none"``: every position counts. ``safeguard``: with ``seq``/``asym``, also prune the same
     plan with the one-shot ``inchange`` and keep whichever model is closer to the original on
     the held-out samples (``report.safeguard``); False keeps the sequential model as it is.
+    ``stats``: statistics files written by :func:`calibrate` (shards are added up) instead of
+    collecting them; ``calib`` is still read for the held-out fidelity, budgets' sensitivities
+    and the per-group runs of ``seq``/``asym``. Same inputs: the same pruned model.
     """
     start = time.perf_counter()
+    stats_files = [stats] if isinstance(stats, (str, os.PathLike)) else list(stats or [])
     if ratio is None and target_macs is None and target_params is None and min_cosine is None \
             and head_ratio is None and steps == 1:
         min_cosine = DEFAULT_MIN_COSINE  # the default mode: as small as stays faithful
@@ -320,6 +325,18 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                     excluded=resolve_exclude(exclude, analysis),
                     head_ratio=None if head_ratio is None else float(head_ratio))
     stats = None
+    if stats_files:
+        if method == "sampling":
+            raise OptionError("--method sampling measures its sensitivities while calibrating; "
+                              "it cannot use --stats")
+        stats = stats_io.merge(
+            stats_files, stats_io.model_hash(normalized),
+            _stats_options(seed, holdout, max_positions, batch_size, cal.token_mask),
+            cal.n_samples, sel_idx, [s for g in analysis.groups if g.prunable for s in g.consumers])
+        say(f"statistics of {len(stats)} consumer(s) read from {len(stats_files)} file(s)"
+            + ("; seq/asym still run the model for every group" if method in SEQUENTIAL else "")
+            + ("; later rounds re-collect" if steps > 1 else ""))
+    measured = budget is not None or min_cosine is not None
     caches: dict[str, dict] = {}  # per method: decisions by group and quotas
     paths: dict = {}  # greedy paths of the groups on ``stats`` (shared by budget and pass)
 
@@ -337,7 +354,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                 [ChannelPrunePass(cal, sel_idx, options, say, reference=normalized,
                                   lineage=lineage, stats=stats if first else None,
                                   cache=caches.setdefault(meth, {}) if first else None,
-                                  paths=paths if first else None)],
+                                  paths=paths if first and measured else None)],
                 current)
             lineage = results[0].info["lineage"]
             decisions.update(results[0].info["decisions"])
@@ -351,9 +368,10 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
             + (" for the budget" if budget is not None else " for the fidelity target"))
         groups = [g for g in analysis.groups if g.prunable and g.name not in plan.excluded]
         sites = [s for g in groups for s in g.consumers]
-        stats = dict(zip(sites, calibrate.collect(
-            normalized, graph, cal, sel_idx, sites, seed, max_positions, batch_size,
-            sensitivity=method == "sampling")))
+        if stats is None:
+            stats = dict(zip(sites, calibrate.collect(
+                normalized, graph, cal, sel_idx, sites, seed, max_positions, batch_size,
+                sensitivity=method == "sampling")))
         planner = measure(normalized, graph, analysis, stats, cal,
                           sel_idx[:SENSITIVITY_SAMPLES],
                           budget.kind if budget is not None else "macs", plan, method,
@@ -427,8 +445,50 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         min_keep=min_keep,
         exclude=tuple(sorted(plan.excluded)), budget=budget_info, token_mask=cal.token_mask,
         safeguard=guard)
+    sources = run_sources(loaded.path, loaded.data_files, calib)
+    sources.update({f"statistics file '{Path(p).name}'": Path(p) for p in stats_files})
     return PruneResult(model=pruned, report=report, external_data=loaded.external_data,
-                       sources=run_sources(loaded.path, loaded.data_files, calib))
+                       sources=sources)
+
+
+def _stats_options(seed: int, holdout: float, max_positions: int, batch_size: int,
+                   token_mask: str | None) -> dict:
+    return {"seed": int(seed), "holdout": float(holdout), "max_positions": int(max_positions),
+            "batch_size": int(batch_size), "token_mask": token_mask}
+
+
+def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLike, *,
+                    shard: tuple[int, int] | None = None, seed: int = 0, holdout: float = 0.2,
+                    max_positions: int = 256, batch_size: int = 32,
+                    token_mask: str | None = "auto",
+                    progress: Callable[[str], None] | None = None) -> Path:
+    """Collect the statistics of every consumer of every prunable group on the selection
+    samples (shard ``(k, n)``: the k-th of n contiguous parts of them) and write them to ``out``
+    for ``prune(..., stats=[...])`` (:mod:`onnxprune.stats`). Returns the path written."""
+    validate_sampling(holdout, max_positions, seed)
+    if shard is not None:
+        k, n = shard
+        if not (isinstance(k, int) and isinstance(n, int) and 1 <= k <= n <= 4096):
+            raise OptionError(f"--shard must be K/N with 1 ≤ K ≤ N, got {k}/{n}")
+    say = progress or (lambda msg: None)
+    loaded = load_model(model)
+    normalized, _ = run_passes([NormalizePass()], loaded.model)
+    _open_session(normalized)
+    cal = load_calibration(calib, normalized, token_mask)
+    sel_idx, _ = split_samples(cal.n_samples, holdout, seed)
+    ids = sel_idx if shard is None else stats_io.shard_indices(sel_idx, shard)
+    sources = run_sources(loaded.path, loaded.data_files, calib)
+    check_collisions({"statistics": Path(out)}, sources)
+    graph = Graph(normalized)
+    sites = [s for g in analyze(graph).groups if g.prunable for s in g.consumers]
+    say(f"calibrating {len(sites)} consumer(s) on {len(ids)} sample(s)"
+        + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
+    collected = calibrate.collect(normalized, graph, cal, ids, sites, seed, max_positions,
+                                  batch_size)
+    meta = {"model_sha256": stats_io.model_hash(normalized), "n_samples": int(cal.n_samples),
+            "shard": list(shard) if shard else [1, 1],
+            **_stats_options(seed, holdout, max_positions, batch_size, cal.token_mask)}
+    return stats_io.save(out, meta, ids, list(zip(sites, collected)))
 
 
 def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: str,

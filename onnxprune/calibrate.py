@@ -23,14 +23,16 @@ in, they would be more than half of the rows of typical padded text batches and 
 selection and the least-squares re-fit toward reproducing padding.
 
 Position cap: a convolution consumer contributes at most ``max_positions`` output positions per
-sample (drawn uniformly without replacement from a generator seeded by ``seed`` and the site; all
-positions when there are fewer). This bounds the cost on large images; the statistics stay
+sample (drawn uniformly without replacement from a generator seeded by ``seed``, the site and the
+sample's index; all positions when there are fewer), so a sample's rows are the same whichever
+batch or shard it is run in. This bounds the cost on large images; the statistics stay
 unbiased up to a constant factor, which the least-squares solution does not depend on.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -136,21 +138,37 @@ def drop_padding(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return np.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x, np.zeros((), x.dtype))
 
 
-def _selector(rng: np.random.Generator, cap: int
-              ) -> Callable[[int, int, np.ndarray | None], np.ndarray]:
+def site_key(node: str, tensor: str) -> int:
+    """A stable 32-bit key of a consumer site (seeds its position draws)."""
+    return zlib.crc32(f"{node}\x00{tensor}".encode())
+
+
+def _selector(seed: int, key: int, cap: int
+              ) -> Callable[[int, int, np.ndarray | None, np.ndarray | None], np.ndarray]:
     """Row indices into ``n`` samples × ``p`` positions: all positions (only the ``valid`` ones
-    when a ``[n, p]`` mask is given), at most ``cap`` per sample drawn without replacement."""
-    def select(n: int, p: int, valid: np.ndarray | None = None) -> np.ndarray:
+    when a ``[n, p]`` mask is given), at most ``cap`` per sample drawn without replacement.
+
+    Sample ``i`` of the batch draws from a generator seeded by ``(seed, key, ids[i])``: the rows
+    of a sample do not depend on the batches, the order or the shard it was run in, so
+    statistics collected in shards sum to the single-run ones."""
+    def rng(ids: np.ndarray | None, n: int, i: int) -> np.random.Generator:
+        if ids is not None and len(ids) == n:
+            return np.random.default_rng([seed, key, int(ids[i])])
+        first = int(ids[0]) if ids is not None and len(ids) else 0
+        return np.random.default_rng([seed, key, first, 1 << 31, i])
+
+    def select(n: int, p: int, valid: np.ndarray | None = None,
+               ids: np.ndarray | None = None) -> np.ndarray:
         if valid is None:
             if p <= cap:
                 return np.arange(n * p)
-            return np.concatenate([i * p + np.sort(rng.choice(p, cap, replace=False))
+            return np.concatenate([i * p + np.sort(rng(ids, n, i).choice(p, cap, replace=False))
                                    for i in range(n)])
         parts = []
         for i in range(n):
             pos = np.flatnonzero(valid[i])
             if len(pos) > cap:
-                pos = pos[np.sort(rng.choice(len(pos), cap, replace=False))]
+                pos = pos[np.sort(rng(ids, n, i).choice(len(pos), cap, replace=False))]
             parts.append(i * p + pos)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     return select
@@ -169,15 +187,16 @@ class SiteStats:
 class _Replay:
     """A position selector whose draws can be replayed (same rows for two models' tensors)."""
 
-    def __init__(self, select: Callable[[int, int, np.ndarray | None], np.ndarray]) -> None:
+    def __init__(self, select: Callable[..., np.ndarray]) -> None:
         self.select = select
         self.last: np.ndarray | None = None
 
-    def draw(self, n: int, p: int, valid: np.ndarray | None = None) -> np.ndarray:
+    def draw(self, n: int, p: int, valid: np.ndarray | None = None,
+             ids: np.ndarray | None = None) -> np.ndarray:
         """Rows of ``n`` samples × ``p`` positions; ``valid``: an ``[n, p]`` token mask (ignored
-        when the rule's positions are not the mask's)."""
+        when the rule's positions are not the mask's); ``ids``: the batch's sample indices."""
         self.last = self.select(n, p, valid if valid is not None and valid.shape == (n, p)
-                                else None)
+                                else None, ids)
         return self.last
 
     def replay(self, n: int, p: int) -> np.ndarray:
@@ -198,8 +217,8 @@ class GramAccumulator:
         self.rules = [rule_for(graph.node(s.node)) for s in self.sites]
         self.has_const = [r.has_bias_slot(graph.node(s.node), graph)
                           for r, s in zip(self.rules, self.sites)]
-        self.selects = [_Replay(_selector(np.random.default_rng([seed, i]), max_positions))
-                        for i in range(len(self.sites))]
+        self.selects = [_Replay(_selector(seed, site_key(s.node, s.tensor), max_positions))
+                        for s in self.sites]
         self.G: list[np.ndarray | None] = [None] * len(self.sites)
         self.C: list[np.ndarray | None] = [None] * len(self.sites)
         self.GA: list[np.ndarray | None] = [None] * len(self.sites)
@@ -213,12 +232,13 @@ class GramAccumulator:
 
     def update(self, batch: dict[str, np.ndarray],
                reference: dict[str, np.ndarray] | None = None,
-               mask: np.ndarray | None = None) -> None:
+               mask: np.ndarray | None = None, ids: np.ndarray | None = None) -> None:
+        """Add one batch; ``ids``: its sample indices (they seed the position draws)."""
         for i, site in enumerate(self.sites):
             x = batch[site.tensor]
             valid = token_valid(x, mask) if self.rules[i].token_rows else None
             B = self.rules[i].rows(self.graph.node(site.node), self.graph, x,
-                                   partial(self.selects[i].draw, valid=valid))
+                                   partial(self.selects[i].draw, valid=valid, ids=ids))
             B = B.astype(np.float64, copy=False)
             if self.has_const[i]:
                 B = np.hstack([B, np.ones((B.shape[0], 1))])
@@ -273,12 +293,14 @@ def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: n
         return session(m, names, g.elem_types)
 
     runs = run_outputs(open_(model, graph), calib, indices, names, batch_size)
+    step = calib.step(batch_size)
+    ids = (np.asarray(indices)[s:s + step] for s in range(0, len(indices), step))
     if reference is None:
-        for batch, mask in runs:
-            acc.update(batch, mask=mask)
+        for (batch, mask), chunk in zip(runs, ids):
+            acc.update(batch, mask=mask, ids=chunk)
     else:
         ref_runs = run_outputs(open_(*reference), calib, indices, names, batch_size)
-        for (batch, mask), (ref, _) in zip(runs, ref_runs):
-            acc.update(batch, ref, mask)
+        for (batch, mask), (ref, _), chunk in zip(runs, ref_runs, ids):
+            acc.update(batch, ref, mask, chunk)
     log.debug("collected statistics of %d consumer(s) on %d sample(s)", len(sites), len(indices))
     return acc.result()

@@ -106,7 +106,18 @@ _PRUNE_RIDGE_HELP = ("regularisation of the re-fit toward the layer's original w
                      "for those few-row layers)")
 
 
-def _run_args(p, ridge: bool = True, ridge_help: str = "", force: bool = True) -> None:
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be K/N (e.g. 2/4), got {text!r}")
+    if not 1 <= k <= n <= 4096:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 1 ≤ K ≤ N ≤ 4096, got {text}")
+    return k, n
+
+
+def _run_args(p, ridge: bool = True, ridge_help: str = "", force: bool = True,
+              report: bool = True) -> None:
     """Options every calibrated command shares."""
     p.add_argument("--token-mask", default="auto", metavar="INPUT",
                    help="input whose 0/1 values mark real tokens (padding = 0): statistics and "
@@ -121,7 +132,8 @@ def _run_args(p, ridge: bool = True, ridge_help: str = "", force: bool = True) -
                         "(default 256)")
     if ridge:
         p.add_argument("--ridge", type=_ridge, default="auto", help=ridge_help)
-    p.add_argument("--report", help="write the JSON report here")
+    if report:
+        p.add_argument("--report", help="write the JSON report here")
     if force:
         p.add_argument("--force", action="store_true", help="allow overwriting the input model")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -177,7 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
                          "weight-norm, act-norm, random")
     pr.add_argument("--no-reweight", action="store_true",
                     help="only slice the next layer's weights (no least-squares re-fit)")
+    pr.add_argument("--stats", nargs="+", metavar="STATS",
+                    help="statistics written by 'onnxprune calibrate' (several shards are added "
+                         "up) instead of collecting them; --calib is still needed for the "
+                         "held-out check")
     _run_args(pr, ridge_help=_PRUNE_RIDGE_HELP)
+    ca = sub.add_parser("calibrate", help="collect the statistics once, prune many times")
+    ca.add_argument("input", help="model (.onnx)")
+    ca.add_argument("output", help="where to write the statistics (.npz)")
+    _calib_args(ca)
+    ca.add_argument("--shard", type=_shard, metavar="K/N",
+                    help="only the K-th of N parts of the selection samples (run the N shards "
+                         "anywhere, then 'prune --stats' with all N files)")
+    _run_args(ca, ridge=False, report=False, force=False)
     sp = sub.add_parser("sparsify", help="zero weights (unstructured or N:M) and re-fit the rest")
     sp.add_argument("input", help="model to sparsify (.onnx)")
     sp.add_argument("output", help="where to write the sparse model (.onnx)")
@@ -315,8 +339,11 @@ def _cmd_prune(args) -> int:
     others = {"report": report_path} if report_path is not None else {}
     # Before any work, every path written against every path read; after the run (nothing
     # written yet) again with what the run itself read (PruneResult.sources).
+    stats_reads = {f"statistics file '{Path(f).name}'": Path(f) for f in args.stats or ()}
+    api.check_writes(out, True, stats_reads, args.force, others)
     reads, calib = _reads_and_calib(args, out, others)
-    result = api.prune(args.input, calib, ratio=args.ratio, method=args.method,
+    reads.update(stats_reads)
+    result = api.prune(args.input, calib, stats=args.stats, ratio=args.ratio, method=args.method,
                        reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
                        max_positions=args.max_positions, ridge=args.ridge,
                        target_macs=args.target_macs, target_params=args.target_params,
@@ -336,6 +363,22 @@ def _cmd_prune(args) -> int:
                          f"(−{pct:.1f}%), MACs {r.macs_before} → {r.macs_after} (−{mpct:.1f}%) "
                          f"in {r.seconds:.1f}s\n")
         _say_fidelity(r.fidelity, r.token_mask)
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    out = Path(args.output)
+    if out.suffix.lower() != ".npz":
+        raise OutputError(f"statistics output '{out}' must end in .npz")
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the statistics to '{out}': not a writable file path")
+    _, calib = _reads_and_calib(args, None, {"statistics": out})
+    path = api.calibrate_stats(args.input, calib, out, shard=args.shard, seed=args.seed,
+                               holdout=args.holdout, max_positions=args.max_positions,
+                               token_mask=args.token_mask, progress=_progress(args.quiet))
+    if not args.quiet:
+        sys.stderr.write(f"onnxprune: wrote {path}\n")
     return 0
 
 
@@ -404,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="onnxprune: %(levelname)s: %(message)s")
     try:
-        return {"prune": _cmd_prune, "sparsify": _cmd_sparsify, "compare": _cmd_compare,
-                "inspect": _cmd_inspect}[args.command](args)
+        return {"prune": _cmd_prune, "calibrate": _cmd_calibrate, "sparsify": _cmd_sparsify,
+                "compare": _cmd_compare, "inspect": _cmd_inspect}[args.command](args)
     except PassError as exc:  # our fault, not the input's: exit 1
         sys.stderr.write(f"onnxprune: error: {exc}\n")
         return 1

@@ -278,12 +278,16 @@ class Calibration:
             return None
         return np.asarray(feed[self.token_mask])[:n_valid] != 0
 
+    def step(self, batch_size: int) -> int:
+        """Samples per run: ``batch_size``, the model's fixed batch, or 1 (unbatched)."""
+        return {"batched": batch_size, "fixed": self.batch, "unbatched": 1}[self.mode]
+
     def feeds(self, indices: np.ndarray, batch_size: int = 32
               ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
         """Yield ``(feed, n_valid)``; outputs of a run have the sample axis first (added for
         unbatched models), and only the first ``n_valid`` rows are real samples."""
         indices = np.asarray(indices)
-        step = {"batched": batch_size, "fixed": self.batch, "unbatched": 1}[self.mode]
+        step = self.step(batch_size)
         for start in range(0, len(indices), step):
             idx = indices[start:start + step]
             valid = len(idx)

@@ -130,7 +130,7 @@ def test_fidelity_ignores_padding_positions(encoder):
 
 
 def test_selector_keeps_valid_positions_only():
-    select = calibrate._selector(np.random.default_rng(0), cap=3)
+    select = calibrate._selector(0, 17, cap=3)
     valid = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], bool)
     idx = select(3, 5, valid)
     first, second = idx[idx < 5], idx[(idx >= 5) & (idx < 10)] - 5
@@ -138,6 +138,18 @@ def test_selector_keeps_valid_positions_only():
     assert len(second) == 3 and len(set(second)) == 3  # capped, without replacement
     assert not (idx >= 10).any()
     assert list(select(2, 3)) == list(range(6))  # no mask, p ≤ cap: every row
+
+
+def test_position_draws_depend_on_the_sample_not_on_its_batch():
+    """A sample's rows are the same in any batch and shard: sharded statistics add up."""
+    select = calibrate._selector(0, 17, cap=4)
+    whole = select(6, 20, None, np.arange(10, 16)).reshape(6, 4) % 20
+    a = select(2, 20, None, np.array([10, 11])).reshape(2, 4) % 20
+    b = select(4, 20, None, np.array([12, 13, 14, 15])).reshape(4, 4) % 20
+    np.testing.assert_array_equal(whole, np.vstack([a, b]))
+    assert len({tuple(r) for r in whole}) > 1  # different samples draw differently
+    other_site = calibrate._selector(0, 18, cap=4)(6, 20, None, np.arange(10, 16))
+    assert not np.array_equal(other_site.reshape(6, 4) % 20, whole)
 
 
 def test_token_mask_option_errors(encoder, tmp_path):
