@@ -137,3 +137,15 @@ def pruned_row(spec: dict, prune: Callable[[], object], evaluate: Callable[[obje
                    traceback=traceback.format_exc())
     row["other_cpu_load"] = other_cpu_load(s0, cpu_snapshot())
     return row
+
+
+def real_model_parser(doc: str, out_name: str):
+    """The options of a one-model timing benchmark on ``models/build_real.py``'s models:
+    ``--work``, ``--model`` (default EfficientNet-Lite0, legacy export), ``--out``."""
+    import argparse
+    root = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/onnxprune_real")
+    ap.add_argument("--model", default="efficientnet_lite0_legacy")
+    ap.add_argument("--out", default=str(root / "benchmarks" / out_name))
+    return ap

@@ -11,7 +11,6 @@ both alike; the ratio of the medians is reported. Writes ``benchmarks/results_bu
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import statistics
 import sys
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 import onnxprune
-from common import cpu_snapshot, git_info, other_cpu_load, versions
+from common import cpu_snapshot, git_info, other_cpu_load, real_model_parser, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
@@ -27,11 +26,8 @@ import build_real  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/onnxprune_real")
-    ap.add_argument("--model", default="efficientnet_lite0_legacy")
+    ap = real_model_parser(__doc__, "results_budget_timing.md")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results_budget_timing.md"))
     args = ap.parse_args(argv)
     spec = build_real.get(args.model, Path(args.work))
     calib = spec.load_calib()

@@ -406,7 +406,7 @@ def header_lines(title: str, meta: dict, rows: list[dict]) -> list[str]:
                 f"sha256 `{meta['git']['code_diff_sha256'][:16]}`). "
                 if meta['git'].get('code_diff_sha256') else "with a clean onnxprune/ + passes/. ")
              + 
-             f"Input files were copied to a private snapshot at start (sha256 in the JSON).")
+             "Input files were copied to a private snapshot at start (sha256 in the JSON).")
     if meta.get("code_changed_during_run"):
         L.append("")
         L.append("**Warning: the onnxprune sources on disk changed during the run; the results are "

@@ -13,7 +13,6 @@ models of each ratio are byte-identical. Writes ``benchmarks/results_sweep.md``.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import onnxprune
-from common import cpu_snapshot, git_info, other_cpu_load, versions
+from common import cpu_snapshot, git_info, other_cpu_load, real_model_parser, versions
 from onnxprune.api import calibrate_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +29,8 @@ import build_real  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/onnxprune_real")
-    ap.add_argument("--model", default="efficientnet_lite0_legacy")
+    ap = real_model_parser(__doc__, "results_sweep.md")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5])
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results_sweep.md"))
     args = ap.parse_args(argv)
     spec = build_real.get(args.model, Path(args.work))
     calib = spec.load_calib()

