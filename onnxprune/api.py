@@ -460,12 +460,21 @@ def _stats_options(seed: int, holdout: float, max_positions: int, batch_size: in
 def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLike, *,
                     shard: tuple[int, int] | None = None, seed: int = 0, holdout: float = 0.2,
                     max_positions: int = 256, batch_size: int = 32,
-                    token_mask: str | None = "auto",
+                    token_mask: str | None = "auto", workers: int | None = None,
+                    address: str | None = None,
                     progress: Callable[[str], None] | None = None) -> Path:
     """Collect the statistics of every consumer of every prunable group on the selection
     samples (shard ``(k, n)``: the k-th of n contiguous parts of them) and write them to ``out``
-    for ``prune(..., stats=[...])`` (:mod:`onnxprune.stats`). Returns the path written."""
+    for ``prune(..., stats=[...])`` (:mod:`onnxprune.stats`). ``workers`` (a local Dask cluster
+    of that many processes) or ``address`` (an existing Dask scheduler): the samples are split
+    among the workers and their statistics added up (:mod:`onnxprune.cluster`). Returns the path
+    written."""
     validate_sampling(holdout, max_positions, seed)
+    if workers is not None and address is not None:
+        raise OptionError("give either --workers or --address, not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or not 1 <= workers <= 1024):
+        raise OptionError(f"--workers must be an integer in [1, 1024], got {workers!r}")
     if shard is not None:
         k, n = shard
         if not (isinstance(k, int) and isinstance(n, int) and 1 <= k <= n <= 4096):
@@ -481,10 +490,24 @@ def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLi
     check_collisions({"statistics": Path(out)}, sources)
     graph = Graph(normalized)
     sites = [s for g in analyze(graph).groups if g.prunable for s in g.consumers]
-    say(f"calibrating {len(sites)} consumer(s) on {len(ids)} sample(s)"
-        + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
-    collected = calibrate.collect(normalized, graph, cal, ids, sites, seed, max_positions,
-                                  batch_size)
+    if workers is not None or address is not None:
+        from onnxprune.cluster import cluster_statistics
+        src = model if loaded.path is None else str(loaded.path)
+        res = cluster_statistics(src, calib if not isinstance(calib, Calibration) else
+                                 dict(cal.arrays), ids, seed, max_positions, batch_size,
+                                 token_mask, workers, address, say)
+        if res["digest"] != stats_io.model_hash(normalized) or \
+                res["sites"] != [(s.node, s.tensor) for s in sites]:
+            raise PassError("the Dask workers analysed another model (another onnxprune "
+                            "version on the cluster?)")
+        ids = res["ids"]
+        collected = [calibrate.SiteStats(G=G, rows=r, has_const=c)
+                     for G, r, c in zip(res["G"], res["rows"], res["has_const"])]
+    else:
+        say(f"calibrating {len(sites)} consumer(s) on {len(ids)} sample(s)"
+            + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
+        collected = calibrate.collect(normalized, graph, cal, ids, sites, seed, max_positions,
+                                      batch_size)
     meta = {"model_sha256": stats_io.model_hash(normalized), "n_samples": int(cal.n_samples),
             "shard": list(shard) if shard else [1, 1],
             **_stats_options(seed, holdout, max_positions, batch_size, cal.token_mask)}

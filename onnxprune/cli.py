@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--shard", type=_shard, metavar="K/N",
                     help="only the K-th of N parts of the selection samples (run the N shards "
                          "anywhere, then 'prune --stats' with all N files)")
+    where = ca.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_count("--workers", 1024), metavar="N",
+                       help="split the samples among N local worker processes (Dask; pip "
+                            "install 'onnxprune[cluster]') and add their statistics up")
+    where.add_argument("--address", metavar="ADDR",
+                       help="run the shards on the Dask cluster whose scheduler is at ADDR "
+                            "(e.g. tcp://10.0.0.5:8786), one per worker")
     _run_args(ca, ridge=False, report=False, force=False)
     sp = sub.add_parser("sparsify", help="zero weights (unstructured or N:M) and re-fit the rest")
     sp.add_argument("input", help="model to sparsify (.onnx)")
@@ -374,9 +381,13 @@ def _cmd_calibrate(args) -> int:
     if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write the statistics to '{out}': not a writable file path")
     _, calib = _reads_and_calib(args, None, {"statistics": out})
+    if args.shard and (args.workers or args.address):
+        raise OptionError("--shard is one machine's part; --workers/--address split the "
+                          "samples themselves: give one or the other")
     path = api.calibrate_stats(args.input, calib, out, shard=args.shard, seed=args.seed,
                                holdout=args.holdout, max_positions=args.max_positions,
-                               token_mask=args.token_mask, progress=_progress(args.quiet))
+                               token_mask=args.token_mask, workers=args.workers,
+                               address=args.address, progress=_progress(args.quiet))
     if not args.quiet:
         sys.stderr.write(f"onnxprune: wrote {path}\n")
     return 0

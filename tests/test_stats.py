@@ -103,3 +103,23 @@ def test_cli_calibrate_then_prune_and_data_safety(tmp_path):
     assert proc.returncode == 2 and calib_copy.read_bytes() == CALIB_IMG.read_bytes()
     proc = run("calibrate", RESNET, stats, "--calib", CALIB_IMG, "--shard", "3/2")
     assert proc.returncode == 2 and "--shard" in proc.stderr
+
+
+def test_a_local_dask_cluster_of_two_workers_gives_the_same_statistics(shards, tmp_path):
+    pytest.importorskip("dask.distributed")
+    full, _, _ = shards
+    out = tmp_path / "cluster.npz"
+    calibrate_stats(str(MOBILENET), str(CALIB_IMG), out, workers=2)
+    z, zc = np.load(full), np.load(out)
+    assert sorted(zc["ids"]) == sorted(z["ids"])
+    n_sites = sum(1 for k in z.files if k.startswith("G"))
+    for i in range(n_sites):
+        np.testing.assert_allclose(zc[f"G{i}"], z[f"G{i}"], rtol=1e-9,
+                                   atol=1e-12 * np.abs(z[f"G{i}"]).max())
+    direct = onnxprune.prune(str(MOBILENET), str(CALIB_IMG), ratio=0.5, stats=[full])
+    clustered = onnxprune.prune(str(MOBILENET), str(CALIB_IMG), ratio=0.5, stats=[out])
+    wd, wc = _weights(direct.model), _weights(clustered.model)
+    for name, w in wd.items():
+        np.testing.assert_allclose(wc[name], w, rtol=1e-9, atol=1e-9 * np.abs(w).max())
+    with pytest.raises(OptionError, match="not both"):
+        calibrate_stats(str(MOBILENET), str(CALIB_IMG), out, workers=2, address="tcp://x:1")
