@@ -30,7 +30,8 @@ from onnxprune.passes.prune import PruneOptions
 from onnxprune.passes.prune import Lineage
 from onnxprune.report import InspectReport, Report, group_entry, inspect_report
 from onnxprune.select import METHODS, SEQUENTIAL, KeepPlan, removes_anything, segment_sizes
-from onnxprune.verify import OutputFidelity, check_structure, fidelity
+from onnxprune.verify import (OutputFidelity, check_structure, fidelity, latencies,
+                              sample_feed)
 
 log = logging.getLogger(__name__)
 
@@ -575,6 +576,18 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
         p["chosen"] = (p["step"], p["method"]) == chosen
     return (alloc, replace(plan, ratios=dict(alloc.ratios)), model, decisions, fid,
             {"points": points, "path_length": len(path)})
+
+
+def measure_latency(model: ModelSource, pruned: onnx.ModelProto, calib: CalibSource, *,
+                    holdout: float = 0.2, seed: int = 0, token_mask: str | None = "auto",
+                    repeats: int = 30) -> tuple[float, float]:
+    """Median onnxruntime latency (ms) of ``model`` and ``pruned`` on one held-out sample,
+    measured interleaved (:func:`onnxprune.verify.latencies`)."""
+    original = load_model(model).model
+    cal = load_calibration(calib, original, token_mask)
+    _, hold = split_samples(cal.n_samples, holdout, seed)
+    a, b = latencies([original, pruned], sample_feed(cal, hold), repeats)
+    return a, b
 
 
 def inspect(model: ModelSource) -> InspectReport:

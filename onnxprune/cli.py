@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "weight-norm, act-norm, random")
     pr.add_argument("--no-reweight", action="store_true",
                     help="only slice the next layer's weights (no least-squares re-fit)")
+    pr.add_argument("--html", metavar="REPORT.html",
+                    help="also write a self-contained HTML report (summary with onnxruntime "
+                         "latency before/after, plots, the table of groups)")
     pr.add_argument("--stats", nargs="+", metavar="STATS",
                     help="statistics written by 'onnxprune calibrate' (several shards are added "
                          "up) instead of collecting them; --calib is still needed for the "
@@ -274,18 +277,24 @@ def _finite(obj):
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    data = _finite(data)
+    _write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n",
+                       raise_os=True)
+
+
+def _write_text_atomic(path: Path, text: str, raise_os: bool = False) -> None:
+    """Write ``text`` through a temporary file beside ``path``, renamed into place."""
     parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=".json", dir=parent)
+    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=path.suffix, dir=parent)
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
-    except OSError:
+    except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        if raise_os:
+            raise
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}") from None
 
 
 def _check_report_path(path: str) -> Path:
@@ -344,6 +353,9 @@ def _cmd_prune(args) -> int:
     out = check_output_path(args.output, args.input, args.force)
     report_path = _check_report_path(args.report) if args.report else None
     others = {"report": report_path} if report_path is not None else {}
+    html_path = _check_report_path(args.html) if args.html else None
+    if html_path is not None:
+        others["HTML report"] = html_path
     # Before any work, every path written against every path read; after the run (nothing
     # written yet) again with what the run itself read (PruneResult.sources).
     stats_reads = {f"statistics file '{Path(f).name}'": Path(f) for f in args.stats or ()}
@@ -363,6 +375,11 @@ def _cmd_prune(args) -> int:
     result.save(out, overwrite_input=args.force)
     r = result.report
     _write_report(report_path, r.to_dict())
+    if html_path is not None:
+        from onnxprune.html import render
+        lat = api.measure_latency(args.input, result.model, calib, holdout=args.holdout,
+                                  seed=args.seed, token_mask=args.token_mask)
+        _write_text_atomic(html_path, render(r, f"onnxprune: {Path(args.input).name}", lat))
     if not args.quiet:
         pct = 100.0 * (1 - r.params_after / max(r.params_before, 1))
         mpct = 100.0 * (1 - r.macs_after / max(r.macs_before, 1))

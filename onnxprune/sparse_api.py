@@ -23,7 +23,7 @@ from onnxprune.passes import CleanupPass, NormalizePass
 from onnxprune.passes.sparsify import (ALLOCATIONS, SPARSE_METHODS, SparsifyOptions,
                                        SparsifyPass, find_layers)
 from onnxprune.report import SparsifyReport
-from onnxprune.verify import check_structure, fidelity
+from onnxprune.verify import check_structure, fidelity, latencies, sample_feed
 
 
 def parse_pattern(pattern: str) -> tuple[int, int] | None:
@@ -167,23 +167,6 @@ class CompareReport:
                          + [line(r) for r in rows])
 
 
-def latencies(models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray],
-              repeats: int = 30) -> list[float]:
-    """Median onnxruntime CPU latency (ms) of each model on ``feeds``, measured interleaved
-    (one run of each in turn, ``repeats`` rounds after a warm-up) so load affects all alike."""
-    from onnxprune.calibrate import session
-    sessions = [session(m) for m in models]
-    for s in sessions:
-        s.run(None, feeds)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(repeats):
-        for i, s in enumerate(sessions):
-            t = time.perf_counter()
-            s.run(None, feeds)
-            times[i].append(time.perf_counter() - t)
-    return [1000.0 * float(np.median(t)) for t in times]
-
-
 def matching_sparsity(model: onnx.ModelProto, nonzeros: int) -> float:
     """The sparsity of the sparsifiable layers' weights (as a whole) that leaves ``model`` with
     ``nonzeros`` non-zero parameters, in [0, 0.99] (the other parameters stay dense)."""
@@ -223,8 +206,7 @@ def compare(model: ModelSource, calib: CalibSource, *, nonzeros: float,
                       progress=say, **common)
     cal = load_calibration(calib, original, token_mask)
     _, hold = split_samples(cal.n_samples, holdout, seed)
-    one = {"batched": hold[:1], "fixed": np.resize(hold, cal.batch), "unbatched": hold[0]}
-    feeds = {k: v[one[cal.mode]] for k, v in cal.arrays.items()}
+    feeds = sample_feed(cal, hold)
     say("measuring latency (interleaved)")
     lat = latencies([original, dense.model, sparse.model], feeds, repeats)
     reference = _open_session(original)

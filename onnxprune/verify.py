@@ -29,6 +29,7 @@ left out of every figure (zeroed in both models' outputs).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -226,3 +227,26 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
                                 top1_agreement=(st["agree"] / cnt) if top1.get(n) else None,
                                 parts=part_fid, cosine_se=se)
     return out
+
+
+def sample_feed(calib: Calibration, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """One run's input of the first of ``indices`` (the model's fixed batch: that many)."""
+    one = {"batched": indices[:1], "fixed": np.resize(indices, calib.batch),
+           "unbatched": indices[0]}
+    return {k: v[one[calib.mode]] for k, v in calib.arrays.items()}
+
+
+def latencies(models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray],
+              repeats: int = 30) -> list[float]:
+    """Median onnxruntime CPU latency (ms) of each model on ``feeds``, measured interleaved
+    (one run of each in turn, ``repeats`` rounds after a warm-up) so load affects all alike."""
+    sessions = [session(m) for m in models]
+    for s in sessions:
+        s.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(repeats):
+        for i, s in enumerate(sessions):
+            t = time.perf_counter()
+            s.run(None, feeds)
+            times[i].append(time.perf_counter() - t)
+    return [1000.0 * float(np.median(t)) for t in times]
