@@ -80,7 +80,8 @@ def _seed(text: str) -> int:
 
 
 def _calib_args(p) -> None:
-    """--calib or --calib-images (with --size, --mean, --std)."""
+    """--calib, --calib-images (with --size, --mean, --std) or --calib-text (with
+    --tokenizer, --max-length)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--calib",
                      help=".npz keyed by input name (or .npy for a single input), sample axis "
@@ -89,6 +90,15 @@ def _calib_args(p) -> None:
                      help="a folder of images (single NCHW float input; needs Pillow: pip "
                           "install 'onnxprune[images]'): shorter side resized, centre crop, "
                           "[0, 1], then (x - mean) / std")
+    src.add_argument("--calib-text", metavar="FILE",
+                     help="a UTF-8 text file, one sample per line, tokenized with --tokenizer "
+                          "(needs tokenizers: pip install 'onnxprune[text]'); fills input_ids, "
+                          "attention_mask, token_type_ids")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="for --calib-text: a folder holding tokenizer.json (or the file)")
+    p.add_argument("--max-length", type=_count("--max-length", 1 << 16), metavar="N",
+                   help="for --calib-text: truncate to N tokens (default: the model's static "
+                        "sequence length, else 128)")
     p.add_argument("--size", type=_count("--size", 1 << 15), nargs=2, metavar=("H", "W"),
                    help="image size for --calib-images (default: the model input's)")
     p.add_argument("--mean", type=float, nargs="+", default=[0.0],
@@ -318,16 +328,28 @@ def _reads_and_calib(args, out: Path | None, others: dict[str, Path]):
     ``others``) before any work; then the calibration source (the images loaded)."""
     if args.calib_images is None and (args.size or args.mean != [0.0] or args.std != [1.0]):
         raise OptionError("--size, --mean and --std apply to --calib-images only")
+    if args.calib_text is None and (args.tokenizer or args.max_length):
+        raise OptionError("--tokenizer and --max-length apply to --calib-text only")
+    if args.calib_text is not None and not args.tokenizer:
+        raise OptionError("--calib-text needs --tokenizer DIR (a folder with tokenizer.json)")
     reads = api.run_sources(Path(args.input), external_data_files(Path(args.input)), args.calib)
     if args.calib_images is not None:
         from onnxprune.images import image_files
         reads.update({f"calibration image '{f.name}'": f for f in image_files(args.calib_images)})
+    if args.calib_text is not None:
+        from onnxprune.text import tokenizer_file
+        reads.update({"calibration text": Path(args.calib_text),
+                      "tokenizer": tokenizer_file(args.tokenizer)})
     api.check_writes(out, True, reads, getattr(args, "force", False), others)
     calib = args.calib
-    if args.calib_images is not None:
+    if args.calib_images is not None or args.calib_text is not None:
         from onnxprune.images import load_images, model_header
-        calib = load_images(args.calib_images, model_header(args.input), args.size, args.mean,
-                            args.std)
+        header = model_header(args.input)
+        if args.calib_images is not None:
+            calib = load_images(args.calib_images, header, args.size, args.mean, args.std)
+        else:
+            from onnxprune.text import load_texts
+            calib = load_texts(args.calib_text, args.tokenizer, header, args.max_length)
     return reads, calib
 
 
