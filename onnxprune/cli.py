@@ -1,4 +1,5 @@
-"""Command line: ``onnxprune prune`` and ``onnxprune inspect``. The only module that prints."""
+"""Command line: ``onnxprune prune | calibrate | sparsify | compare | inspect``. The only module
+that prints."""
 
 from __future__ import annotations
 
@@ -150,8 +151,9 @@ def _run_args(p, ridge: bool = True, ridge_help: str = "", force: bool = True,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune", description="Structured pruning of ONNX models (channels, "
-                "neurons) with submodular selection and least-squares re-fitting.")
+    p = _Parser(prog="onnxprune", description="Structured pruning (channels, neurons, heads) "
+                "and weight sparsity of ONNX models, with least-squares re-fitting on "
+                "calibration samples.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser, required=True)
     pr = sub.add_parser("prune", help="prune a model")
     pr.add_argument("input", help="model to prune (.onnx; external data is read from beside it)")
