@@ -169,14 +169,16 @@ class CompareReport:
 
 def matching_sparsity(model: onnx.ModelProto, nonzeros: int) -> float:
     """The sparsity of the sparsifiable layers' weights (as a whole) that leaves ``model`` with
-    ``nonzeros`` non-zero parameters, in [0, 0.99] (the other parameters stay dense)."""
+    ``nonzeros`` non-zero parameters, in [0, 0.99] (the other parameters stay as they are;
+    weights that are zero already count as removed first)."""
     graph = Graph(model)
     sites, _ = find_layers(graph)
-    weights = sum(int(np.prod(graph.initializers[graph.node(s.node).input[1]].dims))
-                  for s in sites)
-    if not weights:
+    layer_weights = [graph.const(graph.node(s.node).input[1]) for s in sites]
+    size = sum(int(w.size) for w in layer_weights)
+    if not size:
         return 0.0
-    return min(max((storage.nonzeros(model) - nonzeros) / weights, 0.0), 0.99)
+    others = storage.nonzeros(model) - sum(int(np.count_nonzero(w)) for w in layer_weights)
+    return min(max(1.0 - (nonzeros - others) / size, 0.0), 0.99)
 
 
 def compare(model: ModelSource, calib: CalibSource, *, nonzeros: float,

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 SPARSE_METHODS = ("obs", "magnitude")
 ALLOCATIONS = ("uniform", "global")
+#: The global allocation's cap per layer: no layer above 95 % sparsity, unless the target itself
+#: is higher (then the cap is the target, so that it can be met).
+MAX_LAYER_SPARSITY = 0.95
 #: Bytes of Gram matrices (float64) collected in one calibration run.
 GRAM_BUDGET = 1 << 31
 _FLOAT = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -182,6 +185,7 @@ class SparsifyPass(Pass):
         if opt.allocation == "global" and opt.nm is None and sites:
             levels = global_sparsities([weights[s] for s in sites], [stats[s].G for s in sites],
                                        [stats[s].has_const for s in sites], opt.sparsity,
+                                       max_layer=max(MAX_LAYER_SPARSITY, opt.sparsity),
                                        ridges=[_ridge(opt.ridge, stats[s]) for s in sites])
         else:
             levels = [opt.sparsity] * len(sites)
