@@ -149,3 +149,20 @@ def real_model_parser(doc: str, out_name: str):
     ap.add_argument("--model", default="efficientnet_lite0_legacy")
     ap.add_argument("--out", default=str(root / "benchmarks" / out_name))
     return ap
+
+
+def timing_header(title: str, script: str, argv, model: str, n_calib: int, load) -> list[str]:
+    """The head of a one-model timing result file: title, command, date, commit, model,
+    calibration size, machine load and versions."""
+    import datetime as dt
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    g = git_info(root)
+    return [
+        f"# {title}", "",
+        f"Command: `python benchmarks/{script} {' '.join(argv or sys.argv[1:])}`  ",
+        f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; commit {g['commit'][:12]}"
+        f"{' (modified)' if g['dirty'] else ''}; model `{model}` ({n_calib} calibration "
+        f"samples); other processes kept {load} cores busy on average  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions(
+            ("onnx", "onnxruntime", "numpy", "scipy")).items()), ""]

@@ -11,14 +11,13 @@ both alike; the ratio of the medians is reported. Writes ``benchmarks/results_bu
 
 from __future__ import annotations
 
-import datetime as dt
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import onnxprune
-from common import cpu_snapshot, git_info, other_cpu_load, real_model_parser, versions
+from common import cpu_snapshot, other_cpu_load, real_model_parser, timing_header
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
@@ -44,16 +43,9 @@ def main(argv=None) -> int:
     load = other_cpu_load(start, cpu_snapshot())
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["target-macs 0.7"] / med["ratio 0.3"]
-    g = git_info(ROOT)
-    lines = [
-        "# Budget vs uniform ratio: wall time side by side", "",
-        f"Command: `python benchmarks/run_budget_timing.py {' '.join(argv or sys.argv[1:])}`  ",
-        f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; commit {g['commit'][:12]}"
-        f"{' (modified)' if g['dirty'] else ''}; model `{args.model}` "
-        f"({len(next(iter(calib.values())))} calibration samples); other processes kept "
-        f"{load} cores busy on average  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions(
-            ("onnx", "onnxruntime", "numpy", "scipy")).items()), "",
+    lines = timing_header("Budget vs uniform ratio: wall time side by side",
+                          "run_budget_timing.py", argv, args.model,
+                          len(next(iter(calib.values()))), load) + [
         "| run | MACs kept | wall s (each run) | median s |", "|---|---|---|---|"]
     for k in runs:
         lines.append(f"| `{k}` | {macs[k]:.3f} | {', '.join(f'{t:.1f}' for t in times[k])} | "

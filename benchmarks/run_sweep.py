@@ -13,14 +13,13 @@ models of each ratio are byte-identical. Writes ``benchmarks/results_sweep.md``.
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import onnxprune
-from common import cpu_snapshot, git_info, other_cpu_load, real_model_parser, versions
+from common import cpu_snapshot, other_cpu_load, real_model_parser, timing_header
 from onnxprune.api import calibrate_stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,16 +52,9 @@ def main(argv=None) -> int:
     load = other_cpu_load(start, cpu_snapshot())
     tot_direct = sum(x[1] for x in rows)
     tot_stats = t_cal + sum(x[2] for x in rows)
-    g = git_info(ROOT)
-    lines = [
-        "# Calibrate once, sweep ratios: wall time side by side", "",
-        f"Command: `python benchmarks/run_sweep.py {' '.join(argv or sys.argv[1:])}`  ",
-        f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; commit {g['commit'][:12]}"
-        f"{' (modified)' if g['dirty'] else ''}; model `{args.model}` "
-        f"({len(next(iter(calib.values())))} calibration samples); other processes kept "
-        f"{load} cores busy on average  ",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions(
-            ("onnx", "onnxruntime", "numpy", "scipy")).items()), "",
+    lines = timing_header("Calibrate once, sweep ratios: wall time side by side",
+                          "run_sweep.py", argv, args.model, len(next(iter(calib.values()))),
+                          load) + [
         f"`onnxprune calibrate` (once): {t_cal:.1f} s", "",
         "| ratio | direct prune s | prune --stats s | same bytes |", "|---|---|---|---|"]
     lines += [f"| {r} | {a:.1f} | {b:.1f} | {'yes' if s else '**no**'} |" for r, a, b, s in rows]
