@@ -372,7 +372,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         if stats is None:
             stats = dict(zip(sites, calibrate.collect(
                 normalized, graph, cal, sel_idx, sites, seed, max_positions, batch_size,
-                sensitivity=method == "sampling")))
+                sensitivity=method == "sampling", progress=say)))
         planner = measure(normalized, graph, analysis, stats, cal,
                           sel_idx[:SENSITIVITY_SAMPLES],
                           budget.kind if budget is not None else "macs", plan, method,
@@ -508,7 +508,7 @@ def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLi
         say(f"calibrating {len(sites)} consumer(s) on {len(ids)} sample(s)"
             + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
         collected = calibrate.collect(normalized, graph, cal, ids, sites, seed, max_positions,
-                                      batch_size)
+                                      batch_size, progress=say)
     meta = {"model_sha256": stats_io.model_hash(normalized), "n_samples": int(cal.n_samples),
             "shard": list(shard) if shard else [1, 1],
             **_stats_options(seed, holdout, max_positions, batch_size, cal.token_mask)}

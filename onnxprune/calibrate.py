@@ -276,11 +276,13 @@ def _add(acc: np.ndarray | None, x: np.ndarray) -> np.ndarray:
 def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: np.ndarray,
             sites: Sequence[ConsumerSite], seed: int, max_positions: int = DEFAULT_MAX_POSITIONS,
             batch_size: int = 32, reference: tuple[onnx.ModelProto, Graph] | None = None,
-            truncate: bool = True, sensitivity: bool = False) -> list[SiteStats]:
+            truncate: bool = True, sensitivity: bool = False,
+            progress: Callable[[str], None] | None = None) -> list[SiteStats]:
     """Run the model on ``indices`` and return every site's streamed statistics; with
     ``reference`` (a model and its index, same tensor and node names) also the cross statistics.
     ``truncate``: run only the ancestors of the captured tensors; ``sensitivity``: also the PFP
-    sensitivities (``--method sampling``)."""
+    sensitivities (``--method sampling``). ``progress``: told of every batch when it is a live
+    display (a ``live`` attribute that is true: a terminal), else not at all."""
     acc = GramAccumulator(graph, sites, seed, max_positions,
                           None if reference is None else reference[1], sensitivity)
     if not sites:
@@ -294,13 +296,12 @@ def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: n
 
     runs = run_outputs(open_(model, graph), calib, indices, names, batch_size)
     step = calib.step(batch_size)
-    ids = (np.asarray(indices)[s:s + step] for s in range(0, len(indices), step))
-    if reference is None:
-        for (batch, mask), chunk in zip(runs, ids):
-            acc.update(batch, mask=mask, ids=chunk)
-    else:
-        ref_runs = run_outputs(open_(*reference), calib, indices, names, batch_size)
-        for (batch, mask), (ref, _), chunk in zip(runs, ref_runs, ids):
-            acc.update(batch, ref, mask, chunk)
+    ids = [np.asarray(indices)[s:s + step] for s in range(0, len(indices), step)]
+    tick = progress if getattr(progress, "live", False) else (lambda msg: None)
+    ref_runs = (run_outputs(open_(*reference), calib, indices, names, batch_size)
+                if reference is not None else iter(lambda: (None, None), 0))
+    for b, ((batch, mask), (ref, _), chunk) in enumerate(zip(runs, ref_runs, ids)):
+        acc.update(batch, ref, mask, chunk)
+        tick(f"calibration batch {b + 1}/{len(ids)}")
     log.debug("collected statistics of %d consumer(s) on %d sample(s)", len(sites), len(indices))
     return acc.result()

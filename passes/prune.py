@@ -101,7 +101,7 @@ class ChannelPrunePass(Pass):
         opt = self.options
         return calibrate.collect(model, graph, self.calib, self.indices, sites, opt.seed,
                                  opt.max_positions, opt.batch_size, reference, opt.truncate,
-                                 opt.method == "sampling")
+                                 opt.method == "sampling", self.progress)
 
     def _decide(self, graph, analysis, group, stats, index, targets=None) -> GroupDecision:
         opt = self.options

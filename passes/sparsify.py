@@ -181,7 +181,7 @@ class SparsifyPass(Pass):
             self.progress(f"calibrating {len(chunk)} layer(s) on {len(self.indices)} sample(s)")
             stats.update(zip(chunk, calibrate.collect(
                 model, graph, self.calib, self.indices, chunk, opt.seed, opt.max_positions,
-                opt.batch_size)))
+                opt.batch_size, progress=self.progress)))
         if opt.allocation == "global" and opt.nm is None and sites:
             levels = global_sparsities([weights[s] for s in sites], [stats[s].G for s in sites],
                                        [stats[s].has_const for s in sites], opt.sparsity,

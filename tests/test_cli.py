@@ -337,3 +337,47 @@ def test_inspect_prints_an_aligned_table(tmp_path):
         assert r[cols[2]:cols[2] + 3].strip() in ("yes", "no")
     assert sum(" yes " in r for r in rows) == 6
     assert any(ln.strip().startswith("#7 reason: reaches the graph output") for ln in lines)
+
+
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, []
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text.append(s)
+
+    def flush(self):
+        pass
+
+
+def test_progress_redraws_one_line_on_a_terminal_and_prints_lines_elsewhere():
+    from onnxprune import calibrate
+    from onnxprune.cli import Progress
+    from onnxprune.modelio import load_calibration, load_model
+    from onnxprune.graph import Graph
+    from onnxprune.analysis import analyze
+    import numpy as np
+    from helpers import MODELS
+
+    tty = Progress(_Stream(True))
+    for k in range(1, 4):
+        tty(f"calibration batch {k}/3")
+    tty("verifying the pruned model")
+    out = "".join(tty.stream.text)
+    assert out.count("\r") == 3 and "[####################] calibration batch 3/3" in out
+    assert out.endswith("onnxprune: verifying the pruned model\n")
+    assert out.count("\n") == 2  # the finished bar's line, then the message
+    # a run sends batch ticks only to a live display
+    model = load_model(str(MODELS / "resnet_legacy.onnx")).model
+    graph = Graph(model)
+    sites = [s for g in analyze(graph).groups if g.prunable for s in g.consumers][:2]
+    cal = load_calibration(str(MODELS / "digits_calib.npz"), model)
+    logged, live = Progress(_Stream(False)), Progress(_Stream(True))
+    calibrate.collect(model, graph, cal, np.arange(70), sites, 0, batch_size=32,
+                      progress=logged)
+    calibrate.collect(model, graph, cal, np.arange(70), sites, 0, batch_size=32, progress=live)
+    assert logged.stream.text == []
+    assert "calibration batch 3/3" in "".join(live.stream.text)
