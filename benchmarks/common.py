@@ -151,7 +151,8 @@ def real_model_parser(doc: str, out_name: str):
     return ap
 
 
-def timing_header(title: str, script: str, argv, model: str, n_calib: int, load) -> list[str]:
+def timing_header(title: str, script: str, argv, model: str, n_calib: int | None,
+                  load) -> list[str]:
     """The head of a one-model timing result file: title, command, date, commit, model,
     calibration size, machine load and versions."""
     import datetime as dt
@@ -162,7 +163,8 @@ def timing_header(title: str, script: str, argv, model: str, n_calib: int, load)
         f"# {title}", "",
         f"Command: `python benchmarks/{script} {' '.join(argv or sys.argv[1:])}`  ",
         f"Date: {dt.datetime.now().isoformat(timespec='seconds')}; commit {g['commit'][:12]}"
-        f"{' (modified)' if g['dirty'] else ''}; model `{model}` ({n_calib} calibration "
-        f"samples); other processes kept {load} cores busy on average  ",
+        f"{' (modified)' if g['dirty'] else ''}; model `{model}`"
+        f"{f' ({n_calib} calibration samples)' if n_calib is not None else ''}; other processes "
+        f"kept {load} cores busy on average  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions(
             ("onnx", "onnxruntime", "numpy", "scipy")).items()), ""]
