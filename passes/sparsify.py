@@ -137,13 +137,13 @@ def find_layers(graph: Graph, exclude: frozenset[str] = frozenset()
     return sites, skipped
 
 
-def _chunks(sites: Sequence[LayerSite], graph: Graph, budget: int) -> list[list[LayerSite]]:
+def _chunks(sites: Sequence[LayerSite], widths: Sequence[int], budget: int
+            ) -> list[list[LayerSite]]:
+    """Consecutive layers whose Grams ((width + 1)² float64 each) fit ``budget`` bytes."""
     out: list[list[LayerSite]] = [[]]
     used = 0
-    for s in sites:
-        node = graph.node(s.node)
-        n = rule_for(node).weight_matrix(node, graph).shape[1] + 1
-        size = 8 * n * n
+    for s, width in zip(sites, widths):
+        size = 8 * (width + 1) ** 2
         if out[-1] and used + size > budget:
             out.append([])
             used = 0
@@ -177,7 +177,7 @@ class SparsifyPass(Pass):
         weights = {s: rule_for(graph.node(s.node)).weight_matrix(graph.node(s.node), graph)
                    for s in sites}
         stats: dict[LayerSite, calibrate.SiteStats] = {}
-        for chunk in _chunks(sites, graph, GRAM_BUDGET):
+        for chunk in _chunks(sites, [weights[s].shape[1] for s in sites], GRAM_BUDGET):
             self.progress(f"calibrating {len(chunk)} layer(s) on {len(self.indices)} sample(s)")
             stats.update(zip(chunk, calibrate.collect(
                 model, graph, self.calib, self.indices, chunk, opt.seed, opt.max_positions,

@@ -316,3 +316,16 @@ def test_matching_sparsity_counts_weights_that_are_zero_already():
     # beyond the 95 % per-layer cap the target is still met
     res = onnxprune.sparsify(model, str(CALIB_IMG), sparsity=0.97)
     assert abs(res.report.weight_nonzeros / res.report.weights - 0.03) <= 0.005
+
+
+def test_statistics_collected_in_memory_bounded_chunks_give_the_same_model(monkeypatch):
+    import onnxprune.passes.sparsify as sp
+    whole = onnxprune.sparsify(str(RESNET), str(CALIB_IMG), sparsity=0.5)
+    calls = []
+    real = sp.calibrate.collect
+    monkeypatch.setattr(sp, "GRAM_BUDGET", 8 * 600 ** 2)  # about one 3×3×64 layer per run
+    monkeypatch.setattr(sp.calibrate, "collect",
+                        lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))
+    chunked = onnxprune.sparsify(str(RESNET), str(CALIB_IMG), sparsity=0.5)
+    assert len(calls) > 3 and sum(calls) == 10
+    assert chunked.model.SerializeToString() == whole.model.SerializeToString()
