@@ -206,6 +206,11 @@ def compare(model: ModelSource, calib: CalibSource, *, nonzeros: float,
     say(f"large-sparse: sparsify to {level:.3f} ({allocation})")
     sparse = sparsify(model, calib, sparsity=level, method=method, allocation=allocation,
                       progress=say, **common)
+    nz_dense, nz_sparse = storage.nonzeros(dense.model), sparse.report.nonzeros_after
+    if abs(nz_sparse - nz_dense) > 0.01 * nz_dense:
+        say(f"warning: the large-sparse model keeps {nz_sparse} non-zeros, the small-dense one "
+            f"{nz_dense}: the layers onnxprune does not sparsify (depthwise convolutions, "
+            "normalisations, biases) hold more than the target")
     cal = load_calibration(calib, original, token_mask)
     _, hold = split_samples(cal.n_samples, holdout, seed)
     feeds = sample_feed(cal, hold)
