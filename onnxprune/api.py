@@ -333,7 +333,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         stats = stats_io.merge(
             stats_files, stats_io.model_hash(normalized),
             _stats_options(seed, holdout, max_positions, batch_size, cal.token_mask),
-            cal.n_samples, sel_idx, [s for g in analysis.groups if g.prunable for s in g.consumers])
+            cal.n_samples, sel_idx, stats_io.prunable_sites(analysis))
         say(f"statistics of {len(stats)} consumer(s) read from {len(stats_files)} file(s)"
             + ("; seq/asym still run the model for every group" if method in SEQUENTIAL else "")
             + ("; later rounds re-collect" if steps > 1 else ""))
@@ -481,23 +481,19 @@ def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLi
         if not (isinstance(k, int) and isinstance(n, int) and 1 <= k <= n <= 4096):
             raise OptionError(f"--shard must be K/N with 1 ≤ K ≤ N, got {k}/{n}")
     say = progress or (lambda msg: None)
-    loaded = load_model(model)
-    normalized, _ = run_passes([NormalizePass()], loaded.model)
+    loaded, normalized, cal, graph, sites = stats_io.statistics_inputs(model, calib, token_mask)
     _open_session(normalized)
-    cal = load_calibration(calib, normalized, token_mask)
+    digest = stats_io.model_hash(normalized)
     sel_idx, _ = split_samples(cal.n_samples, holdout, seed)
     ids = sel_idx if shard is None else stats_io.shard_indices(sel_idx, shard)
     sources = run_sources(loaded.path, loaded.data_files, calib)
     check_collisions({"statistics": Path(out)}, sources)
-    graph = Graph(normalized)
-    sites = [s for g in analyze(graph).groups if g.prunable for s in g.consumers]
     if workers is not None or address is not None:
         from onnxprune.cluster import cluster_statistics
         src = model if loaded.path is None else str(loaded.path)
-        res = cluster_statistics(src, calib if not isinstance(calib, Calibration) else
-                                 dict(cal.arrays), ids, seed, max_positions, batch_size,
-                                 token_mask, workers, address, say)
-        if res["digest"] != stats_io.model_hash(normalized) or \
+        res = cluster_statistics(src, calib, ids, seed, max_positions, batch_size, token_mask,
+                                 workers, address, say)
+        if res["digest"] != digest or \
                 res["sites"] != [(s.node, s.tensor) for s in sites]:
             raise PassError("the Dask workers analysed another model (another onnxprune "
                             "version on the cluster?)")
@@ -509,7 +505,7 @@ def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLi
             + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
         collected = calibrate.collect(normalized, graph, cal, ids, sites, seed, max_positions,
                                       batch_size, progress=say)
-    meta = {"model_sha256": stats_io.model_hash(normalized), "n_samples": int(cal.n_samples),
+    meta = {"model_sha256": digest, "n_samples": int(cal.n_samples),
             "shard": list(shard) if shard else [1, 1],
             **_stats_options(seed, holdout, max_positions, batch_size, cal.token_mask)}
     return stats_io.save(out, meta, ids, list(zip(sites, collected)))

@@ -31,6 +31,7 @@ unbiased up to a constant factor, which the least-squares solution does not depe
 
 from __future__ import annotations
 
+import itertools
 import logging
 import zlib
 from collections.abc import Callable, Sequence
@@ -299,7 +300,7 @@ def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: n
     ids = [np.asarray(indices)[s:s + step] for s in range(0, len(indices), step)]
     tick = progress if getattr(progress, "live", False) else (lambda msg: None)
     ref_runs = (run_outputs(open_(*reference), calib, indices, names, batch_size)
-                if reference is not None else iter(lambda: (None, None), 0))
+                if reference is not None else itertools.repeat((None, None)))
     for b, ((batch, mask), (ref, _), chunk) in enumerate(zip(runs, ref_runs, ids)):
         acc.update(batch, ref, mask, chunk)
         tick(f"calibration batch {b + 1}/{len(ids)}")

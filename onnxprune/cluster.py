@@ -7,11 +7,11 @@ shards are added pairwise in a tree (``log₂ N`` rounds, each sum on a worker) 
 equals the single-process statistics up to the order of floating-point sums.
 
 Why Dask (``dask.distributed``) rather than Ray: the work is N independent map tasks and one
-sum, which both do; Dask is pure Python (37 MB installed with its dependencies here, against
-202 MB for the Ray 2.60 wheel alone, unpacked), starts a local cluster in seconds in CI, and a user points it at an
-existing cluster with the scheduler's address (``--address tcp://host:8786``). Workers need
-onnxprune installed and the model and calibration paths readable (or in-memory arrays, which are
-shipped to them).
+sum, which both do; Dask is pure Python (37 MB installed with its dependencies here, against 202
+MB for the Ray 2.60 wheel alone, unpacked), starts a local cluster in seconds in CI, and a user
+points it at an existing cluster with the scheduler's address (``--address tcp://host:8786``).
+Workers need onnxprune installed and the model and calibration paths readable (or in-memory
+arrays, which are shipped to them).
 """
 
 from __future__ import annotations
@@ -28,16 +28,8 @@ def shard_statistics(model, calib, ids: np.ndarray, seed: int, max_positions: in
     """One worker's part: the Grams of every prunable group's consumers on samples ``ids``."""
     from onnxprune import calibrate
     from onnxprune import stats as stats_io
-    from onnxprune.analysis import analyze
-    from onnxprune.graph import Graph
-    from onnxprune.modelio import load_calibration, load_model
-    from onnxprune.passbase import run_passes
-    from onnxprune.passes import NormalizePass
 
-    normalized, _ = run_passes([NormalizePass()], load_model(model).model)
-    cal = load_calibration(calib, normalized, token_mask)
-    graph = Graph(normalized)
-    sites = [s for g in analyze(graph).groups if g.prunable for s in g.consumers]
+    _, normalized, cal, graph, sites = stats_io.statistics_inputs(model, calib, token_mask)
     collected = calibrate.collect(normalized, graph, cal, np.asarray(ids), sites, seed,
                                   max_positions, batch_size)
     return {"digest": stats_io.model_hash(normalized), "token_mask": cal.token_mask,

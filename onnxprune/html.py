@@ -118,8 +118,9 @@ def render(report: Report, title: str = "onnxprune report",
            latency: tuple[float, float] | None = None) -> str:
     """The page (module docstring); ``latency``: (original, pruned) milliseconds."""
     r = report
-    rows = [("method", r.method), ("parameters", f"{r.params_before:,} → {r.params_after:,} "
-                                                 f"({r.params_after / max(r.params_before, 1):.3f})"),
+    frac = r.params_after / max(r.params_before, 1)
+    params = f"{r.params_before:,} → {r.params_after:,} ({frac:.3f})"
+    rows = [("method", r.method), ("parameters", params),
             ("MACs per sample", f"{r.macs_before:,} → {r.macs_after:,} "
                                 f"({r.macs_after / max(r.macs_before, 1):.3f})"),
             ("calibration / held-out samples", f"{r.calib_samples} / {r.holdout_samples}"),
@@ -137,7 +138,8 @@ def render(report: Report, title: str = "onnxprune report",
     html.append("</table><h2>Fidelity on the held-out samples</h2><table><tr><th>output</th>"
                 "<th>cosine</th><th>rel. L2</th><th>top-1 agreement</th><th>parts</th></tr>")
     for name, f in r.fidelity.items():
-        parts = "; ".join(f"features {list(p.features)}: cos {p.cosine:.4f}" for p in f.parts) or "–"
+        parts = "; ".join(f"features {list(p.features)}: cos {p.cosine:.4f}"
+                          for p in f.parts) or "–"
         html.append(f"<tr><td>{escape(name)}</td><td class='n'>{f.cosine:.4f}</td>"
                     f"<td class='n'>{f.rel_l2:.4f}</td><td class='n'>"
                     f"{_num(f.top1_agreement, '{:.3f}')}</td><td>{escape(parts)}</td></tr>")

@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 
 from onnxprune import storage
-from onnxprune.api import (CalibSource, ModelSource, PruneResult, _open_session, cubic_schedule,
-                           prune, run_sources, split_samples, validate_sampling)
+from onnxprune.api import (CalibSource, ModelSource, PruneResult, _open_session, _worst_cosine,
+                           cubic_schedule, prune, run_sources, split_samples, validate_sampling)
 from onnxprune.errors import OptionError
 from onnxprune.graph import Graph
-from onnxprune.metrics import count_params
+from onnxprune.metrics import _FLOAT_TYPES, count_params
 from onnxprune.modelio import load_calibration, load_model
 from onnxprune.passbase import run_passes
 from onnxprune.passes import CleanupPass, NormalizePass
@@ -57,9 +57,10 @@ def sparsify(model: ModelSource, calib: CalibSource, *, sparsity: float | None =
     ``sparsity``: the fraction of all their weights zeroed together, split among layers by one
     threshold on the relative OBS saliency (``allocation="global"``, the default), or of each
     layer's (``"uniform"``), which is the only allocation of ``pattern="N:M"`` (N of every M
-    consecutive input channels kept, e.g. ``"2:4"``: the sparsity is 1 − N/M). ``method``: ``"obs"`` (least-squares
-    saliency, SparseGPT-style) or ``"magnitude"`` (Zhu & Gupta). ``reweight``: re-fit each
-    output row's remaining weights (and the bias) by least squares on the calibration Gram;
+    consecutive input channels kept, e.g. ``"2:4"``: the sparsity is 1 − N/M). ``method``:
+    ``"obs"`` (least-squares saliency, SparseGPT-style) or ``"magnitude"`` (Zhu & Gupta).
+    ``reweight``: re-fit each output row's remaining weights (and the bias) by least squares on
+    the calibration Gram;
     ``ridge``: its shrinkage toward the original weights (``"auto"``: 1 for layers with fewer
     than 20 rows per column, else 0). ``steps`` > 1: the cubic schedule, statistics re-collected
     on the partly sparse model between rounds. ``storage_format="sparse"``: weights that are
@@ -202,36 +203,41 @@ def compare(model: ModelSource, calib: CalibSource, *, nonzeros: float,
     say(f"small-dense: channel pruning to {nonzeros:g} of the parameters")
     dense = prune(model, calib, target_params=nonzeros, progress=say, **common)
     original = run_passes([NormalizePass()], load_model(model).model)[0]
-    level = matching_sparsity(original, storage.nonzeros(dense.model))
+    nz_dense = storage.nonzeros(dense.model)
+    level = matching_sparsity(original, nz_dense)
     say(f"large-sparse: sparsify to {level:.3f} ({allocation})")
     sparse = sparsify(model, calib, sparsity=level, method=method, allocation=allocation,
                       progress=say, **common)
-    nz_dense, nz_sparse = storage.nonzeros(dense.model), sparse.report.nonzeros_after
-    if abs(nz_sparse - nz_dense) > 0.01 * nz_dense:
-        say(f"warning: the large-sparse model keeps {nz_sparse} non-zeros, the small-dense one "
-            f"{nz_dense}: the layers onnxprune does not sparsify (depthwise convolutions, "
-            "normalisations, biases) hold more than the target")
+    sr = sparse.report
+    if abs(sr.nonzeros_after - nz_dense) > 0.01 * nz_dense:
+        say(f"warning: the large-sparse model keeps {sr.nonzeros_after} non-zeros, the "
+            f"small-dense one {nz_dense}: the layers onnxprune does not sparsify (depthwise "
+            "convolutions, normalisations, biases) hold more than the target")
     cal = load_calibration(calib, original, token_mask)
     _, hold = split_samples(cal.n_samples, holdout, seed)
-    feeds = sample_feed(cal, hold)
     say("measuring latency (interleaved)")
-    lat = latencies([original, dense.model, sparse.model], feeds, repeats)
-    reference = _open_session(original)
-    floating = {o.name for o in reference.get_outputs() if "float" in o.type}
+    lat = latencies([original, dense.model, sparse.model], sample_feed(cal, hold), repeats)
+    floating = {o.name for o in original.graph.output
+                if o.type.tensor_type.elem_type in _FLOAT_TYPES}
     has_top1 = any(f.top1_agreement is not None for f in dense.report.fidelity.values())
+    # (model, parameters, non-zeros, sizes, held-out fidelity); sparsify measured the original
+    # and the sparse model already
+    models = (("original", count_params(original), sr.nonzeros_before, sr.size_before, None),
+              ("small-dense", dense.report.params_after, nz_dense, storage.sizes(dense.model),
+               dense.report.fidelity),
+              ("large-sparse", count_params(sparse.model), sr.nonzeros_after, sr.size_after,
+               sr.fidelity))
     rows = []
-    for i, (name, m, fid) in enumerate((("original", original, None),
-                                        ("small-dense", dense.model, dense.report.fidelity),
-                                        ("large-sparse", sparse.model, sparse.report.fidelity))):
+    for i, (name, params, nz, sizes, fid) in enumerate(models):
         if fid is None:  # the original against itself
             worst, top1 = 1.0, 1.0 if has_top1 else None
         else:
-            worst = min((f.worst_cosine for n, f in fid.items() if n in floating), default=1.0)
+            worst = _worst_cosine(fid, floating)
             top1 = next((f.top1_agreement for f in fid.values()
                          if f.top1_agreement is not None), None)
-        rows.append({"model": name, "params": count_params(m), "nonzeros": storage.nonzeros(m),
-                     "worst_cosine": worst, "top1_agreement": top1, **storage.sizes(m),
-                     "latency_ms": lat[i], "latency_ratio": lat[i] / lat[0]})
+        rows.append({"model": name, "params": params, "nonzeros": nz, "worst_cosine": worst,
+                     "top1_agreement": top1, **sizes, "latency_ms": lat[i],
+                     "latency_ratio": lat[i] / lat[0]})
     report = CompareReport(nonzeros_target=float(nonzeros), rows=tuple(rows), sparsity=level,
                            seconds=round(time.perf_counter() - start, 3))
     return report, dense, sparse
