@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune import calibrate
+from onnxprune import calibrate, weights
 from onnxprune import stats as stats_io
 from onnxprune.analysis import Analysis, Group, analyze
 from onnxprune.budget import ALLOCATIONS, Allocation, Budget, Planner, measure
@@ -48,6 +48,9 @@ class PruneResult:
     report: Report
     external_data: bool = False
     sources: Mapping[str, Path] = field(default_factory=dict)
+    #: the input's directory when its weights were left in their files (models over
+    #: ``weights.LAZY_BYTES``): the untouched weights of ``model`` still refer to them there
+    weights_dir: str | None = None
 
     def save(self, path: str | os.PathLike, external_data: bool | None = None,
              overwrite_input: bool = False) -> list[Path]:
@@ -56,7 +59,8 @@ class PruneResult:
         with ``overwrite_input``, the calibration data never."""
         ext = self.external_data if external_data is None else external_data
         check_writes(Path(path), ext, self.sources, overwrite_input)
-        return save_model(self.model, path, ext)
+        with weights.source(self.weights_dir):
+            return save_model(self.model, path, ext)
 
 
 #: Label of the input model (and prefix of its external data's) among a run's sources.
@@ -232,6 +236,7 @@ def _worst_cosine(fid: Mapping[str, OutputFidelity], floating: set[str], z: floa
     return min(vals) if vals else 1.0
 
 
+@weights.scoped
 def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           method: str = "inchange", reweight: bool = True, seed: int = 0, holdout: float = 0.2,
           max_positions: int = 256, batch_size: int = 32, ridge: float | str = "auto",
@@ -449,7 +454,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     sources = run_sources(loaded.path, loaded.data_files, calib)
     sources.update({f"statistics file '{Path(p).name}'": Path(p) for p in stats_files})
     return PruneResult(model=pruned, report=report, external_data=loaded.external_data,
-                       sources=sources)
+                       sources=sources, weights_dir=weights.base_dir())
 
 
 def _stats_options(seed: int, holdout: float, max_positions: int, batch_size: int,
@@ -458,6 +463,7 @@ def _stats_options(seed: int, holdout: float, max_positions: int, batch_size: in
             "batch_size": int(batch_size), "token_mask": token_mask}
 
 
+@weights.scoped
 def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLike, *,
                     shard: tuple[int, int] | None = None, seed: int = 0, holdout: float = 0.2,
                     max_positions: int = 256, batch_size: int = 32,
@@ -574,6 +580,7 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
             {"points": points, "path_length": len(path)})
 
 
+@weights.scoped
 def measure_latency(model: ModelSource, pruned: onnx.ModelProto, calib: CalibSource, *,
                     holdout: float = 0.2, seed: int = 0, token_mask: str | None = "auto",
                     repeats: int = 30) -> tuple[float, float]:
@@ -586,6 +593,7 @@ def measure_latency(model: ModelSource, pruned: onnx.ModelProto, calib: CalibSou
     return a, b
 
 
+@weights.scoped
 def inspect(model: ModelSource) -> InspectReport:
     """Channel groups of ``model``: sizes, producers, consumers, and why some are unprunable."""
     loaded = load_model(model)

@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune import weights
 from onnxprune.analysis import ConsumerSite
 from onnxprune.graph import Graph
 from onnxprune.modelio import Calibration
@@ -77,6 +78,7 @@ def session(model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
     # Idle worker threads must not spin: the pass shares the cores with whatever runs beside it.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    weights.session_options(opts)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 

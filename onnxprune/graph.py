@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from onnxprune import weights
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class Graph:
         if not name or name not in self.initializers or name in self.overridable:
             return None
         if name not in self._const_cache:
-            self._const_cache[name] = numpy_helper.to_array(self.initializers[name])
+            self._const_cache[name] = weights.to_array(self.initializers[name])
         return self._const_cache[name]
 
     def node(self, name: str) -> onnx.NodeProto:

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
+from onnxprune import weights
 from onnxprune.errors import CalibrationError, ModelError, OutputError
 from onnxprune.graph import attr
 
@@ -30,6 +31,7 @@ class LoadedModel:
     path: Path | None
     external_data: bool
     data_files: tuple[Path, ...] = ()  # the external-data files it was read from
+    lazy: bool = False  # weights left in the data files (onnxprune.weights)
 
 
 def _uses_external_data(model: onnx.ModelProto) -> bool:
@@ -38,10 +40,15 @@ def _uses_external_data(model: onnx.ModelProto) -> bool:
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
-    """Load a model with its external data; validate it with the ONNX checker."""
+    """Load a model with its external data; validate it with the ONNX checker.
+
+    External data over ``weights.LAZY_BYTES`` stays in its files (``LoadedModel.lazy``): the
+    weights are read on demand from the model's directory, which this call makes the current
+    run's (:mod:`onnxprune.weights`)."""
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
+        weights.set_base_dir(None)
         if _uses_external_data(model):
             raise ModelError("the ModelProto refers to external data that is not loaded; pass the "
                              "model's path instead, or load it with onnx.load(path)")
@@ -63,6 +70,14 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
                          "re-export it or check that the file was copied completely")
     external = _uses_external_data(model)
     data_files = _data_files(model, path)
+    if external and weights.external_bytes(model) > weights.LAZY_BYTES:
+        _check_lazy(model, path)
+        weights.set_base_dir(path.parent)
+        _check(model, f"'{path}'")
+        _densify(model)
+        return LoadedModel(model=model, path=path, external_data=True, data_files=data_files,
+                           lazy=True)
+    weights.set_base_dir(None)
     if external:
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
@@ -83,6 +98,29 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
     _check(model, f"'{path}'")
     _densify(model)
     return LoadedModel(model=model, path=path, external_data=external, data_files=data_files)
+
+
+def _check_lazy(model: onnx.ModelProto, path: Path) -> None:
+    """Every lazily held weight lies inside its data file (what loading would have checked)."""
+    sizes: dict[str, int] = {}
+    for t in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(t):
+            continue
+        info = external_data_helper.ExternalDataInfo(t)
+        f = path.parent / info.location
+        if info.location not in sizes:
+            if not f.is_file() or Path(info.location).is_absolute() or ".." in Path(
+                    info.location).parts:
+                raise ModelError(f"external data of '{path}' cannot be read ('{info.location}' "
+                                 "is not a file beside the model); keep the data file next to "
+                                 "the model under the name it was saved with")
+            sizes[info.location] = f.stat().st_size
+        expected = int(np.prod(t.dims, dtype=np.int64)) * np.dtype(
+            helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        length = expected if info.length is None else int(info.length)
+        if length != expected or int(info.offset or 0) + length > sizes[info.location]:
+            raise ModelError(f"external data of '{path}' is truncated or does not match the "
+                             f"model (tensor '{t.name}'); copy the data file again")
 
 
 def _densify(model: onnx.ModelProto) -> None:
@@ -141,7 +179,7 @@ def check_collisions(writes: dict[str, Path], reads: dict[str, Path]) -> None:
 
 def _check(model: onnx.ModelProto, what: str) -> None:
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(weights.checkable(model))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelError(f"{what} is not a valid ONNX model: {first}; fix the exporter output "
@@ -190,6 +228,41 @@ def _mark_external(model: onnx.ModelProto, location: str, threshold: int = 1024)
             t.data_location = onnx.TensorProto.EXTERNAL
 
 
+def _copy_fields(src, dst, skip=()):
+    """``dst`` with every field of ``src`` set, except those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+    return dst
+
+
+def _externalised(t: onnx.TensorProto, data, location: str, threshold: int = 1024
+                  ) -> onnx.TensorProto:
+    """``t`` as saved beside the model: its bytes appended to ``data`` when they are held
+    lazily or raw and at least ``threshold`` long (like :func:`_mark_external`), else inline."""
+    lazy = weights.is_external(t)
+    if not lazy and not (t.HasField("raw_data") and len(t.raw_data) >= threshold):
+        return t
+    payload = weights.raw_bytes(t) if lazy else t.raw_data
+    out = onnx.TensorProto()
+    out.CopyFrom(t)
+    out.ClearField("raw_data")
+    del out.external_data[:]
+    offset = data.tell()
+    data.write(payload)
+    for key, value in (("location", location), ("offset", offset), ("length", len(payload))):
+        entry = out.external_data.add()
+        entry.key, entry.value = key, str(value)
+    out.data_location = onnx.TensorProto.EXTERNAL
+    return out
+
+
 def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool) -> list[Path]:
     """Write ``model`` (and ``<out>.data`` when ``external_data``) atomically.
 
@@ -208,11 +281,24 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=parent))
         tmp_model = tmpdir / out_p.name
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
         if external_data:
+            # top-level weights streamed one at a time (lazily held ones straight from their
+            # files); the rest (subgraph weights) appended by onnx.save_model, as before
+            copy = _copy_fields(model, onnx.ModelProto(), skip=("graph",))
+            _copy_fields(model.graph, copy.graph, skip=("initializer",))
+            with open(tmpdir / location, "wb") as data:
+                for t in model.graph.initializer:
+                    copy.graph.initializer.append(_externalised(t, data, location))
             _mark_external(copy, location)
+        else:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            for t in copy.graph.initializer:
+                if weights.is_external(t):
+                    t.CopyFrom(weights.materialized(t))
         onnx.save_model(copy, str(tmp_model))
+        if external_data and (tmpdir / location).stat().st_size == 0:
+            (tmpdir / location).unlink()  # nothing large enough to go outside the model
         mode = file_mode()
         written = []
         if external_data and (tmpdir / location).exists():

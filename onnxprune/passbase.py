@@ -14,6 +14,7 @@ from typing import Any
 
 import onnx
 
+from onnxprune import weights
 from onnxprune.errors import PassError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class Pass(abc.ABC):
     def ensures(self, model: onnx.ModelProto) -> None:
         """Postconditions: the model is valid ONNX."""
         try:
-            onnx.checker.check_model(model)
+            onnx.checker.check_model(weights.checkable(model))
         except onnx.checker.ValidationError as exc:
             raise PassError(f"pass '{self.name}' produced an invalid model: "
                             f"{str(exc).splitlines()[0]}; please report this model") from None

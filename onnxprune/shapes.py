@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import numpy_helper
 
+from onnxprune import weights
 from onnxprune.graph import Graph, attr
 
 Symbol = tuple[str, ...]
@@ -345,7 +345,7 @@ class ShapeEval:
         if op == "ConstantOfShape":
             v = self.value(node.input[0], d)
             t = attr(node, "value")
-            fill = 0 if t is None else int(np.asarray(numpy_helper.to_array(t)).reshape(-1)[0])
+            fill = 0 if t is None else int(np.asarray(weights.to_array(t)).reshape(-1)[0])
             if v is None or len(v) != 1 or v[0].dim is None or v[0].dim.static is None:
                 return None
             return [Entry(Dim(fill))] * v[0].dim.static

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune import storage
+from onnxprune import storage, weights
 from onnxprune.api import (CalibSource, ModelSource, PruneResult, _open_session, _worst_cosine,
                            cubic_schedule, prune, run_sources, split_samples, validate_sampling)
 from onnxprune.errors import OptionError
@@ -45,6 +45,7 @@ def _sparsity_option(sparsity) -> float:
     return float(sparsity)
 
 
+@weights.scoped
 def sparsify(model: ModelSource, calib: CalibSource, *, sparsity: float | None = None,
              pattern: str = "unstructured", method: str = "obs", reweight: bool = True,
              steps: int = 1, allocation: str | None = None, ridge: float | str = "auto",
@@ -134,7 +135,8 @@ def sparsify(model: ModelSource, calib: CalibSource, *, sparsity: float | None =
         token_mask=cal.token_mask, schedule=tuple(schedule))
     return PruneResult(model=out, report=report,
                        external_data=loaded.external_data and storage_format == "dense",
-                       sources=run_sources(loaded.path, loaded.data_files, calib))
+                       sources=run_sources(loaded.path, loaded.data_files, calib),
+                       weights_dir=weights.base_dir())
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ def matching_sparsity(model: onnx.ModelProto, nonzeros: int) -> float:
     return min(max(1.0 - (nonzeros - others) / size, 0.0), 0.99)
 
 
+@weights.scoped
 def compare(model: ModelSource, calib: CalibSource, *, nonzeros: float,
             method: str = "obs", allocation: str = "global", reweight: bool = True,
             seed: int = 0, holdout: float = 0.2, max_positions: int = 256,

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune import weights
 from onnxprune.metrics import _FLOAT_TYPES
 
 
@@ -27,7 +28,7 @@ def nonzeros(model: onnx.ModelProto) -> int:
     n = 0
     for t in model.graph.initializer:
         if t.data_type in _FLOAT_TYPES:
-            n += int(np.count_nonzero(numpy_helper.to_array(t)))
+            n += int(np.count_nonzero(weights.to_array(t)))
     for sp in model.graph.sparse_initializer:
         if sp.values.data_type in _FLOAT_TYPES:
             n += int(np.count_nonzero(numpy_helper.to_array(sp.values)))
@@ -46,7 +47,7 @@ def to_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     keep, sparse = [], []
     for t in out.graph.initializer:
-        arr = numpy_helper.to_array(t) if t.data_type in _FLOAT_TYPES else None
+        arr = weights.to_array(t) if t.data_type in _FLOAT_TYPES else None
         if arr is None or not _sparse_is_smaller(arr):
             keep.append(t)
             continue

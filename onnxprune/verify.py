@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune import weights
 from onnxprune.calibrate import drop_padding, run_outputs, session
 from onnxprune.errors import PassError
 from onnxprune.modelio import Calibration
@@ -160,7 +161,7 @@ def _cosines(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray) -> np.ndarray:
 def check_structure(model: onnx.ModelProto) -> None:
     """Full ONNX check (with strict shape inference) and an onnxruntime load."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(weights.checkable(model), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise PassError(f"the pruned model fails the ONNX checker: {str(exc).splitlines()[0]}; "
                         "please report this model") from None
