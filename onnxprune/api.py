@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,22 +13,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxprune import calibrate, weights
+from onnxprune import calibrate, options, weights
 from onnxprune import stats as stats_io
-from onnxprune.analysis import Analysis, Group, analyze
+from onnxprune.analysis import Analysis, analyze
 from onnxprune.budget import ALLOCATIONS, Allocation, Budget, Planner, measure
 from onnxprune.calibrate import session
 from onnxprune.errors import ModelError, OptionError, PassError
 from onnxprune.graph import Graph
 from onnxprune.metrics import count_macs, count_params
-from onnxprune.modelio import (Calibration, check_collisions, load_calibration, load_model,
-                               save_model)
+from onnxprune.modelio import Calibration, load_calibration, load_model
+from onnxprune.saving import check_collisions, check_writes, run_sources, save_model
 from onnxprune.passbase import run_passes
 from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import PruneOptions
 from onnxprune.passes.prune import Lineage
 from onnxprune.report import InspectReport, Report, group_entry, inspect_report
-from onnxprune.select import METHODS, SEQUENTIAL, KeepPlan, removes_anything, segment_sizes
+from onnxprune.select import (METHODS, SEQUENTIAL, KeepPlan, removes_anything,
+                              round_plans)
 from onnxprune.verify import (OutputFidelity, check_structure, fidelity, latencies,
                               sample_feed)
 
@@ -63,86 +63,17 @@ class PruneResult:
             return save_model(self.model, path, ext)
 
 
-#: Label of the input model (and prefix of its external data's) among a run's sources.
-INPUT_MODEL = "input model"
-
-
-def check_writes(out: Path | None, external_data: bool, sources: Mapping[str, Path],
-                 overwrite_input: bool = False, others: Mapping[str, Path] | None = None
-                 ) -> None:
-    """Refuse writing the model ``out`` (its ``.data`` with ``external_data``) and ``others``
-    (a report …) over any of ``sources`` — the input model's files only with
-    ``overwrite_input`` — or over each other (:func:`~onnxprune.modelio.check_collisions`)."""
-    writes = {**({"output model": out} if out is not None else {}), **(others or {})}
-    if external_data and out is not None:
-        writes["output's external data"] = out.with_name(out.name + ".data")
-    check_collisions(writes, {k: v for k, v in sources.items()
-                              if not (overwrite_input and k.startswith(INPUT_MODEL))})
-
-
-def run_sources(model_path: Path | None, data_files: Sequence[Path], calib) -> dict[str, Path]:
-    """The files a run reads: the model, its external data, the calibration file."""
-    out: dict[str, Path] = {}
-    if model_path is not None:
-        out[INPUT_MODEL] = Path(model_path)
-    for i, f in enumerate(data_files):
-        out[f"{INPUT_MODEL}'s external data" + (f" #{i + 1}" if i else "")] = f
-    if isinstance(calib, (str, os.PathLike)):
-        out["calibration data"] = Path(calib)
-    return out
-
-
-def validate_options(ratio: float, method: str, holdout: float, max_positions: int,
-                     seed: int) -> None:
-    if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or not 0 <= ratio < 1:
-        raise OptionError(f"--ratio must be in [0, 1) (the fraction of channels removed), got "
-                          f"{ratio!r}")
-    if method not in METHODS:
-        raise OptionError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    validate_sampling(holdout, max_positions, seed)
-
-
-def validate_sampling(holdout: float, max_positions: int, seed: int) -> None:
-    """The options every calibrated run shares: held-out fraction, position cap, seed."""
-    if not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
-        raise OptionError(f"--holdout must be in (0, 1), got {holdout!r}")
-    if max_positions < 1:
-        raise OptionError(f"max_positions must be ≥ 1, got {max_positions!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise OptionError(f"--seed must be a non-negative integer, got {seed!r}")
-
-
-def _positive_int(value, flag: str, limit: int = 1 << 20) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= limit:
-        raise OptionError(f"{flag} must be an integer in [1, {limit}], got {value!r}")
-    return int(value)
-
-
-def _round_option(value) -> tuple[int, bool]:
-    """``(K, auto)`` for ``--round-to``: ``"auto"`` (by width, :meth:`KeepPlan.round_step`) or
-    a multiple K ≥ 1 for every segment."""
-    if value == "auto":
-        return 1, True
-    return _positive_int(value, "--round-to", 4096), False
-
-
 def budget_option(target_macs: float | None, target_params: float | None,
                   allocation: str) -> Budget | None:
-    given = [(k, v) for k, v in (("macs", target_macs), ("params", target_params))
-             if v is not None]
-    if len(given) > 1:
-        raise OptionError("give either --target-macs or --target-params, not both")
-    if allocation not in ALLOCATIONS:
-        raise OptionError(f"unknown allocation {allocation!r}; choose one of "
-                          f"{', '.join(ALLOCATIONS)}")
-    if not given:
-        return None
-    kind, v = given[0]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-            or not 0 < v <= 1:
-        raise OptionError(f"--target-{kind} must be in (0, 1] (the fraction of the original "
-                          f"{'MACs' if kind == 'macs' else 'parameters'} to keep), got {v!r}")
-    return Budget(kind=kind, fraction=float(v), allocation=allocation)
+    options.exclusive(**{"--target-macs": target_macs, "--target-params": target_params})
+    options.choice(allocation, "allocation", ALLOCATIONS)
+    if target_macs is not None:
+        return Budget("macs", options.kept_fraction(target_macs, "--target-macs", "MACs"),
+                      allocation)
+    if target_params is not None:
+        return Budget("params", options.kept_fraction(target_params, "--target-params",
+                                                      "parameters"), allocation)
+    return None
 
 
 def resolve_exclude(names: Sequence[str], analysis: Analysis) -> frozenset[str]:
@@ -160,25 +91,6 @@ def resolve_exclude(names: Sequence[str], analysis: Analysis) -> frozenset[str]:
                               "'onnxprune inspect MODEL' to list them")
         out.update(hits)
     return frozenset(out)
-
-
-def cubic_schedule(final: float, steps: int) -> list[float]:
-    """Zhu & Gupta: s_t = s_f + (s_i − s_f)(1 − t/N)³ with s_i = 0, for t = 1 … N."""
-    return [final * (1.0 - (1.0 - t / steps) ** 3) for t in range(1, steps + 1)]
-
-
-def round_plans(plan: KeepPlan, groups: Sequence[Group], steps: int) -> list[KeepPlan]:
-    """Per-round plans for gradual pruning: after round t a fraction s_t of each group's
-    original channels is gone (ratios relative to the original segment sizes, ``KeepPlan.base``),
-    so the last round lands on exactly the one-shot widths (``--round-to`` rounds every round's
-    widths; rounding is monotone in the ratio, so no round goes below the final width)."""
-    if steps == 1:
-        return [plan]
-    final = {g.name: plan.ratio_of(g) for g in groups}
-    base = {g.name: segment_sizes(g) for g in groups}
-    sched = {n: cubic_schedule(r, steps) for n, r in final.items()}
-    return [replace(plan, ratio=0.0, ratios={n: s[t] for n, s in sched.items()}, base=base)
-            for t in range(steps)]
 
 
 def _open_session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -213,19 +125,6 @@ DEFAULT_MIN_COSINE = 0.99
 CONFIDENCE_Z = 2.0
 #: A --min-cosine search stops when its bracket spans less than this fraction of the MACs.
 SEARCH_TOLERANCE = 0.01
-
-
-def _min_cosine_option(min_cosine, others: dict) -> float | None:
-    if min_cosine is None:
-        return None
-    if isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float)) \
-            or not math.isfinite(min_cosine) or not -1 < min_cosine < 1:
-        raise OptionError(f"--min-cosine must be in (-1, 1) (the held-out output cosine the "
-                          f"pruned model must keep, e.g. 0.99), got {min_cosine!r}")
-    given = [flag for flag, v in others.items() if v is not None and v is not False]
-    if given:
-        raise OptionError(f"give either --min-cosine or {', '.join(given)}, not both")
-    return float(min_cosine)
 
 
 def _worst_cosine(fid: Mapping[str, OutputFidelity], floating: set[str], z: float = 0.0
@@ -286,20 +185,19 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
             and head_ratio is None and steps == 1:
         min_cosine = DEFAULT_MIN_COSINE  # the default mode: as small as stays faithful
     budget = budget_option(target_macs, target_params, allocation)
-    min_cosine = _min_cosine_option(min_cosine, {
-        "--ratio": ratio, "--target-macs": target_macs, "--target-params": target_params,
-        "--head-ratio": head_ratio})
-    if budget is not None and head_ratio is not None:
-        raise OptionError("give either --head-ratio or a --target-macs/--target-params budget, "
-                          "not both")
-    if budget is not None and ratio is not None:
-        raise OptionError("give either --ratio or a --target-macs/--target-params budget, "
-                          "not both")
-    ratio = 0.5 if ratio is None else ratio
-    validate_options(ratio, method, holdout, max_positions, seed)
-    round_to, auto_round = _round_option(round_to)
-    min_keep = _positive_int(min_keep, "--min-keep")
-    steps = _positive_int(steps, "--steps", 100)
+    if min_cosine is not None:
+        min_cosine = options.min_cosine(min_cosine)
+    for amount, flag in ((ratio, "--ratio"), (head_ratio, "--head-ratio")):
+        options.exclusive(**{"--min-cosine": min_cosine, flag: amount})
+        options.exclusive(**{"a --target-macs/--target-params budget": budget, flag: amount})
+    options.exclusive(**{"--min-cosine": min_cosine,
+                         "a --target-macs/--target-params budget": budget})
+    ratio = 0.5 if ratio is None else options.removed_fraction(ratio, "--ratio", "channels")
+    options.choice(method, "method", METHODS)
+    options.sampling(holdout, max_positions, seed)
+    round_to, auto_round = options.round_to(round_to)
+    min_keep = options.count(min_keep, "--min-keep")
+    steps = options.count(steps, "--steps", 100)
     if method == "asym" and steps > 1:
         # Round t ≥ 2 re-fits consumers whose bias already changed in round 1, but asym's
         # target is the original pre-bias output: the bias change must then be taken relative
@@ -308,14 +206,9 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                           "--method asym in one shot, or --steps with inchange/seq")
     if min_cosine is not None and steps > 1:
         raise OptionError("--min-cosine cannot be combined with --steps > 1")
-    if head_ratio is not None and (isinstance(head_ratio, bool) or not isinstance(
-            head_ratio, (int, float)) or not math.isfinite(head_ratio) or not 0 <= head_ratio < 1):
-        raise OptionError(f"--head-ratio must be in [0, 1) (the fraction of attention heads "
-                          f"removed), got {head_ratio!r}")
-    if ridge not in ("auto", "gcv") and (isinstance(ridge, (str, bool)) or not isinstance(
-            ridge, (int, float)) or not (math.isfinite(ridge) and ridge >= 0)):
-        raise OptionError(f"--ridge must be a non-negative number, 'auto' or 'gcv', got "
-                          f"{ridge!r}")
+    if head_ratio is not None:
+        head_ratio = options.removed_fraction(head_ratio, "--head-ratio", "attention heads")
+    options.ridge(ridge)
     say = progress or (lambda msg: None)
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
@@ -476,16 +369,12 @@ def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLi
     of that many processes) or ``address`` (an existing Dask scheduler): the samples are split
     among the workers and their statistics added up (:mod:`onnxprune.cluster`). Returns the path
     written."""
-    validate_sampling(holdout, max_positions, seed)
-    if workers is not None and address is not None:
-        raise OptionError("give either --workers or --address, not both")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or not 1 <= workers <= 1024):
-        raise OptionError(f"--workers must be an integer in [1, 1024], got {workers!r}")
+    options.sampling(holdout, max_positions, seed)
+    options.exclusive(**{"--workers": workers, "--address": address})
+    if workers is not None:
+        options.count(workers, "--workers", 1024)
     if shard is not None:
-        k, n = shard
-        if not (isinstance(k, int) and isinstance(n, int) and 1 <= k <= n <= 4096):
-            raise OptionError(f"--shard must be K/N with 1 ≤ K ≤ N, got {k}/{n}")
+        shard = options.shard(shard)
     say = progress or (lambda msg: None)
     loaded, normalized, cal, graph, sites = stats_io.statistics_inputs(model, calib, token_mask)
     _open_session(normalized)

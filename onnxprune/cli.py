@@ -10,12 +10,13 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from onnxprune import api
+from onnxprune import api, options
 from onnxprune.errors import OnnxPruneError, OptionError, OutputError, PassError
-from onnxprune.modelio import check_output_path, external_data_files, file_mode
+from onnxprune.modelio import external_data_files
+from onnxprune.saving import (check_output_path, check_report_path, check_writes, finite,
+                              run_sources, write_json_atomic, write_text_atomic)
 from onnxprune.select import METHODS
 
 
@@ -26,60 +27,43 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _checked(flag: str, convert, kind: str, interval: str, ok, meaning: str = ""):
-    """An argparse type: ``convert`` the text (else "FLAG must be KIND"), then require ``ok``
-    (else "FLAG must be in INTERVAL (MEANING)")."""
+def _arg(flag: str, check, convert=float, kind: str = "a number", words: tuple[str, ...] = ()):
+    """An argparse type: the text converted (``words`` pass as they are), then checked by the
+    :mod:`onnxprune.options` function the Python API uses, so both refuse alike."""
     def parse(text: str):
+        if text in words:
+            return check(text)
         try:
-            v = convert(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be {kind}, got {text!r}")
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"{flag} must be in {interval}{meaning}, got {text}")
-        return v
+        try:
+            return check(value)
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
 
 
 def _removed_fraction(flag: str, what: str):
-    return _checked(flag, float, "a number in [0, 1)", "[0, 1)", lambda v: 0 <= v < 1,
-                    f" (the fraction of {what} removed)")
+    return _arg(flag, lambda v: options.removed_fraction(v, flag, what))
 
 
-def _fraction(flag: str):
-    return _checked(flag, float, "a number in (0, 1]", "(0, 1]", lambda v: 0 < v <= 1,
-                    " (the fraction of the original to keep)")
+def _kept_fraction(flag: str, what: str):
+    return _arg(flag, lambda v: options.kept_fraction(v, flag, what))
 
 
 def _count(flag: str, limit: int):
-    return _checked(flag, int, "an integer", f"[1, {limit}]", lambda v: 1 <= v <= limit)
+    return _arg(flag, lambda v: options.count(v, flag, limit), int, "an integer")
 
 
-def _round_to(text: str):
-    return text if text == "auto" else _count("--round-to", 4096)(text)
+def _valid_round_to(value):
+    options.round_to(value)  # the API takes the value itself ("auto" or K)
+    return value
 
 
-def _ridge(text: str):
-    if text in ("auto", "gcv"):
-        return text
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--ridge must be a non-negative number, 'auto' or "
-                                         f"'gcv', got {text!r}")
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"--ridge must be a non-negative number, 'auto' or "
-                                         f"'gcv', got {text}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"--seed must be a non-negative integer, got {text}")
-    return v
+_ROUND_TO = _arg("--round-to", _valid_round_to, int, "an integer or 'auto'", ("auto",))
+_RIDGE = _arg("--ridge", options.ridge, float, "a non-negative number, 'auto' or 'gcv'",
+              ("auto", "gcv"))
 
 
 def _calib_args(p) -> None:
@@ -119,16 +103,6 @@ _PRUNE_RIDGE_HELP = ("regularisation of the re-fit toward the layer's original w
                      "for those few-row layers)")
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must be K/N (e.g. 2/4), got {text!r}")
-    if not 1 <= k <= n <= 4096:
-        raise argparse.ArgumentTypeError(f"--shard K/N needs 1 ≤ K ≤ N ≤ 4096, got {text}")
-    return k, n
-
-
 def _run_args(p, ridge: bool = True, ridge_help: str = "", force: bool = True,
               report: bool = True) -> None:
     """Options every calibrated command shares."""
@@ -136,15 +110,16 @@ def _run_args(p, ridge: bool = True, ridge_help: str = "", force: bool = True,
                    help="input whose 0/1 values mark real tokens (padding = 0): statistics and "
                         "the fidelity check use real tokens only (default 'auto': an input "
                         "named attention_mask, if any; 'none': every position)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed for sampling and splits (default 0)")
-    p.add_argument("--holdout", type=float, default=0.2,
+    p.add_argument("--seed", type=_arg("--seed", options.seed, int, "a non-negative integer"),
+                   default=0, help="seed for sampling and splits (default 0)")
+    p.add_argument("--holdout", type=_arg("--holdout", options.holdout), default=0.2,
                    help="fraction of calibration samples kept aside for the fidelity check "
                         "(default 0.2)")
-    p.add_argument("--max-positions", type=int, default=256,
+    p.add_argument("--max-positions", type=_count("--max-positions", 1 << 20), default=256,
                    help="cap on sampled output positions per sample for conv consumers "
                         "(default 256)")
     if ridge:
-        p.add_argument("--ridge", type=_ridge, default="auto", help=ridge_help)
+        p.add_argument("--ridge", type=_RIDGE, default="auto", help=ridge_help)
     if report:
         p.add_argument("--report", help="write the JSON report here")
     if force:
@@ -165,14 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
                          "(without --ratio, --target-* or --min-cosine: --min-cosine 0.99; "
                          "with --steps or --head-ratio: 0.5)")
-    pr.add_argument("--target-macs", type=_fraction("--target-macs"), metavar="F",
+    pr.add_argument("--target-macs", type=_kept_fraction("--target-macs", "MACs"), metavar="F",
                     help="keep this fraction of the original MACs; per-group ratios are chosen "
                          "from each group's measured output sensitivity (instead of --ratio)")
-    pr.add_argument("--target-params", type=_fraction("--target-params"), metavar="F",
+    pr.add_argument("--target-params", type=_kept_fraction("--target-params", "parameters"),
+                    metavar="F",
                     help="keep this fraction of the original parameters (as --target-macs)")
-    pr.add_argument("--min-cosine", type=_checked("--min-cosine", float, "a number in (-1, 1)",
-                                                  "(-1, 1)", lambda v: -1 < v < 1,
-                                                  " (the held-out output cosine to keep)"),
+    pr.add_argument("--min-cosine", type=_arg("--min-cosine", options.min_cosine),
                     metavar="C",
                     help="the smallest model (fewest MACs) whose held-out output cosine stays "
                          "≥ C on every output (and every scale part of one), found by searching "
@@ -181,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--allocation", choices=("marginal", "equal-loss"), default="marginal",
                     help="how a budget is split among groups: least output damage per unit of "
                          "cost removed (default) or equal damage per group (the paper's)")
-    pr.add_argument("--round-to", type=_round_to, default="auto", metavar="K",
+    pr.add_argument("--round-to", type=_ROUND_TO, default="auto", metavar="K",
                     help="kept widths are multiples of K (or the whole width) for SIMD/NPU-"
                          "friendly shapes; 'auto' (default): multiples of 8 for producers of "
                          "≥ 32 channels, of 4 for 8–31, exact below; 1: no rounding")
@@ -215,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("input", help="model (.onnx)")
     ca.add_argument("output", help="where to write the statistics (.npz)")
     _calib_args(ca)
-    ca.add_argument("--shard", type=_shard, metavar="K/N",
+    ca.add_argument("--shard", type=_arg("--shard", options.shard, str, "K/N"), metavar="K/N",
                     help="only the K-th of N parts of the selection samples (run the N shards "
                          "anywhere, then 'prune --stats' with all N files)")
     where = ca.add_mutually_exclusive_group()
@@ -260,9 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("input", help="model (.onnx)")
     _calib_args(cp)
     cp.add_argument("--nonzeros", required=True,
-                    type=_checked("--nonzeros", float, "a number in (0, 1)", "(0, 1)",
-                                  lambda v: 0 < v < 1,
-                                  " (the fraction of non-zero parameters kept)"),
+                    type=_arg("--nonzeros", options.nonzeros),
                     metavar="F", help="fraction of the original non-zero parameters both "
                                       "models keep")
     cp.add_argument("--method", choices=("obs", "magnitude"), default="obs",
@@ -276,48 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="list channel groups and why some are unprunable")
     ins.add_argument("input", help="model to inspect (.onnx)")
     ins.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return p
-
-
-def _finite(obj):
-    """JSON has no NaN/Infinity: such values (a diverged output) are written as null."""
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    _write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n",
-                       raise_os=True)
-
-
-def _write_text_atomic(path: Path, text: str, raise_os: bool = False) -> None:
-    """Write ``text`` through a temporary file beside ``path``, renamed into place."""
-    parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=".onnxprune-", suffix=path.suffix, dir=parent)
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if raise_os:
-            raise
-        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}") from None
-
-
-def _check_report_path(path: str) -> Path:
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        raise OutputError(f"report path '{p}' is a directory; give a file name")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"report directory '{parent}' does not exist or is not writable")
     return p
 
 
@@ -368,7 +298,7 @@ def _reads_and_calib(args, out: Path | None, others: dict[str, Path]):
         raise OptionError("--tokenizer and --max-length apply to --calib-text only")
     if args.calib_text is not None and not args.tokenizer:
         raise OptionError("--calib-text needs --tokenizer DIR (a folder with tokenizer.json)")
-    reads = api.run_sources(Path(args.input), external_data_files(Path(args.input)), args.calib)
+    reads = run_sources(Path(args.input), external_data_files(Path(args.input)), args.calib)
     if args.calib_images is not None:
         from onnxprune.images import image_files
         reads.update({f"calibration image '{f.name}'": f for f in image_files(args.calib_images)})
@@ -376,7 +306,7 @@ def _reads_and_calib(args, out: Path | None, others: dict[str, Path]):
         from onnxprune.text import tokenizer_file
         reads.update({"calibration text": Path(args.calib_text),
                       "tokenizer": tokenizer_file(args.tokenizer)})
-    api.check_writes(out, True, reads, getattr(args, "force", False), others)
+    check_writes(out, True, reads, getattr(args, "force", False), others)
     calib = args.calib
     if args.calib_images is not None or args.calib_text is not None:
         from onnxprune.images import load_images, model_header
@@ -393,7 +323,7 @@ def _write_report(report_path: Path | None, data: dict) -> None:
     if report_path is None:
         return
     try:
-        _write_json_atomic(report_path, data)
+        write_json_atomic(report_path, data)
     except OSError as exc:
         raise OutputError(f"cannot write the report '{report_path}': {exc.strerror or exc}"
                           ) from None
@@ -409,15 +339,15 @@ def _say_fidelity(fidelity, token_mask) -> None:
 
 def _cmd_prune(args) -> int:
     out = check_output_path(args.output, args.input, args.force)
-    report_path = _check_report_path(args.report) if args.report else None
+    report_path = check_report_path(args.report) if args.report else None
     others = {"report": report_path} if report_path is not None else {}
-    html_path = _check_report_path(args.html) if args.html else None
+    html_path = check_report_path(args.html) if args.html else None
     if html_path is not None:
         others["HTML report"] = html_path
     # Before any work, every path written against every path read; after the run (nothing
     # written yet) again with what the run itself read (PruneResult.sources).
     stats_reads = {f"statistics file '{Path(f).name}'": Path(f) for f in args.stats or ()}
-    api.check_writes(out, True, stats_reads, args.force, others)
+    check_writes(out, True, stats_reads, args.force, others)
     reads, calib = _reads_and_calib(args, out, others)
     reads.update(stats_reads)
     result = api.prune(args.input, calib, stats=args.stats, ratio=args.ratio, method=args.method,
@@ -429,7 +359,7 @@ def _cmd_prune(args) -> int:
                        min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
                        head_ratio=args.head_ratio, token_mask=args.token_mask,
                        progress=_progress(args.quiet))
-    api.check_writes(out, result.external_data, {**reads, **result.sources}, args.force, others)
+    check_writes(out, result.external_data, {**reads, **result.sources}, args.force, others)
     result.save(out, overwrite_input=args.force)
     r = result.report
     _write_report(report_path, r.to_dict())
@@ -437,7 +367,7 @@ def _cmd_prune(args) -> int:
         from onnxprune.html import render
         lat = api.measure_latency(args.input, result.model, calib, holdout=args.holdout,
                                   seed=args.seed, token_mask=args.token_mask)
-        _write_text_atomic(html_path, render(r, f"onnxprune: {Path(args.input).name}", lat))
+        write_text_atomic(html_path, render(r, f"onnxprune: {Path(args.input).name}", lat))
     if not args.quiet:
         pct = 100.0 * (1 - r.params_after / max(r.params_before, 1))
         mpct = 100.0 * (1 - r.macs_after / max(r.macs_before, 1))
@@ -471,7 +401,7 @@ def _cmd_calibrate(args) -> int:
 def _cmd_sparsify(args) -> int:
     from onnxprune.sparse_api import sparsify
     out = check_output_path(args.output, args.input, args.force)
-    report_path = _check_report_path(args.report) if args.report else None
+    report_path = check_report_path(args.report) if args.report else None
     others = {"report": report_path} if report_path is not None else {}
     reads, calib = _reads_and_calib(args, out, others)
     result = sparsify(args.input, calib, sparsity=args.sparsity, pattern=args.pattern,
@@ -480,7 +410,7 @@ def _cmd_sparsify(args) -> int:
                       holdout=args.holdout, max_positions=args.max_positions,
                       exclude=args.exclude, token_mask=args.token_mask,
                       storage_format=args.storage, progress=_progress(args.quiet))
-    api.check_writes(out, result.external_data, {**reads, **result.sources}, args.force, others)
+    check_writes(out, result.external_data, {**reads, **result.sources}, args.force, others)
     result.save(out, overwrite_input=args.force)
     r = result.report
     _write_report(report_path, r.to_dict())
@@ -495,7 +425,7 @@ def _cmd_sparsify(args) -> int:
 
 def _cmd_compare(args) -> int:
     from onnxprune.sparse_api import compare
-    report_path = _check_report_path(args.report) if args.report else None
+    report_path = check_report_path(args.report) if args.report else None
     others = {k: Path(v) for k, v in (("report", report_path), ("--save-dense", args.save_dense),
                                       ("--save-sparse", args.save_sparse)) if v is not None}
     for flag in ("--save-dense", "--save-sparse"):
@@ -512,7 +442,7 @@ def _cmd_compare(args) -> int:
     for flag, result in (("--save-dense", dense), ("--save-sparse", sparse)):
         if flag in others:
             rest = {k: v for k, v in others.items() if k != flag}
-            api.check_writes(others[flag], result.external_data, {**reads, **result.sources},
+            check_writes(others[flag], result.external_data, {**reads, **result.sources},
                              False, rest)
             result.save(others[flag])
     _write_report(report_path, report.to_dict())
@@ -523,7 +453,7 @@ def _cmd_compare(args) -> int:
 def _cmd_inspect(args) -> int:
     rep = api.inspect(args.input)
     if args.json:
-        sys.stdout.write(json.dumps(_finite(rep.to_dict()), indent=2) + "\n")
+        sys.stdout.write(json.dumps(finite(rep.to_dict()), indent=2) + "\n")
     else:
         sys.stdout.write(rep.to_text() + "\n")
     return 0

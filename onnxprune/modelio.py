@@ -1,4 +1,5 @@
-"""Loading models and calibration data, and saving models atomically.
+"""Loading models (weights in memory, or left in their external-data files: ``weights``) and
+calibration data; writing is :mod:`onnxprune.saving`.
 
 Every failure caused by the user's files raises an :class:`~onnxprune.errors.OnnxPruneError`
 subclass whose message names the file and says how to fix it.
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
 from onnxprune import weights
-from onnxprune.errors import CalibrationError, ModelError, OutputError
+from onnxprune.errors import CalibrationError, ModelError
 from onnxprune.graph import attr
 
 log = logging.getLogger(__name__)
@@ -156,27 +155,6 @@ def _data_files(model: onnx.ModelProto, path: Path) -> tuple[Path, ...]:
                          if external_data_helper.uses_external_data(t)}))
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Same file after resolving links (symbolic: resolve; hard: same inode when both exist)."""
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def check_collisions(writes: dict[str, Path], reads: dict[str, Path]) -> None:
-    """Refuse a run that would write (model, its .data, report …) over a file it reads (model,
-    its external data, calibration …) or write two of its outputs to one file."""
-    items = list(writes.items())
-    for i, (what, w) in enumerate(items):
-        for other, r in list(reads.items()) + items[i + 1:]:
-            if _same_file(Path(w), Path(r)):
-                raise OutputError(f"the {what} '{w}' would overwrite the {other} '{r}'; "
-                                  "choose another path")
-
-
 def _check(model: onnx.ModelProto, what: str) -> None:
     try:
         onnx.checker.check_model(weights.checkable(model))
@@ -186,137 +164,6 @@ def _check(model: onnx.ModelProto, what: str) -> None:
                          "(onnx.checker.check_model reports the same)") from None
     except ValueError:  # > 2 GB protos cannot be checked in memory; onnxruntime will check
         pass
-
-
-def check_output_path(out: str | os.PathLike, inp: str | os.PathLike | None, force: bool) -> Path:
-    """Validate the output location before any work is done."""
-    out_p = Path(out)
-    if out_p.suffix.lower() != ".onnx":
-        raise OutputError(f"output '{out_p}' must end in .onnx")
-    if inp is not None and out_p.resolve() == Path(inp).resolve() and not force:
-        raise OutputError(f"output '{out_p}' is the input model; choose another path or pass "
-                          "--force to overwrite it")
-    if out_p.exists() and out_p.is_dir():
-        raise OutputError(f"output '{out_p}' is a directory; give a file name ending in .onnx")
-    parent = out_p.parent if str(out_p.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise OutputError(f"'{parent}' is not a directory; choose an output path inside a "
-                          "directory")
-    if not parent.is_dir():
-        raise OutputError(f"output directory '{parent}' does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory '{parent}' is not writable; choose another location")
-    return out_p
-
-
-def file_mode() -> int:
-    """Permission bits of a newly created regular file under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _mark_external(model: onnx.ModelProto, location: str, threshold: int = 1024) -> None:
-    """Point every large initializer at ``location`` (written by ``onnx.save_model``).
-
-    Done by hand because ``onnx.save_model(save_as_external_data=True)`` refuses a location that
-    exists relative to the *current directory*, whatever directory the model is saved to.
-    """
-    for t in external_data_helper._get_initializer_tensors(model):
-        if t.HasField("raw_data") and len(t.raw_data) >= threshold:
-            external_data_helper.set_external_data(t, location=location)
-            t.data_location = onnx.TensorProto.EXTERNAL
-
-
-def _copy_fields(src, dst, skip=()):
-    """``dst`` with every field of ``src`` set, except those named in ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        if fd.is_repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-    return dst
-
-
-def _externalised(t: onnx.TensorProto, data, location: str, threshold: int = 1024
-                  ) -> onnx.TensorProto:
-    """``t`` as saved beside the model: its bytes appended to ``data`` when they are held
-    lazily or raw and at least ``threshold`` long (like :func:`_mark_external`), else inline."""
-    lazy = weights.is_external(t)
-    if not lazy and not (t.HasField("raw_data") and len(t.raw_data) >= threshold):
-        return t
-    payload = weights.raw_bytes(t) if lazy else t.raw_data
-    out = onnx.TensorProto()
-    out.CopyFrom(t)
-    out.ClearField("raw_data")
-    del out.external_data[:]
-    offset = data.tell()
-    data.write(payload)
-    for key, value in (("location", location), ("offset", offset), ("length", len(payload))):
-        entry = out.external_data.add()
-        entry.key, entry.value = key, str(value)
-    out.data_location = onnx.TensorProto.EXTERNAL
-    return out
-
-
-def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool) -> list[Path]:
-    """Write ``model`` (and ``<out>.data`` when ``external_data``) atomically.
-
-    Everything is written into a temporary directory beside the output, then moved into place with
-    ``os.replace`` (data first, model last; if the model cannot be moved the data file is removed
-    again); on any failure nothing is left behind. Returns the files written.
-    """
-    out_p = check_output_path(out, None, force=True)
-    parent = out_p.parent if str(out_p.parent) else Path(".")
-    location = out_p.name + ".data"
-    if external_data and (parent / location).is_dir():
-        raise OutputError(f"'{parent / location}' is a directory; the external data file "
-                          "needs that name")
-    tmpdir = None
-    moved: list[Path] = []
-    try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-", dir=parent))
-        tmp_model = tmpdir / out_p.name
-        if external_data:
-            # top-level weights streamed one at a time (lazily held ones straight from their
-            # files); the rest (subgraph weights) appended by onnx.save_model, as before
-            copy = _copy_fields(model, onnx.ModelProto(), skip=("graph",))
-            _copy_fields(model.graph, copy.graph, skip=("initializer",))
-            with open(tmpdir / location, "wb") as data:
-                for t in model.graph.initializer:
-                    copy.graph.initializer.append(_externalised(t, data, location))
-            _mark_external(copy, location)
-        else:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            for t in copy.graph.initializer:
-                if weights.is_external(t):
-                    t.CopyFrom(weights.materialized(t))
-        onnx.save_model(copy, str(tmp_model))
-        if external_data and (tmpdir / location).stat().st_size == 0:
-            (tmpdir / location).unlink()  # nothing large enough to go outside the model
-        mode = file_mode()
-        written = []
-        if external_data and (tmpdir / location).exists():
-            os.chmod(tmpdir / location, mode)
-            os.replace(tmpdir / location, parent / location)
-            moved.append(parent / location)
-            written.append(parent / location)
-        os.chmod(tmp_model, mode)
-        os.replace(tmp_model, out_p)
-        return [out_p] + written
-    except OSError as exc:
-        for f in moved:
-            f.unlink(missing_ok=True)
-        raise OutputError(f"cannot write '{out_p}': {exc.strerror or exc}; check the path, free "
-                          "space and permissions") from None
-    finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 # -- calibration -----------------------------------------------------------------------------------

@@ -316,3 +316,22 @@ def removes_anything(group: Group, plan: KeepPlan) -> bool:
         return False
     _, quotas, _ = segments_and_quotas(group, plan)
     return int(quotas.sum()) < group.size
+
+
+def cubic_schedule(final: float, steps: int) -> list[float]:
+    """Zhu & Gupta: s_t = s_f + (s_i − s_f)(1 − t/N)³ with s_i = 0, for t = 1 … N."""
+    return [final * (1.0 - (1.0 - t / steps) ** 3) for t in range(1, steps + 1)]
+
+
+def round_plans(plan: KeepPlan, groups: Sequence[Group], steps: int) -> list[KeepPlan]:
+    """Per-round plans for gradual pruning: after round t a fraction s_t of each group's
+    original channels is gone (ratios relative to the original segment sizes, ``KeepPlan.base``),
+    so the last round lands on exactly the one-shot widths (``--round-to`` rounds every round's
+    widths; rounding is monotone in the ratio, so no round goes below the final width)."""
+    if steps == 1:
+        return [plan]
+    final = {g.name: plan.ratio_of(g) for g in groups}
+    base = {g.name: segment_sizes(g) for g in groups}
+    sched = {n: cubic_schedule(r, steps) for n, r in final.items()}
+    return [replace(plan, ratio=0.0, ratios={n: s[t] for n, s in sched.items()}, base=base)
+            for t in range(steps)]

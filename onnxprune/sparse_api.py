@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -11,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune import storage, weights
+from onnxprune import options, storage, weights
 from onnxprune.api import (CalibSource, ModelSource, PruneResult, _open_session, _worst_cosine,
-                           cubic_schedule, prune, run_sources, split_samples, validate_sampling)
+                           prune, split_samples)
 from onnxprune.errors import OptionError
 from onnxprune.graph import Graph
 from onnxprune.metrics import _FLOAT_TYPES, count_params
@@ -23,6 +22,8 @@ from onnxprune.passes import CleanupPass, NormalizePass
 from onnxprune.passes.sparsify import (ALLOCATIONS, SPARSE_METHODS, SparsifyOptions,
                                        SparsifyPass, find_layers)
 from onnxprune.report import SparsifyReport
+from onnxprune.saving import run_sources
+from onnxprune.select import cubic_schedule
 from onnxprune.verify import check_structure, fidelity, latencies, sample_feed
 
 
@@ -35,14 +36,6 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
         raise OptionError(f"--pattern must be 'unstructured' or N:M with 1 ≤ N < M ≤ 64 (e.g. "
                           f"2:4), got {pattern!r}")
     return int(m.group(1)), int(m.group(2))
-
-
-def _sparsity_option(sparsity) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
-            or not math.isfinite(sparsity) or not 0 <= sparsity < 1:
-        raise OptionError(f"--sparsity must be in [0, 1) (the fraction of weights zeroed), got "
-                          f"{sparsity!r}")
-    return float(sparsity)
 
 
 @weights.scoped
@@ -73,30 +66,21 @@ def sparsify(model: ModelSource, calib: CalibSource, *, sparsity: float | None =
     nm = parse_pattern(pattern)
     if sparsity is None:
         sparsity = 0.5 if nm is None else 1.0 - nm[0] / nm[1]
-    sparsity = _sparsity_option(sparsity)
+    sparsity = options.removed_fraction(sparsity, "--sparsity", "weights")
     if nm is not None and abs(sparsity - (1.0 - nm[0] / nm[1])) > 1e-9:
         raise OptionError(f"--pattern {pattern} sets the sparsity to {1 - nm[0] / nm[1]:g}; "
                           f"leave --sparsity out (got {sparsity:g})")
-    if method not in SPARSE_METHODS:
-        raise OptionError(f"unknown sparsify method {method!r}; choose one of "
-                          f"{', '.join(SPARSE_METHODS)}")
+    options.choice(method, "sparsify method", SPARSE_METHODS)
     if allocation is None:  # an N:M pattern is the same in every layer
         allocation = "uniform" if nm is not None else "global"
-    if allocation not in ALLOCATIONS:
-        raise OptionError(f"unknown --allocation {allocation!r} for sparsify; choose one of "
-                          f"{', '.join(ALLOCATIONS)}")
+    options.choice(allocation, "sparsify --allocation", ALLOCATIONS)
     if nm is not None and (allocation != "uniform" or steps != 1):
         raise OptionError("an N:M pattern is the same in every layer and reached in one step: "
                           "not with --allocation global or --steps > 1")
-    if storage_format not in ("dense", "sparse"):
-        raise OptionError(f"--storage must be 'dense' or 'sparse', got {storage_format!r}")
-    if ridge != "auto" and (isinstance(ridge, (str, bool)) or not isinstance(
-            ridge, (int, float)) or not (math.isfinite(ridge) and ridge >= 0)):
-        raise OptionError(f"--ridge must be a non-negative number or 'auto', got {ridge!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) \
-            or not 1 <= steps <= 100:
-        raise OptionError(f"--steps must be an integer in [1, 100], got {steps!r}")
-    validate_sampling(holdout, max_positions, seed)
+    options.choice(storage_format, "--storage", ("dense", "sparse"))
+    options.ridge(ridge, words=("auto",))
+    options.count(steps, "--steps", 100)
+    options.sampling(holdout, max_positions, seed)
     say = progress or (lambda msg: None)
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
@@ -112,11 +96,11 @@ def sparsify(model: ModelSource, calib: CalibSource, *, sparsity: float | None =
     for t, level in enumerate(schedule):
         if steps > 1:
             say(f"round {t + 1}/{steps}: sparsity {level:.3f}")
-        options = SparsifyOptions(sparsity=level, nm=nm, method=method, reweight=reweight,
-                                  allocation=allocation, ridge=ridge, seed=seed,
-                                  max_positions=max_positions, batch_size=batch_size,
-                                  exclude=frozenset(exclude))
-        current, results = run_passes([SparsifyPass(cal, sel_idx, options, say)], current)
+        opts = SparsifyOptions(sparsity=level, nm=nm, method=method, reweight=reweight,
+                               allocation=allocation, ridge=ridge, seed=seed,
+                               max_positions=max_positions, batch_size=batch_size,
+                               exclude=frozenset(exclude))
+        current, results = run_passes([SparsifyPass(cal, sel_idx, opts, say)], current)
         layers, skipped = tuple(results[0].info["layers"]), results[0].info["skipped"]
     out = run_passes([CleanupPass()], current)[0]
     say("verifying the sparse model")
@@ -196,10 +180,7 @@ def compare(model: ModelSource, calib: CalibSource, *, nonzeros: float,
     it the dense model's non-zeros), side by side: held-out fidelity, parameters, non-zeros,
     file sizes and onnxruntime latency (interleaved). Returns the report and both results."""
     start = time.perf_counter()
-    if isinstance(nonzeros, bool) or not isinstance(nonzeros, (int, float)) \
-            or not 0 < nonzeros < 1:
-        raise OptionError(f"--nonzeros must be in (0, 1) (the fraction of the original non-zero "
-                          f"parameters kept), got {nonzeros!r}")
+    options.nonzeros(nonzeros)
     say = progress or (lambda msg: None)
     common = dict(seed=seed, holdout=holdout, max_positions=max_positions,
                   token_mask=token_mask, reweight=reweight)

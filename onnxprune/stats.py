@@ -32,7 +32,7 @@ import onnx
 from onnxprune.analysis import ConsumerSite
 from onnxprune.calibrate import SiteStats
 from onnxprune.errors import CalibrationError, OutputError
-from onnxprune.modelio import file_mode
+from onnxprune.saving import file_mode
 
 FORMAT = "onnxprune-stats"
 VERSION = 1

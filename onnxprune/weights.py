@@ -8,7 +8,7 @@ its external-data reference (location, offset, length relative to the model's di
 * onnxruntime sessions read it straight from the file (:func:`session_options`: the session
   option ``session.model_external_initializers_file_folder_path`` names the directory), so the
   serialised graph handed to onnxruntime stays small;
-* saving copies it, one tensor at a time, into the output's data file (``modelio.save_model``).
+* saving copies it, one tensor at a time, into the output's data file (``saving.save_model``).
 
 Sliced (rewritten) weights are new in-memory tensors; untouched ones are never loaded. Peak memory
 is then the weights a pass actually reads plus the rewritten ones, not a copy of the model per

@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.api import cubic_schedule, split_samples
+from onnxprune.api import split_samples
+from onnxprune.select import cubic_schedule
 from helpers import CALIB_IMG, RESNET, assert_close, full_check, run, serialized
 
 D_IN, H1, H2, D_OUT, N = 10, 12, 9, 4, 400

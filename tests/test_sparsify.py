@@ -13,7 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 import onnxprune
-from onnxprune.api import cubic_schedule
+from onnxprune.select import cubic_schedule
 from onnxprune.storage import nonzeros
 
 from helpers import CALIB_FLAT, CALIB_IMG, MLP, MODELS, RESNET, run
