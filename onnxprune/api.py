@@ -28,10 +28,9 @@ from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import PruneOptions
 from onnxprune.passes.prune import Lineage
 from onnxprune.report import InspectReport, Report, group_entry, inspect_report
-from onnxprune.select import (METHODS, SEQUENTIAL, KeepPlan, removes_anything,
-                              round_plans)
-from onnxprune.verify import (OutputFidelity, check_structure, fidelity, latencies,
-                              sample_feed)
+from onnxprune.select import METHODS, SEQUENTIAL, KeepPlan, removes_anything, round_plans
+from onnxprune.verify import (OutputFidelity, RecordedOutputs, check_structure, fidelity,
+                              latencies, sample_feed)
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +188,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         min_cosine = options.min_cosine(min_cosine)
     for amount, flag in ((ratio, "--ratio"), (head_ratio, "--head-ratio")):
         options.exclusive(**{"--min-cosine": min_cosine, flag: amount})
-        options.exclusive(**{"a --target-macs/--target-params budget": budget, flag: amount})
+        options.exclusive(**{flag: amount, "a --target-macs/--target-params budget": budget})
     options.exclusive(**{"--min-cosine": min_cosine,
                          "a --target-macs/--target-params budget": budget})
     ratio = 0.5 if ratio is None else options.removed_fraction(ratio, "--ratio", "channels")
@@ -216,6 +215,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     floating = {o.name for o in reference.get_outputs() if "float" in o.type}
     cal = load_calibration(calib, normalized, token_mask)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
+    if loaded.lazy:  # weights over LAZY_BYTES: not held by a session through the rewrite
+        reference = RecordedOutputs(reference, cal, hold_idx, batch_size)
     shapes, per = _sample_shapes(cal)
     graph = Graph(normalized)
     analysis = analyze(graph)
@@ -301,9 +302,10 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
             if wi > ws:
                 pruned, decisions, fid = alt, alt_decisions, alt_fid
     say("verifying the pruned model")
-    check_structure(pruned)
+    loaded_pruned = check_structure(pruned)
     if fid is None:
-        fid = fidelity(reference, pruned, cal, hold_idx, batch_size)
+        fid = fidelity(reference, loaded_pruned, cal, hold_idx, batch_size)
+    del loaded_pruned
     groups = []
     for g in analysis.groups:
         d = decisions.get(g.name)

@@ -53,12 +53,14 @@ def _shape_of(vi: onnx.ValueInfoProto) -> Shape | None:
 
 
 def _concrete_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy with a symbolic leading (batch) dim of every graph input set to 1 and the stale
+    """Weight-free copy (:func:`weights.skeleton`) with a symbolic leading (batch) dim of every graph input set to 1 and the stale
     value_info dropped, so that shape inference resolves run-time shape arithmetic such as
     ``Reshape(x, Concat(Gather(Shape(x), 0), [-1]))`` to static shapes. Other symbolic dims stay.
     """
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = weights.skeleton(model)  # weights as typed inputs: nothing large copied or serialised
+    if m is model:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     for vi in m.graph.input:
         dims = vi.type.tensor_type.shape.dim
         if len(dims) and not dims[0].HasField("dim_value"):
@@ -142,9 +144,20 @@ class Graph:
         """Value of an initializer, or None for a run-time tensor."""
         if not name or name not in self.initializers or name in self.overridable:
             return None
+        t = self.initializers[name]
+        if weights.is_external(t):  # left in its file: read each time, never held here
+            return weights.to_array(t)
         if name not in self._const_cache:
-            self._const_cache[name] = weights.to_array(self.initializers[name])
+            self._const_cache[name] = weights.to_array(t)
         return self._const_cache[name]
+
+    def is_const(self, name: str) -> bool:
+        """True for an initializer (a constant), without reading its value."""
+        return bool(name) and name in self.initializers and name not in self.overridable
+
+    def const_shape(self, name: str) -> tuple[int, ...] | None:
+        """Shape of a constant (from its dims: a weight left in its file is not read)."""
+        return tuple(int(d) for d in self.initializers[name].dims) if self.is_const(name) else None
 
     def node(self, name: str) -> onnx.NodeProto:
         """The node called ``name`` (names are unique after NormalizePass)."""

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
+from onnxprune import weights
 from onnxprune.graph import Graph, attr
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,12 @@ def count_params(model: onnx.ModelProto) -> int:
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]
                      ) -> onnx.ModelProto:
-    """Copy of ``model`` with graph inputs set to concrete shapes and stale value_info dropped."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    """Weight-free copy of ``model`` (:func:`weights.skeleton`: weights as typed inputs) with
+    graph inputs set to concrete shapes and stale value_info dropped."""
+    m = weights.skeleton(model)
+    if m is model:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     for vi in m.graph.input:
         if vi.name in shapes:
             dims = vi.type.tensor_type.shape.dim

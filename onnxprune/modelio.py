@@ -157,7 +157,7 @@ def _data_files(model: onnx.ModelProto, path: Path) -> tuple[Path, ...]:
 
 def _check(model: onnx.ModelProto, what: str) -> None:
     try:
-        onnx.checker.check_model(weights.checkable(model))
+        onnx.checker.check_model(weights.skeleton(model))
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise ModelError(f"{what} is not a valid ONNX model: {first}; fix the exporter output "

@@ -188,26 +188,27 @@ class RewriteContext:
             g.node.extend(nodes)
         used = {x for n in g.node for x in n.input} | {o.name for o in g.output} | set(
             self.graph.subgraph_refs)
-        inits = []
-        seen = set()
-        for t in g.initializer:
+        # New values are written into the initializers in place, one at a time (no second copy
+        # of the model's weights: large models rewrite gigabytes here).
+        # Each array is dropped once stored.
+        shapes = {name: arr.shape for name, arr in self.new_values.items()}
+        seen, unused = set(), []
+        for i, t in enumerate(g.initializer):
             seen.add(t.name)
             if t.name not in used:
-                continue
-            if t.name in self.new_values:
-                inits.append(numpy_helper.from_array(self.new_values[t.name], t.name))
-            else:
-                inits.append(t)
-        for name, arr in self.new_values.items():
-            if name not in seen and name in used:
-                inits.append(numpy_helper.from_array(arr, name))
-        del g.initializer[:]
-        g.initializer.extend(inits)
+                unused.append(i)
+            elif t.name in self.new_values:
+                _store(t, self.new_values, t.name)
+        for i in reversed(unused):
+            del g.initializer[i]
+        for name in [n for n in self.new_values if n not in seen and n in used]:
+            _store(g.initializer.add(), self.new_values, name)
+        self.new_values.clear()
         # value_info of changed constants: exact shapes; of channel-carrying tensors: the axis
         for vi in g.value_info:
-            if vi.name in self.new_values:
+            if vi.name in shapes:
                 dims = vi.type.tensor_type.shape.dim
-                shape = self.new_values[vi.name].shape
+                shape = shapes[vi.name]
                 if len(dims) == len(shape):
                     for d, v in zip(dims, shape):
                         d.Clear()
@@ -220,6 +221,22 @@ class RewriteContext:
             ax = self.layout(vi.name).axis
             if ax < len(dims) and dims[ax].HasField("dim_value"):
                 dims[ax].dim_value = int(len(cols))
+
+
+def _store(t: onnx.TensorProto, values: dict[str, np.ndarray], name: str) -> None:
+    """Make ``t`` hold ``values.pop(name)`` exactly as ``numpy_helper.from_array`` would; the
+    array is dropped before its bytes are copied in (at most two copies of it at once)."""
+    value = values.pop(name)
+    t.Clear()
+    if value.dtype.kind not in "fiub":  # strings, packed low-bit types: onnx's own path
+        t.CopyFrom(numpy_helper.from_array(value, name))
+        return
+    t.dims.extend(value.shape)
+    t.name = name
+    t.data_type = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+    del value
+    t.raw_data = data
 
 
 def apply(model: onnx.ModelProto, graph: Graph, analysis: Analysis,

@@ -82,20 +82,6 @@ def _mark_external(model: onnx.ModelProto, location: str, threshold: int = 1024)
             t.data_location = onnx.TensorProto.EXTERNAL
 
 
-def _copy_fields(src, dst, skip=()):
-    """``dst`` with every field of ``src`` set, except those named in ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        if fd.is_repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-    return dst
-
-
 def _externalised(t: onnx.TensorProto, data, location: str, threshold: int = 1024
                   ) -> onnx.TensorProto:
     """``t`` as saved beside the model: its bytes appended to ``data`` when they are held
@@ -104,10 +90,7 @@ def _externalised(t: onnx.TensorProto, data, location: str, threshold: int = 102
     if not lazy and not (t.HasField("raw_data") and len(t.raw_data) >= threshold):
         return t
     payload = weights.raw_bytes(t) if lazy else t.raw_data
-    out = onnx.TensorProto()
-    out.CopyFrom(t)
-    out.ClearField("raw_data")
-    del out.external_data[:]
+    out = weights.copy_fields(t, onnx.TensorProto(), skip=("raw_data", "external_data"))
     offset = data.tell()
     data.write(payload)
     for key, value in (("location", location), ("offset", offset), ("length", len(payload))):
@@ -138,8 +121,8 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
         if external_data:
             # top-level weights streamed one at a time (lazily held ones straight from their
             # files); the rest (subgraph weights) appended by onnx.save_model, as before
-            copy = _copy_fields(model, onnx.ModelProto(), skip=("graph",))
-            _copy_fields(model.graph, copy.graph, skip=("initializer",))
+            copy = weights.copy_fields(model, onnx.ModelProto(), skip=("graph",))
+            weights.copy_fields(model.graph, copy.graph, skip=("initializer",))
             with open(tmpdir / location, "wb") as data:
                 for t in model.graph.initializer:
                     copy.graph.initializer.append(_externalised(t, data, location))

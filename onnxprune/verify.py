@@ -29,9 +29,11 @@ left out of every figure (zeroed in both models' outputs).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -39,8 +41,9 @@ import onnxruntime as ort
 
 from onnxprune import weights
 from onnxprune.calibrate import drop_padding, run_outputs, session
-from onnxprune.errors import PassError
+from onnxprune.errors import OutputError, PassError
 from onnxprune.modelio import Calibration
+from onnxprune.saving import save_model
 
 #: Sorted feature scales further apart than this factor belong to different parts of an output.
 PART_GAP = 10.0
@@ -158,17 +161,54 @@ def _cosines(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray) -> np.ndarray:
                     np.where((na == 0) & (nb == 0), 1.0, 0.0))
 
 
-def check_structure(model: onnx.ModelProto) -> None:
-    """Full ONNX check (with strict shape inference) and an onnxruntime load."""
+class RecordedOutputs:
+    """A model's outputs on the held-out batches, recorded once and replayed to
+    :func:`fidelity` in place of its session (always called with the same samples and batch
+    size): a model whose weights are held lazily is then not kept loaded beside the pruned one."""
+
+    def __init__(self, sess: ort.InferenceSession, calib: Calibration, indices: np.ndarray,
+                 batch_size: int = 32) -> None:
+        self.names = [o.name for o in sess.get_outputs()]
+        self.runs = [sess.run(self.names, feed) for feed, _ in calib.feeds(indices, batch_size)]
+        self.calls = 0
+
+    def get_outputs(self) -> list:
+        return [_Named(n) for n in self.names]
+
+    def run(self, names, feed) -> list:
+        assert list(names) == self.names
+        out = self.runs[self.calls % len(self.runs)]
+        self.calls += 1
+        return out
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+
+
+def check_structure(model: onnx.ModelProto) -> ort.InferenceSession:
+    """Full ONNX check (with strict shape inference) and an onnxruntime load; returns the
+    session (for the fidelity check: one load of the pruned model)."""
     try:
-        onnx.checker.check_model(weights.checkable(model), full_check=True)
+        onnx.checker.check_model(weights.skeleton(model), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise PassError(f"the pruned model fails the ONNX checker: {str(exc).splitlines()[0]}; "
                         "please report this model") from None
     except ValueError:
         pass  # > 2 GB: onnxruntime load below still validates
     try:
-        session(model)
+        if weights.base_dir() is None:
+            return session(model)
+        # weights over LAZY_BYTES: onnxruntime reads the pruned model from a file (its weights
+        # streamed there) instead of from one more serialised copy of them in memory
+        with tempfile.TemporaryDirectory(prefix="onnxprune-verify-") as tmp:
+            path = Path(tmp) / "pruned.onnx"
+            save_model(model, path, external_data=True)
+            return session(path)
+    except OutputError as exc:
+        raise PassError(f"cannot write the pruned model for its onnxruntime check ({exc})"
+                        ) from None
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         raise PassError(f"onnxruntime cannot load the pruned model: {str(exc).splitlines()[0]}; "
                         "please report this model") from None
@@ -179,7 +219,8 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
              calib: Calibration, indices: np.ndarray, batch_size: int = 32
              ) -> dict[str, OutputFidelity]:
     """Compare outputs on ``indices``; either model may be an already open session."""
-    ref = original if isinstance(original, ort.InferenceSession) else session(original)
+    ref = original if isinstance(original, (ort.InferenceSession, RecordedOutputs)) else session(
+        original)
     new = pruned if isinstance(pruned, ort.InferenceSession) else session(pruned)
     names = [o.name for o in ref.get_outputs()]
     ref_runs = run_outputs(ref, calib, indices, names, batch_size)
@@ -241,7 +282,7 @@ def latencies(models: Sequence[onnx.ModelProto], feeds: dict[str, np.ndarray],
               repeats: int = 30) -> list[float]:
     """Median onnxruntime CPU latency (ms) of each model on ``feeds``, measured interleaved
     (one run of each in turn, ``repeats`` rounds after a warm-up) so load affects all alike."""
-    sessions = [session(m) for m in models]
+    sessions = [session(m, arena=True) for m in models]  # as deployed
     for s in sessions:
         s.run(None, feeds)
     times: list[list[float]] = [[] for _ in sessions]

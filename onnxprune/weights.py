@@ -133,21 +133,42 @@ def session_options(opts) -> None:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", d)
 
 
-def checkable(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` for ``onnx.checker``: the in-memory checker resolves external data against the
-    current directory, so a copy declares each lazily held weight as a graph input of the same
-    name, type and shape instead (structure, types and shapes are checked alike; onnxruntime
-    checks the bytes when it reads them)."""
-    lazy = [t for t in model.graph.initializer if is_external(t)]
-    if not lazy:
+def copy_fields(src, dst, skip=()):
+    """``dst`` with every field of ``src`` set, except those named in ``skip`` (a message copy
+    that never duplicates what it skips, e.g. a graph's weights)."""
+    for fd in src.DESCRIPTOR.fields:  # not ListFields: it would read the skipped bytes too
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            if len(getattr(src, fd.name)):
+                getattr(dst, fd.name).extend(getattr(src, fd.name))
+        elif src.HasField(fd.name):
+            if fd.type == fd.TYPE_MESSAGE:
+                getattr(dst, fd.name).CopyFrom(getattr(src, fd.name))
+            else:
+                setattr(dst, fd.name, getattr(src, fd.name))
+    return dst
+
+
+#: Initializers up to this many bytes stay in a skeleton (shape arithmetic needs their values).
+SKELETON_BYTES = 1024
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without its weights, for ``onnx.checker`` and ONNX shape inference: every
+    initializer held lazily or over :data:`SKELETON_BYTES` becomes a graph input of the same
+    name, type and shape (structure, types and shapes are checked and inferred alike; small
+    constants such as target shapes keep their values). Nothing large is copied or serialised,
+    and the in-memory checker does not look for external files relative to the current
+    directory."""
+    big = [t for t in model.graph.initializer if is_external(t) or t.ByteSize() > SKELETON_BYTES]
+    if not big:
         return model
-    names = {t.name for t in lazy}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    kept = [t for t in m.graph.initializer if t.name not in names]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(kept)
+    names = {t.name for t in big}
+    m = copy_fields(model, onnx.ModelProto(), skip=("graph",))
+    copy_fields(model.graph, m.graph, skip=("initializer",))
+    m.graph.initializer.extend(t for t in model.graph.initializer if t.name not in names)
     declared = {i.name for i in m.graph.input}
     m.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                         for t in lazy if t.name not in declared)
+                         for t in big if t.name not in declared)
     return m

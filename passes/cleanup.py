@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from onnxprune import weights
 from onnxprune.graph import Graph
 from onnxprune.passbase import Pass, PassResult
 
@@ -12,28 +13,26 @@ class CleanupPass(Pass):
     name = "cleanup"
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        g = m.graph
-        needed = {o.name for o in g.output} | Graph(m, infer_shapes=False).subgraph_refs
+        """Returns ``model`` itself when nothing is dead; otherwise a copy without the dead
+        parts (what is kept is copied once, what is dropped never)."""
+        g = model.graph
+        needed = {o.name for o in g.output} | Graph(model, infer_shapes=False).subgraph_refs
         nodes = list(g.node)
         keep_idx: set[int] = set()
         for i in range(len(nodes) - 1, -1, -1):
             if any(o in needed for o in nodes[i].output if o):
                 keep_idx.add(i)
                 needed.update(x for x in nodes[i].input if x)
-        keep = [nodes[i] for i in sorted(keep_idx)]
-        live = {x for n in keep for x in list(n.input) + list(n.output)} | {
+        live = {x for i in keep_idx for x in list(nodes[i].input) + list(nodes[i].output)} | {
             i.name for i in g.input} | {o.name for o in g.output}
         needed |= {i.name for i in g.input}  # initializers that double as inputs stay
-        modified = False
-        for field, wanted in ((g.node, lambda i, n: i in keep_idx),
-                              (g.initializer, lambda i, t: t.name in needed),
-                              (g.value_info, lambda i, v: v.name in live)):
-            kept = [type(x).FromString(x.SerializeToString())
-                    for i, x in enumerate(field) if wanted(i, x)]
-            if len(kept) != len(field):
-                modified = True
-                del field[:]
-                field.extend(kept)
-        return PassResult(m, modified)
+        wanted = {"node": [i in keep_idx for i in range(len(nodes))],
+                  "initializer": [t.name in needed for t in g.initializer],
+                  "value_info": [v.name in live for v in g.value_info]}
+        if all(all(w) for w in wanted.values()):
+            return PassResult(model, False)
+        m = weights.copy_fields(model, onnx.ModelProto(), skip=("graph",))
+        weights.copy_fields(g, m.graph, skip=tuple(wanted))
+        for field, keep in wanted.items():
+            getattr(m.graph, field).extend(x for x, k in zip(getattr(g, field), keep) if k)
+        return PassResult(m, True)

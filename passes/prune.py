@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune import calibrate, rewrite
+from onnxprune import calibrate, rewrite, weights
 from onnxprune.analysis import Analysis, ConsumerSite, Group, analyze
 from onnxprune.errors import PassError
 from onnxprune.graph import Graph
@@ -208,7 +208,8 @@ class ChannelPrunePass(Pass):
     def ensures(self, model: onnx.ModelProto) -> None:
         super().ensures(model)
         try:
-            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+            onnx.shape_inference.infer_shapes(weights.skeleton(model), check_type=True,
+                                              strict_mode=True)
         except Exception as exc:  # noqa: BLE001
             raise PassError(f"channel-prune left inconsistent shapes: {str(exc).splitlines()[0]}"
                             "; please report this model") from None

@@ -129,3 +129,65 @@ def test_topo_order_rejects_a_cycle():
              helper.make_node("Relu", ["a"], ["b"], name="q")]
     with pytest.raises(PassError, match="cycle"):
         topo_order(nodes)
+
+
+def test_memory_batch_bounds_the_captured_bytes(monkeypatch):
+    from onnxprune import calibrate
+    from onnxprune.graph import Graph
+    from onnxprune.modelio import load_model
+    g = Graph(load_model(MODELS / "resnet_legacy.onnx").model)
+    names = [n.output[0] for n in g.nodes if n.op_type == "Relu"]
+    per_sample = sum(int(np.prod(g.static_shape(x))) * 4 for x in names)
+    assert per_sample > 0
+    assert calibrate.memory_batch(g, names, 32) == 32  # small digits model: unchanged
+    monkeypatch.setattr(calibrate, "BATCH_BYTES", 3 * per_sample)
+    assert calibrate.memory_batch(g, names, 32) == 3
+    assert calibrate.memory_batch(g, names, 32, runs=2) == 1
+    assert calibrate.memory_batch(g, names, 2) == 2
+
+
+def test_small_memory_batches_give_the_same_pruned_model(monkeypatch):
+    from onnxprune import calibrate
+    calib = _calib()
+    name = onnx.load(str(MODELS / "resnet_legacy.onnx")).graph.input[0].name
+    a = onnxprune.prune(str(MODELS / "resnet_legacy.onnx"), {name: calib["input"]}, ratio=0.3)
+    monkeypatch.setattr(calibrate, "BATCH_BYTES", 1)  # one sample per run
+    b = onnxprune.prune(str(MODELS / "resnet_legacy.onnx"), {name: calib["input"]}, ratio=0.3)
+    assert [g.kept for g in a.report.groups] == [g.kept for g in b.report.groups]
+    wa = {t.name: onnx.numpy_helper.to_array(t) for t in a.model.graph.initializer}
+    wb = {t.name: onnx.numpy_helper.to_array(t) for t in b.model.graph.initializer}
+    assert wa.keys() == wb.keys()
+    for k in wa:  # only the summation order of the Grams differs
+        np.testing.assert_allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_skeleton_checks_structure_without_the_weights():
+    """The checker sees big weights as typed inputs: it copies no weight bytes, passes a valid
+    model, and still catches a broken one (a node reading a tensor nobody makes)."""
+    m = onnx.load(str(MODELS / "vgg_legacy.onnx"))
+    sk = weights.skeleton(m)
+    assert sk.ByteSize() < m.ByteSize() / 10
+    assert {t.name for t in sk.graph.initializer} == {
+        t.name for t in m.graph.initializer if t.ByteSize() <= weights.SKELETON_BYTES}
+    onnx.checker.check_model(sk, full_check=True)
+    bad = onnx.ModelProto()
+    bad.CopyFrom(m)
+    bad.graph.node[len(bad.graph.node) // 2].input[0] = "nobody_makes_this"
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(weights.skeleton(bad), full_check=True)
+
+
+def test_cli_and_api_refuse_options_alike(tmp_path):
+    from onnxprune.errors import OptionError
+    from helpers import CALIB_FLAT, MLP
+    cases = [({"ratio": 1.5}, ["--ratio", "1.5"]), ({"target_macs": 0.0}, ["--target-macs", "0"]),
+             ({"min_cosine": 2.0}, ["--min-cosine", "2"]), ({"ridge": -1.0}, ["--ridge", "-1"]),
+             ({"ratio": 0.2, "holdout": 1.0}, ["--ratio", "0.2", "--holdout", "1"])]
+    for kw, argv in cases:
+        with pytest.raises(OptionError) as exc:
+            onnxprune.prune(str(MLP), str(CALIB_FLAT), **kw)
+        r = subprocess.run([sys.executable, "-m", "onnxprune.cli", "prune", str(MLP),
+                            str(tmp_path / "o.onnx"), "--calib", str(CALIB_FLAT), *argv],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and str(exc.value) in r.stderr, (kw, r.stderr)
+    assert not (tmp_path / "o.onnx").exists()

@@ -151,9 +151,9 @@ class Elementwise(Rule):
             k = axis - (out_rank - len(shp))
             if k < 0 or shp[k] == 1:
                 continue
-            if g.const(x) is not None and shp[k] == length:
+            if g.is_const(x) and shp[k] == length:
                 continue
-            if g.const(x) is None and ctx.shapes.dim(x, k) == Dim(1):
+            if not g.is_const(x) and ctx.shapes.dim(x, k) == Dim(1):
                 continue  # proven to broadcast (an attention mask [b, 1, 1, s])
             ctx.stop(layouts, f"{_where(node)}: operand '{x}' spans the channel axis but is not "
                               "made by a prunable layer (e.g. a residual stream whose other "

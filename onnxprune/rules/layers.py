@@ -23,11 +23,11 @@ def _constant_weight(node, ctx, lay: Layout | None) -> np.ndarray | None:
     if any(ctx.layout(x) for x in node.input[1:]):
         ctx.stop_inputs(node, f"{_where(node)} takes channels on its weight or bias")
         return None
-    w = g.const(node.input[1])
+    w = g.const_shape(node.input[1])
     if w is None:
         ctx.stop(lay, f"{_where(node)} has a run-time weight")
         return None
-    if len(node.input) > 2 and node.input[2] and g.const(node.input[2]) is None:
+    if len(node.input) > 2 and node.input[2] and not g.is_const(node.input[2]):
         ctx.stop(lay, f"{_where(node)} has a run-time bias")
         return None
     return w
@@ -50,9 +50,9 @@ class Conv(Rule):
     pass-through for depthwise convolutions (group = C_in = C_out)."""
 
     @staticmethod
-    def _depthwise(node, w: np.ndarray, lay: Layout | None) -> bool:
+    def _depthwise(node, w: tuple[int, ...], lay: Layout | None) -> bool:
         group = int(attr(node, "group", 1))
-        return group > 1 and w.shape[1] == 1 and w.shape[0] == group and (
+        return group > 1 and w[1] == 1 and w[0] == group and (
             lay is None or lay.length == group)
 
     def analyze(self, node, ctx):
@@ -65,7 +65,7 @@ class Conv(Rule):
             if lay.axis != 1 or lay.g != 1:
                 ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not 1")
             elif group == 1:
-                ctx.add_consumer(node, 0, lay, kind="conv", g=int(np.prod(w.shape[2:])))
+                ctx.add_consumer(node, 0, lay, kind="conv", g=int(np.prod(w[2:])))
             elif self._depthwise(node, w, lay):
                 ctx.set_layout(node.output[0], lay)
                 return
@@ -73,7 +73,7 @@ class Conv(Rule):
                 ctx.stop(lay, f"{_where(node)} is a grouped convolution (group={group}), "
                               "which couples channels in blocks")
         if group == 1:
-            ctx.new_block(node, node.output[0], int(w.shape[0]), axis=1)
+            ctx.new_block(node, node.output[0], int(w[0]), axis=1)
 
     def rewrite(self, node, rw):
         keep = _slice_out_channels(node, rw, weight_axis=0)
@@ -89,7 +89,7 @@ class Conv(Rule):
         return w.reshape(w.shape[0], -1)
 
     def rows(self, node, graph: Graph, x: np.ndarray, select: Callable[[int, int], np.ndarray]):
-        w_shape = graph.const(node.input[1]).shape
+        w_shape = graph.const_shape(node.input[1])
         kernel = tuple(int(k) for k in (attr(node, "kernel_shape") or w_shape[2:]))
         nd = len(kernel)
         strides = tuple(attr(node, "strides") or (1,) * nd)
@@ -150,9 +150,9 @@ class ConvTranspose(Rule):
                 ctx.stop(lay, f"{_where(node)} sets auto_pad/output_shape; only explicit pads "
                               "are supported when its input channels are pruned")
             else:
-                ctx.add_consumer(node, 0, lay, kind="conv", g=int(np.prod(w.shape[2:])))
+                ctx.add_consumer(node, 0, lay, kind="conv", g=int(np.prod(w[2:])))
         if group == 1:
-            ctx.new_block(node, node.output[0], int(w.shape[1]), axis=1)
+            ctx.new_block(node, node.output[0], int(w[1]), axis=1)
 
     def rewrite(self, node, rw):
         _slice_out_channels(node, rw, weight_axis=1)
@@ -171,7 +171,7 @@ class ConvTranspose(Rule):
         return w.reshape(w.shape[0], -1)
 
     def rows(self, node, graph: Graph, x: np.ndarray, select: Callable[[int, int], np.ndarray]):
-        w_shape = graph.const(node.input[1]).shape
+        w_shape = graph.const_shape(node.input[1])
         kernel = tuple(int(k) for k in (attr(node, "kernel_shape") or w_shape[2:]))
         nd = len(kernel)
         pads = attr(node, "pads") or [0] * (2 * nd)
@@ -248,15 +248,15 @@ class Gemm(Rule):
         if any(ctx.layout(x) for x in node.input[1:]):
             ctx.stop_inputs(node, f"{_where(node)} takes channels on B or C")
             return
-        b = g.const(node.input[1])
+        b = g.const_shape(node.input[1])
         if b is None:
             ctx.stop(lay, f"{_where(node)} has a run-time B operand")
             return
         transB = int(attr(node, "transB", 0))
-        n_out = int(b.shape[0] if transB else b.shape[1])
+        n_out = int(b[0] if transB else b[1])
         c_name = node.input[2] if len(node.input) > 2 else ""
         c_shape = g.shape(c_name) if c_name else None
-        if c_name and g.const(c_name) is None:
+        if c_name and not g.is_const(c_name):
             ctx.stop(lay, f"{_where(node)} has a run-time C operand")
             return
         if lay is not None:
@@ -365,15 +365,15 @@ class MatMul(Rule):
     def analyze(self, node, ctx):
         g = ctx.graph
         la, lb = ctx.layout(node.input[0]), ctx.layout(node.input[1])
-        w = g.const(node.input[1])
-        if w is None and g.const(node.input[0]) is None:
+        w = g.const_shape(node.input[1])
+        if w is None and not g.is_const(node.input[0]):
             if la is not None or lb is not None:
                 self._batched(node, ctx, la, lb)
             return
         if lb is not None:
             ctx.stop([la, lb], f"{_where(node)} multiplies channels on its right-hand operand")
             return
-        if w is None or w.ndim != 2:
+        if w is None or len(w) != 2:
             ctx.stop(la, f"{_where(node)} multiplies channels by a constant that is not a 2-D "
                          "weight")
             return
@@ -385,10 +385,10 @@ class MatMul(Rule):
                 ctx.add_consumer(node, 0, la, kind="matmul", g=la.g)
         out_rank = g.rank(node.output[0]) or rank
         if out_rank is not None and out_rank >= 1:
-            ctx.new_block(node, node.output[0], int(w.shape[1]), axis=out_rank - 1)
+            ctx.new_block(node, node.output[0], int(w[1]), axis=out_rank - 1)
 
     def rewrite(self, node, rw):
-        if rw.graph.const(node.input[1]) is None:
+        if not rw.graph.is_const(node.input[1]):
             return  # batched MatMul of two run-time tensors: nothing to slice
         keep = rw.keep_cols(node.output[0])  # output features (g per element: heads)
         if keep is not None:
@@ -404,7 +404,7 @@ class MatMul(Rule):
         add, idx = users[0]
         other = 1 - idx
         c = graph.const(add.input[other]) if len(add.input) == 2 else None
-        n_out = graph.const(node.input[1]).shape[1]
+        n_out = graph.const_shape(node.input[1])[1]
         if c is None or c.size != n_out or c.shape[-1] != n_out:
             return None
         return add, other

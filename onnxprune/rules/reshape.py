@@ -90,7 +90,7 @@ class Reshape(Rule):
     def locate(graph: Graph, shapes, tensor: str, i: int):
         """(owner node or None, input index, flat index) of the literal holding entry ``i`` of
         the shape tensor ``tensor``; "dynamic" if it is computed; None if unknown."""
-        if graph.const(tensor) is not None:
+        if graph.is_const(tensor):
             return (None, tensor, i)
         prod_node = graph.producer.get(tensor)
         if prod_node is None or prod_node.op_type != "Concat":
@@ -101,7 +101,7 @@ class Reshape(Rule):
             if v is None:
                 return None
             if pos <= i < pos + len(v):
-                if graph.const(x) is not None:
+                if graph.is_const(x):
                     return (prod_node, j, i - pos)
                 return Reshape.locate(graph, shapes, x, i - pos) if graph.producer.get(
                     x) is not None and graph.producer[x].op_type == "Concat" else "dynamic"
