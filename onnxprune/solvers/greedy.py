@@ -79,7 +79,10 @@ class _ConsumerState:
         Winv = 1.0 / w[keep]
         coef = V[:, keep].T @ self.Hr[cols]
         energy = float(np.sum(coef * coef * Winv[:, None]))
-        self.Hr -= (U * Winv) @ coef
+        if U.shape[1] == 1 and self.Hr.flags.c_contiguous and self.Hr.dtype == np.float64:
+            _dger(-float(Winv[0]), coef[0], U[:, 0], a=self.Hr.T, overwrite_a=True)
+        else:
+            self.Hr -= (U * Winv) @ coef
         # R ← R − U diag(1/w) Uᵀ in place (one BLAS call, no n×n temporary): R is symmetric and
         # C-ordered, so its transpose is the same matrix in the Fortran order BLAS writes to.
         if U.shape[1] == 1:  # rank one (a 1×1 block): the cheaper outer-product update
