@@ -973,6 +973,13 @@ def _status(r) -> str:
     return "ok" if r.get("ok") else f"FAILED: {r.get('error') or ''}".replace("|", "\\|")
 
 
+def _table(cols, section: dict, cells) -> list[str]:
+    """A section's markdown table (a row of ``cells(row)`` per row) and its notes."""
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(c) for c in cells(r)) + " |" for r in section["rows"]]
+    return out + [""] + [f"- {n}" for n in section["notes"]] + [""]
+
+
 def render(res: dict, meta: dict) -> str:
     L = ["# Scale benchmark (issue 10: one in-place graph, a linear-time engine)", "",
          f"Command: `{meta['command']}`  ",
@@ -989,13 +996,11 @@ def render(res: dict, meta: dict) -> str:
     if s:
         L += ["## chain: Relu/Neg chains", "", f"Target: {s['target']} — met: "
               f"{_met(s['target_met'])}", "",
-              "| nodes | measurement | wall s | model load s | normalise s | peak RSS MB | load | "
-              "status |", "|---|---|---|---|---|---|---|---|"]
-        for r in s["rows"]:
-            L.append(f"| {r.get('nodes', '')} | {r['what']} | {fmt(r['wall_s'], 2)} | "
-                     f"{fmt(r.get('load_s'), 2)} | {fmt(r.get('normalize_s'), 2)} | "
-                     f"{fmt(r['peak_rss_mb'], 0)} | {fmt(r['other_load'], 2)} | {_status(r)} |")
-        L += [""] + [f"- {n}" for n in s["notes"]] + [""]
+              *_table(("nodes", "measurement", "wall s", "model load s", "normalise s",
+                       "peak RSS MB", "load", "status"), s, lambda r: (
+                  r.get('nodes', ''), r['what'], fmt(r['wall_s'], 2), fmt(r.get('load_s'), 2),
+                  fmt(r.get('normalize_s'), 2), fmt(r['peak_rss_mb'], 0),
+                  fmt(r['other_load'], 2), _status(r)))]
     s = res.get("external")
     if s:
         sm = s.get("summary", {})
@@ -1024,13 +1029,10 @@ def render(res: dict, meta: dict) -> str:
               "", f"Target: {s['target']} — growth "
               + ", ".join(f"{m}: {fmt(g, 1)} %" for m, g in s["growth_pct"].items())
               + f" — met: {_met(s['target_met'])}", "",
-              "| measurement | samples | in-child s | wall s | peak RSS MB | load | status |",
-              "|---|---|---|---|---|---|---|"]
-        for r in s["rows"]:
-            L.append(f"| {r['what']} | {r.get('samples', '')} | {fmt(r.get('seconds'), 1)} | "
-                     f"{fmt(r['wall_s'], 1)} | {fmt(r['peak_rss_mb'], 0)} | "
-                     f"{fmt(r['other_load'], 2)} | {_status(r)} |")
-        L += [""] + [f"- {n}" for n in s["notes"]] + [""]
+              *_table(("measurement", "samples", "in-child s", "wall s", "peak RSS MB", "load",
+                       "status"), s, lambda r: (
+                  r['what'], r.get('samples', ''), fmt(r.get('seconds'), 1), fmt(r['wall_s'], 1),
+                  fmt(r['peak_rss_mb'], 0), fmt(r['other_load'], 2), _status(r)))]
     s = res.get("seq")
     if s:
         sm = s.get("summary", {})
