@@ -53,14 +53,12 @@ def _shape_of(vi: onnx.ValueInfoProto) -> Shape | None:
 
 
 def _concrete_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Weight-free copy (:func:`weights.skeleton`) with a symbolic leading (batch) dim of every graph input set to 1 and the stale
-    value_info dropped, so that shape inference resolves run-time shape arithmetic such as
-    ``Reshape(x, Concat(Gather(Shape(x), 0), [-1]))`` to static shapes. Other symbolic dims stay.
+    """Weight-free copy (:func:`weights.skeleton`) with a symbolic leading (batch) dim of every
+    graph input set to 1 and the stale value_info dropped, so that shape inference resolves
+    run-time shape arithmetic such as ``Reshape(x, Concat(Gather(Shape(x), 0), [-1]))`` to
+    static shapes. Other symbolic dims stay.
     """
-    m = weights.skeleton(model)  # weights as typed inputs: nothing large copied or serialised
-    if m is model:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+    m = weights.skeleton(model, copy=True)
     for vi in m.graph.input:
         dims = vi.type.tensor_type.shape.dim
         if len(dims) and not dims[0].HasField("dim_value"):
@@ -142,7 +140,7 @@ class Graph:
     # -- queries -------------------------------------------------------------------------------
     def const(self, name: str) -> np.ndarray | None:
         """Value of an initializer, or None for a run-time tensor."""
-        if not name or name not in self.initializers or name in self.overridable:
+        if not self.is_const(name):
             return None
         t = self.initializers[name]
         if weights.is_external(t):  # left in its file: read each time, never held here

@@ -36,10 +36,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...
                      ) -> onnx.ModelProto:
     """Weight-free copy of ``model`` (:func:`weights.skeleton`: weights as typed inputs) with
     graph inputs set to concrete shapes and stale value_info dropped."""
-    m = weights.skeleton(model)
-    if m is model:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+    m = weights.skeleton(model, copy=True)
     for vi in m.graph.input:
         if vi.name in shapes:
             dims = vi.type.tensor_type.shape.dim

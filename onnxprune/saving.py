@@ -70,26 +70,34 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _mark_external(model: onnx.ModelProto, location: str, threshold: int = 1024) -> None:
+#: Weights of at least this many bytes go to the external-data file (when the model uses one).
+EXTERNAL_MIN_BYTES = 1024
+
+
+def _mark_external(model: onnx.ModelProto, location: str) -> None:
     """Point every large initializer at ``location`` (written by ``onnx.save_model``).
 
     Done by hand because ``onnx.save_model(save_as_external_data=True)`` refuses a location that
     exists relative to the *current directory*, whatever directory the model is saved to.
     """
     for t in external_data_helper._get_initializer_tensors(model):
-        if t.HasField("raw_data") and len(t.raw_data) >= threshold:
+        if t.HasField("raw_data") and len(t.raw_data) >= EXTERNAL_MIN_BYTES:
             external_data_helper.set_external_data(t, location=location)
             t.data_location = onnx.TensorProto.EXTERNAL
 
 
-def _externalised(t: onnx.TensorProto, data, location: str, threshold: int = 1024
-                  ) -> onnx.TensorProto:
+def _externalised(t: onnx.TensorProto, data, location: str) -> onnx.TensorProto:
     """``t`` as saved beside the model: its bytes appended to ``data`` when they are held
-    lazily or raw and at least ``threshold`` long (like :func:`_mark_external`), else inline."""
-    lazy = weights.is_external(t)
-    if not lazy and not (t.HasField("raw_data") and len(t.raw_data) >= threshold):
+    lazily or raw and at least ``EXTERNAL_MIN_BYTES`` long (like :func:`_mark_external`), else
+    inline. (Every read of ``raw_data`` copies it: it is read once.)"""
+    if weights.is_external(t):
+        payload = weights.raw_bytes(t)
+    elif t.HasField("raw_data"):
+        payload = t.raw_data
+        if len(payload) < EXTERNAL_MIN_BYTES:
+            return t
+    else:
         return t
-    payload = weights.raw_bytes(t) if lazy else t.raw_data
     out = weights.copy_fields(t, onnx.TensorProto(), skip=("raw_data", "external_data"))
     offset = data.tell()
     data.write(payload)

@@ -154,16 +154,20 @@ def copy_fields(src, dst, skip=()):
 SKELETON_BYTES = 1024
 
 
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, copy: bool = False) -> onnx.ModelProto:
     """``model`` without its weights, for ``onnx.checker`` and ONNX shape inference: every
     initializer held lazily or over :data:`SKELETON_BYTES` becomes a graph input of the same
     name, type and shape (structure, types and shapes are checked and inferred alike; small
     constants such as target shapes keep their values). Nothing large is copied or serialised,
     and the in-memory checker does not look for external files relative to the current
-    directory."""
+    directory. Without large weights: ``model`` itself, or a copy of it with ``copy``."""
     big = [t for t in model.graph.initializer if is_external(t) or t.ByteSize() > SKELETON_BYTES]
     if not big:
-        return model
+        if not copy:
+            return model
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        return m
     names = {t.name for t in big}
     m = copy_fields(model, onnx.ModelProto(), skip=("graph",))
     copy_fields(model.graph, m.graph, skip=("initializer",))

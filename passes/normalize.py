@@ -201,10 +201,7 @@ class NormalizePass(Pass):
         shape_nodes = {n.output[0]: n for n in nodes if n.op_type == "Shape" and n.output}
         if not shape_nodes:
             return {}
-        tmp = weights.skeleton(m)  # weights as typed inputs: nothing large copied
-        if tmp is m:
-            tmp = onnx.ModelProto()
-            tmp.CopyFrom(m)
+        tmp = weights.skeleton(m, copy=True)  # weights as typed inputs: nothing large copied
         del tmp.graph.node[:]
         tmp.graph.node.extend(nodes)
         try:
