@@ -92,6 +92,8 @@ def _externalised(t: onnx.TensorProto, data, location: str) -> onnx.TensorProto:
     inline. (Every read of ``raw_data`` copies it: it is read once.)"""
     if weights.is_external(t):
         payload = weights.raw_bytes(t)
+        if len(payload) < EXTERNAL_MIN_BYTES:  # inline, as if it had been loaded
+            return weights.materialized(t)
     elif t.HasField("raw_data"):
         payload = t.raw_data
         if len(payload) < EXTERNAL_MIN_BYTES:

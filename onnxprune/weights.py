@@ -116,13 +116,13 @@ def to_array(t: onnx.TensorProto) -> np.ndarray:
 
 
 def materialized(t: onnx.TensorProto) -> onnx.TensorProto:
-    """``t`` itself when its data is in memory, else a copy holding its bytes inline."""
+    """``t`` itself when its data is in memory, else a copy holding its bytes inline, exactly as
+    ``onnx.load`` leaves a tensor it read from an external file."""
     if not is_external(t):
         return t
-    out = onnx.TensorProto()
-    out.name, out.data_type = t.name, t.data_type
-    out.dims.extend(t.dims)
+    out = copy_fields(t, onnx.TensorProto(), skip=("raw_data", "external_data", "data_location"))
     out.raw_data = raw_bytes(t)
+    out.data_location = onnx.TensorProto.DEFAULT
     return out
 
 

@@ -191,3 +191,21 @@ def test_cli_and_api_refuse_options_alike(tmp_path):
                            capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 2 and str(exc.value) in r.stderr, (kw, r.stderr)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_lazy_weights_sparsify_and_stats(tmp_path, monkeypatch):
+    """sparsify and calibrate → prune --stats read lazily held weights too, with the same result."""
+    name = onnx.load(str(RESNET_DYNAMO), load_external_data=False).graph.input[0].name
+    calib = {name: _calib()["input"]}
+    runs = {}
+    for lazy in (False, True):
+        monkeypatch.setattr(weights, "LAZY_BYTES", 0 if lazy else 1 << 30)
+        d = tmp_path / str(lazy)
+        d.mkdir()
+        onnxprune.sparsify(str(RESNET_DYNAMO), calib, sparsity=0.5).save(d / "s.onnx")
+        onnxprune.calibrate_stats(str(RESNET_DYNAMO), calib, d / "stats.npz")
+        onnxprune.prune(str(RESNET_DYNAMO), calib, ratio=0.3, stats=[d / "stats.npz"]).save(
+            d / "p.onnx")
+        runs[lazy] = {k: v for k, v in _digests(d).items() if not k.startswith("stats")}
+    assert runs[False] == runs[True]
+    assert set(runs[True]) == {"s.onnx", "s.onnx.data", "p.onnx", "p.onnx.data"}
