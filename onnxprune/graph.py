@@ -187,5 +187,28 @@ class Graph:
         return iter(self.nodes)
 
 
+def all_inputs(node: onnx.NodeProto) -> list[str]:
+    """The names ``node`` reads: its inputs and the outer-scope names its subgraphs read."""
+    names = [x for x in node.input if x]
+
+    def visit(g: onnx.GraphProto) -> None:
+        local = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {
+            t.name for t in g.initializer}
+        for n in g.node:
+            names.extend(x for x in n.input if x and x not in local)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                for sg in a.graphs:
+                    visit(sg)
+
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            visit(a.g)
+        for sg in a.graphs:
+            visit(sg)
+    return names
+
+
 def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}({','.join(node.output)})"

@@ -29,9 +29,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.analysis import ConsumerSite
+from onnxprune.analysis import ConsumerSite, analyze
 from onnxprune.calibrate import SiteStats
 from onnxprune.errors import CalibrationError, OutputError
+from onnxprune.graph import Graph
+from onnxprune.modelio import load_calibration, load_model
+from onnxprune.passbase import run_passes
+from onnxprune.passes import NormalizePass
 from onnxprune.saving import file_mode
 
 FORMAT = "onnxprune-stats"
@@ -54,12 +58,6 @@ def statistics_inputs(model, calib, token_mask):
     """What collecting a statistics file starts from, the same on the driver and on every
     cluster worker: the loaded and the normalised model, the calibration, the graph index and
     :func:`prunable_sites`."""
-    from onnxprune.analysis import analyze
-    from onnxprune.graph import Graph
-    from onnxprune.modelio import load_calibration, load_model
-    from onnxprune.passbase import run_passes
-    from onnxprune.passes import NormalizePass
-
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
     cal = load_calibration(calib, normalized, token_mask)

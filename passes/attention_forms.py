@@ -45,7 +45,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.graph import Graph, attr
+from onnxprune.graph import Graph, all_inputs, attr
 from onnxprune.shapes import Dim, ShapeEval
 
 log = logging.getLogger(__name__)
@@ -356,14 +356,13 @@ def _split_fused_projection(ed: _Edit) -> int:
 
 def remove_dead(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """Drop nodes none of whose outputs is read (graph outputs and subgraph reads count)."""
-    from onnxprune.passes.normalize import _all_inputs  # noqa: PLC0415 - avoids an import cycle
 
     needed = {o.name for o in model.graph.output}
     keep = []
     for n in reversed(nodes):
         if any(o in needed for o in n.output if o) or not any(n.output):
             keep.append(n)
-            needed.update(_all_inputs(n))
+            needed.update(all_inputs(n))
     return keep[::-1]
 
 
@@ -388,9 +387,8 @@ def canonicalize(model: onnx.ModelProto, nodes: list[onnx.NodeProto]
         nodes = remove_dead(model, nodes)
     if total:
         log.debug("attention forms: %d rewrite(s)", total)
-        from onnxprune.passes.normalize import _all_inputs  # noqa: PLC0415 - import cycle
         g = model.graph
-        used = {x for n in nodes for x in _all_inputs(n)} | {o.name for o in g.output} | {
+        used = {x for n in nodes for x in all_inputs(n)} | {o.name for o in g.output} | {
             i.name for i in g.input}
         kept = [t for t in g.initializer if t.name in used]
         if len(kept) != len(g.initializer):  # weights of split projections

@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune import weights
 from onnxprune.errors import PassError
+from onnxprune.graph import all_inputs
 from onnxprune.passes.attention_forms import canonicalize
 from onnxprune.passbase import Pass, PassResult
 
@@ -48,7 +49,7 @@ def topo_order(nodes: list[onnx.NodeProto]) -> list[int]:
     users: list[list[int]] = [[] for _ in nodes]
     missing = [0] * len(nodes)
     for i, n in enumerate(nodes):
-        deps = {produced_by[x] for x in _all_inputs(n) if x in produced_by}
+        deps = {produced_by[x] for x in all_inputs(n) if x in produced_by}
         missing[i] = len(deps)
         for d in deps:
             users[d].append(i)
@@ -65,28 +66,6 @@ def topo_order(nodes: list[onnx.NodeProto]) -> list[int]:
     if len(order) != len(nodes):  # a node on a cycle (or reading its own output) never gets ready
         raise PassError("the graph has a cycle; it is not a valid ONNX model")
     return order
-
-
-def _all_inputs(node: onnx.NodeProto) -> list[str]:
-    names = [x for x in node.input if x]
-
-    def visit(g: onnx.GraphProto) -> None:
-        local = {o for n in g.node for o in n.output} | {i.name for i in g.input} | {
-            t.name for t in g.initializer}
-        for n in g.node:
-            names.extend(x for x in n.input if x and x not in local)
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    visit(a.g)
-                for sg in a.graphs:
-                    visit(sg)
-
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            visit(a.g)
-        for sg in a.graphs:
-            visit(sg)
-    return names
 
 
 class NormalizePass(Pass):
@@ -134,7 +113,7 @@ class NormalizePass(Pass):
         g.node.extend(new_nodes)
         # Constants that folding left unread (a Constant → Reshape chain folded into one value)
         # would count as parameters of the input model; graph inputs are never touched.
-        read = {x for n in new_nodes for x in _all_inputs(n)} | {o.name for o in g.output} | {
+        read = {x for n in new_nodes for x in all_inputs(n)} | {o.name for o in g.output} | {
             i.name for i in g.input}
         dead = [t for t in g.initializer if t.name not in read]
         if dead:
@@ -242,7 +221,7 @@ class NormalizePass(Pass):
         outputs = {o.name for o in g.output}
         sub_refs = set()
         for n in nodes:
-            sub_refs.update(x for x in _all_inputs(n) if x not in n.input)
+            sub_refs.update(x for x in all_inputs(n) if x not in n.input)
         alias = {}
         kept = []
         for n in nodes:

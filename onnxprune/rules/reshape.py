@@ -7,7 +7,7 @@ import numpy as np
 
 from onnxprune.graph import Graph, attr
 from onnxprune.layout import Layout
-from onnxprune.shapes import Dim
+from onnxprune.shapes import Dim, prod
 from onnxprune.rules.base import OnData, Rule, _norm, _where
 from onnxprune.rules.layout_ops import Slice
 
@@ -39,7 +39,6 @@ class Reshape(Rule):
     def plan(node, graph: Graph, shapes, lay: Layout):
         """(case, output axis, new layout) or a reason string. ``case``: "flatten", "keep",
         "split" or "unit" (split requested, producers not yet in heads)."""
-        from onnxprune.shapes import prod
         x = node.input[0]
         rank = graph.rank(x)
         outs = shapes.reshape_dims(node)
