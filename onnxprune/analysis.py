@@ -28,6 +28,7 @@ import onnx
 
 from onnxprune.graph import Graph, node_label
 from onnxprune.layout import Layout, Span
+from onnxprune.reasons import Reason
 from onnxprune.shapes import ShapeEval
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,20 @@ class Group:
         return any(s.prunable and s.size > 1 for s in self.sets) and bool(self.consumers)
 
     @property
-    def reason(self) -> str:
-        reasons: list[str] = []
+    def reasons(self) -> tuple[Reason, ...]:
+        """Why (part of) the group cannot be pruned, each reason once."""
+        reasons: list[Reason] = []
         for s in self.sets:
             for r in s.reasons:
                 if r not in reasons:
                     reasons.append(r)
         if not reasons and self.size <= 1:
-            reasons.append("a single channel cannot be pruned")
-        return "; ".join(reasons)
+            reasons.append(Reason("a single channel cannot be pruned", "single-channel"))
+        return tuple(reasons)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
 
     @property
     def producers(self) -> tuple[str, ...]:
@@ -155,6 +161,7 @@ class AnalysisContext:
     def __init__(self, graph: Graph, units: Mapping[str, int] | None = None,
                  shapes: ShapeEval | None = None) -> None:
         self.graph = graph
+        self.current = ""  # the node being analysed (what a reason is about by default)
         self.units = dict(units or {})  # producer node → channels per element (head_dim)
         self.unit_requests: list[tuple[int, int, str]] = []  # (block, unit, requesting node)
         self.shapes = shapes if shapes is not None else ShapeEval(graph)
@@ -205,8 +212,8 @@ class AnalysisContext:
             self._touched_set.add(node.name)
             self.touched.append(node.name)
 
-    def new_block(self, node: onnx.NodeProto | None, tensor: str, size: int, axis: int,
-                  reason: str | None = None) -> Layout:
+    def new_block(self, node: onnx.NodeProto | None, tensor: str, size: int, axis: int
+                  ) -> Layout:
         """Channels created by ``node`` along ``axis`` of ``tensor``. When an earlier analysis
         round found that they are split into heads (:meth:`request_unit`), the block's elements
         are heads: ``size / unit`` of them, each ``unit`` consecutive entries (``g``)."""
@@ -218,7 +225,7 @@ class AnalysisContext:
             unit, kind = 1, "channels"
         self.blocks.append(_Block(size=size, tensor=tensor,
                                   producer=node.name if node is not None else None,
-                                  reasons=[reason] if reason else [], kind=kind))
+                                  reasons=[], kind=kind))
         self.parent.append(b)
         self.offset.append(0)
         lay = Layout(axis=axis, spans=(Span(b, 0, size),), g=unit)
@@ -230,8 +237,8 @@ class AnalysisContext:
     def external_block(self, tensor: str, size: int, axis: int) -> Layout:
         """Channels that enter a channel path without a prunable producer (kept whole)."""
         b = len(self.blocks)
-        self.blocks.append(_Block(size=size, tensor=tensor, producer=None,
-                                  reasons=[f"channels of '{tensor}' are not made by a prunable layer"]))
+        why = Reason(f"channels of '{tensor}' are not made by a prunable layer", "not-produced")
+        self.blocks.append(_Block(size=size, tensor=tensor, producer=None, reasons=[why]))
         self.parent.append(b)
         self.offset.append(0)
         return Layout(axis=axis, spans=(Span(b, 0, size),))
@@ -242,8 +249,11 @@ class AnalysisContext:
         for s in layout.spans:
             self.unit_requests.append((s.block, unit, node.name))
 
-    def stop(self, layouts, reason: str) -> None:
-        """Make every block in ``layouts`` unprunable with ``reason``."""
+    def stop(self, layouts, reason: str, code: str, node: str | None = None) -> None:
+        """Make every block in ``layouts`` unprunable with ``reason`` (a :class:`Reason` with
+        ``code``, about ``node``: by default the node being analysed)."""
+        if not isinstance(reason, Reason):
+            reason = Reason(reason, code, self.current if node is None else node)
         if layouts is None:
             return
         if isinstance(layouts, Layout):
@@ -256,8 +266,8 @@ class AnalysisContext:
                 if reason not in rs:
                     rs.append(reason)
 
-    def stop_inputs(self, node: onnx.NodeProto, reason: str) -> None:
-        self.stop([self.layout(x) for x in node.input], reason)
+    def stop_inputs(self, node: onnx.NodeProto, reason: str, code: str) -> None:
+        self.stop([self.layout(x) for x in node.input], reason, code, node.name)
 
     def add_consumer(self, node: onnx.NodeProto, input_index: int, layout: Layout, kind: str,
                      g: int) -> None:
@@ -292,6 +302,7 @@ class AnalysisContext:
         first = layouts[0]
         reason = (f"{node.op_type} node '{node_label(node)}' joins channel layouts that do not "
                   "line up")
+        reason = Reason(reason, "axis-mismatch", node.name)
         ok = all(other.g == first.g and other.channels == first.channels
                  and len(other.spans) == len(first.spans)
                  and all(self._alignment(x, y) is not False
@@ -341,22 +352,23 @@ class AnalysisContext:
         for block in self.blocks:
             why = shared(block.producer) if block.producer else None
             if why and why not in block.reasons:
-                block.reasons.append(why)
+                block.reasons.append(Reason(why, "shared-weight", block.producer))
         for site in self.consumers:
             why = shared(site.node)
             if why:
-                self.stop(site.layout, why)
+                self.stop(site.layout, why, "shared-weight", site.node)
 
     def finish(self) -> Analysis:
         g = self.graph
         for out in sorted(g.graph_outputs):
             lay = self.layout(out)
             if lay is not None:
-                self.stop(lay, f"reaches the graph output '{out}'")
+                self.stop(lay, f"reaches the graph output '{out}'", "graph-output", "")
         for name in sorted(g.subgraph_refs):
             lay = self.layout(name)
             if lay is not None:
-                self.stop(lay, f"'{name}' is used inside a subgraph (If/Loop/Scan)")
+                self.stop(lay, f"'{name}' is used inside a subgraph (If/Loop/Scan)", "subgraph",
+                          "")
         self._stop_shared_weights()
 
         roots = sorted({self.find(b) for b in range(len(self.blocks))})
@@ -379,7 +391,8 @@ class AnalysisContext:
                     if reason not in reasons:
                         reasons.append(reason)
             if r not in consumed and not reasons:
-                reasons.append("no layer consumes these channels (nothing to re-fit)")
+                reasons.append(Reason("no layer consumes these channels (nothing to re-fit)",
+                                      "not-consumed"))
             sets[r] = ChannelSet(
                 id=r, size=self.blocks[r].size,
                 producers=tuple(self.blocks[b].producer for b in members[r]
@@ -462,11 +475,13 @@ def analyze(graph: Graph) -> Analysis:
             if rule is None:
                 if has_layout:
                     ctx.stop_inputs(node, f"flows into {node.op_type} node '{node_label(node)}', "
-                                          "which has no channel rule")
+                                          "which has no channel rule", "no-rule")
                 continue
             if has_layout:
                 ctx.touch(node)
+            ctx.current = node.name
             rule.analyze(node, ctx)
+        ctx.current = ""
         new = ctx.new_units()
         if new == units:
             break

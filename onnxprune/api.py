@@ -27,6 +27,7 @@ from onnxprune.passbase import run_passes
 from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import PruneOptions
 from onnxprune.passes.prune import Lineage
+from onnxprune.reasons import Reason
 from onnxprune.report import InspectReport, Report, group_entry, inspect_report
 from onnxprune.select import METHODS, SEQUENTIAL, KeepPlan, removes_anything, round_plans
 from onnxprune.verify import (OutputFidelity, RecordedOutputs, check_structure, fidelity,
@@ -316,7 +317,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         sens = alloc.sensitivity.get(g.name) if alloc is not None else None
         entry = group_entry(g, kept, d.rel_error if d else None, planned, sens)
         if g.name in plan.excluded and g.prunable:
-            entry = replace(entry, reason="excluded by --exclude")
+            why = Reason("excluded by --exclude", "excluded")
+            entry = replace(entry, reason=why, reasons=(why.to_dict(),))
         groups.append(entry)
     if alloc is not None:  # the overall fraction of prunable channels the budget removed
         tot = sum(g.total for g in groups if g.prunable)

@@ -21,10 +21,12 @@ class GroupReport:
     ratio: float | None = None  # planned fraction removed (uniform, budget or exclusion)
     sensitivity: tuple[tuple[float, float], ...] | None = None  # budgets: (keep fraction, damage)
     kind: str = "channels"  # "heads": elements are attention heads (total/kept count heads)
+    reasons: tuple[dict, ...] = ()  # the reason's parts: {"code", "node", "message"} each
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "kind": self.kind, "total": self.total, "kept": self.kept,
-             "prunable": self.prunable, "reason": self.reason, "rel_error": self.rel_error,
+             "prunable": self.prunable, "reason": self.reason,
+             "reasons": [dict(r) for r in self.reasons], "rel_error": self.rel_error,
              "producers": list(self.producers), "consumers": list(self.consumers)}
         if self.ratio is not None:
             d["ratio"] = self.ratio
@@ -82,7 +84,8 @@ def group_entry(group: Group, kept: int, rel_error: float | None, ratio: float |
     return GroupReport(name=group.name, total=group.size, kept=kept, prunable=group.prunable,
                        reason=group.reason, rel_error=rel_error, producers=group.producers,
                        consumers=tuple(c.node for c in group.consumers), ratio=ratio,
-                       sensitivity=sensitivity, kind=group.kind)
+                       sensitivity=sensitivity, kind=group.kind,
+                       reasons=tuple(r.to_dict() for r in group.reasons))
 
 
 @dataclass(frozen=True)

@@ -209,3 +209,36 @@ def test_lazy_weights_sparsify_and_stats(tmp_path, monkeypatch):
         runs[lazy] = {k: v for k, v in _digests(d).items() if not k.startswith("stats")}
     assert runs[False] == runs[True]
     assert set(runs[True]) == {"s.onnx", "s.onnx.data", "p.onnx", "p.onnx.data"}
+
+
+def test_unprunable_reasons_carry_a_code_and_a_node(tmp_path):
+    """Every reason on the reference models (and the topologies built in the tests) is a
+    Reason with a known code; the report lists them as {code, node, message}."""
+    import glob
+    import json
+    from onnxprune.reasons import REASON_CODES, Reason
+    seen = set()
+    for p in sorted(glob.glob(str(MODELS / "*.onnx"))):
+        rep = onnxprune.inspect(p)
+        for g in rep.groups:
+            assert "; ".join(r["message"] for r in g.reasons) == g.reason
+            for r in g.reasons:
+                assert r["code"] in REASON_CODES
+                seen.add(r["code"])
+    assert "graph-output" in seen and "mixes-channels" in seen
+    # the classifier group of the digits ViT: reaches the output, the node is ''
+    vit = onnxprune.inspect(str(MODELS / "vit_dynamo.onnx"))
+    out = [r for g in vit.groups for r in g.reasons if r["code"] == "graph-output"]
+    assert out and all(r["node"] == "" and "graph output" in r["message"] for r in out)
+    mixed = [r for g in vit.groups for r in g.reasons if r["code"] == "mixes-channels"]
+    assert mixed and all(r["node"] and r["node"] in r["message"] for r in mixed)
+    with pytest.raises(ValueError):
+        Reason("x", "not-a-code")
+    # through the CLI report too
+    r = subprocess.run([sys.executable, "-m", "onnxprune.cli", "prune", str(MODELS / "vit_dynamo.onnx"),
+                        str(tmp_path / "o.onnx"), "--calib", str(CALIB_IMG), "--ratio", "0.25",
+                        "--report", str(tmp_path / "r.json"), "-q"], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    groups = json.loads((tmp_path / "r.json").read_text())["groups"]
+    assert any(x["code"] == "graph-output" for g in groups for x in g["reasons"])

@@ -67,7 +67,7 @@ class Rule:
     token_rows = False
 
     def analyze(self, node: onnx.NodeProto, ctx) -> None:
-        ctx.stop_inputs(node, f"flows into {_where(node)}, which has no channel rule")
+        ctx.stop_inputs(node, f"flows into {_where(node)}, which has no channel rule", "no-rule")
 
     def rewrite(self, node: onnx.NodeProto, rw) -> None:
         return None
@@ -96,7 +96,8 @@ class PassThrough(Rule):
         lay = ctx.layout(node.input[0])
         others = [ctx.layout(x) for i, x in enumerate(node.input) if i not in self.data_inputs]
         if any(others):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input",
+                            "channels-on-parameter")
             return
         if lay is None:
             return
@@ -123,11 +124,12 @@ class Elementwise(Rule):
         out_rank = g.rank(node.output[0])
         ranks = [g.rank(node.input[i]) for i, _ in carriers]
         if out_rank is None or any(r is None for r in ranks):
-            ctx.stop(layouts, f"{_where(node)}: tensor ranks unknown")
+            ctx.stop(layouts, f"{_where(node)}: tensor ranks unknown", "unknown-shape")
             return
         axes = {lay.axis + out_rank - r for (_, lay), r in zip(carriers, ranks)}
         if len(axes) != 1:
-            ctx.stop(layouts, f"{_where(node)} combines channels on different axes")
+            ctx.stop(layouts, f"{_where(node)} combines channels on different axes",
+                     "axis-mismatch")
             return
         axis = axes.pop()
         out_shape = g.shape(node.output[0])
@@ -137,16 +139,18 @@ class Elementwise(Rule):
         narrow = [lay for lay in layouts if lay.length != length]
         if narrow:
             if all(lay.length == 1 for lay in narrow) and not any(lay.length == 1 for lay in wide):
-                ctx.stop(narrow, f"{_where(node)} broadcasts a single channel")
+                ctx.stop(narrow, f"{_where(node)} broadcasts a single channel", "axis-mismatch")
             else:
-                ctx.stop(layouts, f"{_where(node)} combines channel axes of different sizes")
+                ctx.stop(layouts, f"{_where(node)} combines channel axes of different sizes",
+                         "axis-mismatch")
                 return
         for i, x in enumerate(node.input):
             if not x or ctx.layout(x):
                 continue
             shp = g.shape(x)
             if shp is None:
-                ctx.stop(layouts, f"{_where(node)}: shape of operand '{x}' unknown")
+                ctx.stop(layouts, f"{_where(node)}: shape of operand '{x}' unknown",
+                         "unknown-shape")
                 return
             k = axis - (out_rank - len(shp))
             if k < 0 or shp[k] == 1:
@@ -157,7 +161,7 @@ class Elementwise(Rule):
                 continue  # proven to broadcast (an attention mask [b, 1, 1, s])
             ctx.stop(layouts, f"{_where(node)}: operand '{x}' spans the channel axis but is not "
                               "made by a prunable layer (e.g. a residual stream whose other "
-                              "users are not all handled: its width is kept)")
+                              "users are not all handled: its width is kept)", "unhandled-operand")
             return
         joined = ctx.join(node, wide)
         if joined is not None and out_shape is not None:
@@ -190,16 +194,18 @@ class PerChannelParams(Rule):
     def analyze(self, node, ctx):
         lay = ctx.layout(node.input[0])
         if any(ctx.layout(node.input[i]) for i in self.param_inputs if i < len(node.input)):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input",
+                            "channels-on-parameter")
             return
         if lay is None:
             return
         if lay.axis != 1 or lay.g != 1:
-            ctx.stop(lay, f"{_where(node)} normalises axis 1, not the channel axis")
+            ctx.stop(lay, f"{_where(node)} normalises axis 1, not the channel axis",
+                     "mixes-channels")
             return
         if any(_const_input(node, i, ctx.graph) is None for i in self.param_inputs
                if i < len(node.input) and node.input[i]):
-            ctx.stop(lay, f"{_where(node)} has run-time parameters")
+            ctx.stop(lay, f"{_where(node)} has run-time parameters", "runtime-value")
             return
         ctx.set_layout(node.output[0], lay)
 
@@ -216,7 +222,7 @@ class LayerNorm(OnData):
     def flow(self, node, ctx, lay):
         rank = ctx.graph.rank(node.input[0])
         if rank is None or lay.axis >= _norm(attr(node, "axis", -1), rank):
-            ctx.stop(lay, f"{_where(node)} normalises over the channel axis")
+            ctx.stop(lay, f"{_where(node)} normalises over the channel axis", "mixes-channels")
             return
         ctx.set_layout(node.output[0], lay)
 
@@ -227,10 +233,11 @@ class Pool(OnData):
 
     def flow(self, node, ctx, lay):
         if lay.axis != 1 or lay.g != 1:
-            ctx.stop(lay, f"{_where(node)} pools an axis that carries channels")
+            ctx.stop(lay, f"{_where(node)} pools an axis that carries channels", "mixes-channels")
             return
         if len(node.output) > 1 and node.output[1] and ctx.graph.users(node.output[1]):
-            ctx.stop(lay, f"{_where(node)}: its Indices output encodes channel positions")
+            ctx.stop(lay, f"{_where(node)}: its Indices output encodes channel positions",
+                     "mixes-channels")
             return
         ctx.set_layout(node.output[0], lay)
 
@@ -245,17 +252,18 @@ class Reduce(OnData):
         else:
             axes = _axes_arg(node, ctx.graph, 1)
         if axes is False or rank is None:
-            ctx.stop(lay, f"{_where(node)}: reduction axes unknown")
+            ctx.stop(lay, f"{_where(node)}: reduction axes unknown", "unknown-shape")
             return
         if not axes:
             if int(attr(node, "noop_with_empty_axes", 0)):
                 ctx.set_layout(node.output[0], lay)
             else:
-                ctx.stop(lay, f"{_where(node)} reduces over all axes, channels included")
+                ctx.stop(lay, f"{_where(node)} reduces over all axes, channels included",
+                         "mixes-channels")
             return
         axes = [_norm(a, rank) for a in axes]
         if lay.axis in axes:
-            ctx.stop(lay, f"{_where(node)} reduces over the channel axis")
+            ctx.stop(lay, f"{_where(node)} reduces over the channel axis", "mixes-channels")
             return
         keepdims = int(attr(node, "keepdims", 1))
         new_axis = lay.axis if keepdims else lay.axis - sum(a < lay.axis for a in axes)
@@ -270,7 +278,7 @@ class Softmax(OnData):
         axis = _norm(int(attr(node, "axis", -1 if opset >= 13 else 1)), rank or 1)
         covers = lay.axis == axis if opset >= 13 else lay.axis >= axis
         if rank is None or covers:
-            ctx.stop(lay, f"{_where(node)} normalises across channels")
+            ctx.stop(lay, f"{_where(node)} normalises across channels", "mixes-channels")
             return
         ctx.set_layout(node.output[0], lay)
 

@@ -21,14 +21,15 @@ def _constant_weight(node, ctx, lay: Layout | None) -> np.ndarray | None:
     when the weight or the bias is computed at run time or carries channels itself."""
     g = ctx.graph
     if any(ctx.layout(x) for x in node.input[1:]):
-        ctx.stop_inputs(node, f"{_where(node)} takes channels on its weight or bias")
+        ctx.stop_inputs(node, f"{_where(node)} takes channels on its weight or bias",
+                        "channels-on-parameter")
         return None
     w = g.const_shape(node.input[1])
     if w is None:
-        ctx.stop(lay, f"{_where(node)} has a run-time weight")
+        ctx.stop(lay, f"{_where(node)} has a run-time weight", "runtime-value")
         return None
     if len(node.input) > 2 and node.input[2] and not g.is_const(node.input[2]):
-        ctx.stop(lay, f"{_where(node)} has a run-time bias")
+        ctx.stop(lay, f"{_where(node)} has a run-time bias", "runtime-value")
         return None
     return w
 
@@ -63,7 +64,8 @@ class Conv(Rule):
         group = int(attr(node, "group", 1))
         if lay is not None:
             if lay.axis != 1 or lay.g != 1:
-                ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not 1")
+                ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not 1",
+                         "axis-mismatch")
             elif group == 1:
                 ctx.add_consumer(node, 0, lay, kind="conv", g=int(np.prod(w[2:])))
             elif self._depthwise(node, w, lay):
@@ -71,7 +73,7 @@ class Conv(Rule):
                 return
             else:
                 ctx.stop(lay, f"{_where(node)} is a grouped convolution (group={group}), "
-                              "which couples channels in blocks")
+                              "which couples channels in blocks", "grouped-conv")
         if group == 1:
             ctx.new_block(node, node.output[0], int(w[0]), axis=1)
 
@@ -142,13 +144,15 @@ class ConvTranspose(Rule):
         if lay is not None:
             auto = attr(node, "auto_pad", b"NOTSET")
             if lay.axis != 1 or lay.g != 1:
-                ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not 1")
+                ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not 1",
+                         "axis-mismatch")
             elif group != 1:
                 ctx.stop(lay, f"{_where(node)} is a grouped transposed convolution "
-                              f"(group={group}), which couples channels in blocks")
+                              f"(group={group}), which couples channels in blocks", "grouped-conv")
             elif auto not in (b"NOTSET", "NOTSET") or attr(node, "output_shape") is not None:
                 ctx.stop(lay, f"{_where(node)} sets auto_pad/output_shape; only explicit pads "
-                              "are supported when its input channels are pruned")
+                              "are supported when its input channels are pruned",
+                              "unsupported-attribute")
             else:
                 ctx.add_consumer(node, 0, lay, kind="conv", g=int(np.prod(w[2:])))
         if group == 1:
@@ -197,7 +201,8 @@ class Recurrent(Rule):
     def analyze(self, node, ctx):
         lay = ctx.layout(node.input[0])
         if any(ctx.layout(x) for x in node.input[1:]):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on its weights or states")
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its weights or states",
+                            "channels-on-parameter")
             return
         if lay is None:
             return
@@ -206,9 +211,10 @@ class Recurrent(Rule):
         W, R = g.const(node.input[1]), g.const(node.input[2])
         B = g.const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
         if W is None or R is None or (len(node.input) > 3 and node.input[3] and B is None):
-            ctx.stop(lay, f"{_where(node)} has run-time weights")
+            ctx.stop(lay, f"{_where(node)} has run-time weights", "runtime-value")
         elif rank != 3 or lay.axis != 2 or lay.g != 1:
-            ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not the input axis")
+            ctx.stop(lay, f"{_where(node)} reads channels on axis {lay.axis}, not the input axis",
+                     "axis-mismatch")
         else:
             ctx.add_consumer(node, 0, lay, kind="linear", g=1)
 
@@ -246,22 +252,24 @@ class Gemm(Rule):
         g = ctx.graph
         lay = ctx.layout(node.input[0])
         if any(ctx.layout(x) for x in node.input[1:]):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on B or C")
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on B or C",
+                            "channels-on-parameter")
             return
         b = g.const_shape(node.input[1])
         if b is None:
-            ctx.stop(lay, f"{_where(node)} has a run-time B operand")
+            ctx.stop(lay, f"{_where(node)} has a run-time B operand", "runtime-value")
             return
         transB = int(attr(node, "transB", 0))
         n_out = int(b[0] if transB else b[1])
         c_name = node.input[2] if len(node.input) > 2 else ""
         c_shape = g.shape(c_name) if c_name else None
         if c_name and not g.is_const(c_name):
-            ctx.stop(lay, f"{_where(node)} has a run-time C operand")
+            ctx.stop(lay, f"{_where(node)} has a run-time C operand", "runtime-value")
             return
         if lay is not None:
             if int(attr(node, "transA", 0)) or lay.axis != 1:
-                ctx.stop(lay, f"{_where(node)} reads features on axis 0 (transA=1)")
+                ctx.stop(lay, f"{_where(node)} reads features on axis 0 (transA=1)",
+                         "axis-mismatch")
             else:
                 ctx.add_consumer(node, 0, lay, kind="gemm", g=lay.g)
         if c_shape is not None and len(c_shape) == 2 and c_shape[1] != n_out and c_shape[1] != 1:
@@ -321,14 +329,14 @@ class MatMul(Rule):
         ra, rb, ro = g.rank(node.input[0]), g.rank(node.input[1]), g.rank(node.output[0])
         lays = [lay for lay in (la, lb) if lay is not None]
         if ra is None or rb is None or ro is None or ra < 2 or rb < 2:
-            ctx.stop(lays, f"{_where(node)}: operand ranks unknown")
+            ctx.stop(lays, f"{_where(node)}: operand ranks unknown", "unknown-shape")
             return
         if (la is not None and la.axis == ra - 1) or (lb is not None and lb.axis == rb - 2):
             ctx.stop(lays, f"{_where(node)} contracts the channel axis of a run-time operand "
-                           "(the other operand is not a constant weight)")
+                           "(the other operand is not a constant weight)", "runtime-value")
             return
         if any(lay.g != 1 for lay in lays):
-            ctx.stop(lays, f"{_where(node)} multiplies flattened channels")
+            ctx.stop(lays, f"{_where(node)} multiplies flattened channels", "axis-mismatch")
             return
         out_axis = {}
         for lay, r, side in ((la, ra, "A"), (lb, rb, "B")):
@@ -342,7 +350,8 @@ class MatMul(Rule):
                 out_axis[side] = lay.axis + ro - r
         if len(out_axis) == 2:
             if out_axis["A"] != out_axis["B"] or out_axis["A"] >= ro - 2:
-                ctx.stop(lays, f"{_where(node)} multiplies channels on different axes")
+                ctx.stop(lays, f"{_where(node)} multiplies channels on different axes",
+                         "axis-mismatch")
                 return
             joined = ctx.join(node, [la, lb])
             if joined is not None:
@@ -357,7 +366,7 @@ class MatMul(Rule):
             k = axis - (ro - r_other)
             if k >= 0 and (shp is None or shp[k] != 1):
                 ctx.stop(lay, f"{_where(node)} multiplies channels with a run-time tensor that is "
-                              "not pruned with them")
+                              "not pruned with them", "runtime-value")
                 return
         ctx.touch(node)
         ctx.set_layout(node.output[0], lay.with_axis(axis))
@@ -371,16 +380,18 @@ class MatMul(Rule):
                 self._batched(node, ctx, la, lb)
             return
         if lb is not None:
-            ctx.stop([la, lb], f"{_where(node)} multiplies channels on its right-hand operand")
+            ctx.stop([la, lb], f"{_where(node)} multiplies channels on its right-hand operand",
+                     "axis-mismatch")
             return
         if w is None or len(w) != 2:
             ctx.stop(la, f"{_where(node)} multiplies channels by a constant that is not a 2-D "
-                         "weight")
+                         "weight", "axis-mismatch")
             return
         rank = g.rank(node.input[0])
         if la is not None:
             if rank is None or la.axis != rank - 1:
-                ctx.stop(la, f"{_where(node)} contracts an axis other than the channel axis")
+                ctx.stop(la, f"{_where(node)} contracts an axis other than the channel axis",
+                         "axis-mismatch")
             else:
                 ctx.add_consumer(node, 0, la, kind="matmul", g=la.g)
         out_rank = g.rank(node.output[0]) or rank

@@ -18,14 +18,15 @@ class Resize(OnData):
     def flow(self, node, ctx, lay):
         g = ctx.graph
         if any(ctx.layout(x) for x in node.input[1:]):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input",
+                            "channels-on-parameter")
             return
         if attr(node, "axes") is not None:
             axes = [_norm(int(a), g.rank(node.input[0]) or 0) for a in attr(node, "axes")]
             if lay.axis not in axes:
                 ctx.set_layout(node.output[0], lay)
                 return
-            ctx.stop(lay, f"{_where(node)} resizes the channel axis")
+            ctx.stop(lay, f"{_where(node)} resizes the channel axis", "mixes-channels")
             return
         scale_idx = 1 if node.op_type == "Upsample" else 2
         scales = _const_input(node, scale_idx, g)
@@ -33,18 +34,19 @@ class Resize(OnData):
         has_sizes = node.op_type == "Resize" and len(node.input) > 3 and node.input[3]
         if scales is not None and scales.size:
             if float(scales.reshape(-1)[lay.axis]) != 1.0:
-                ctx.stop(lay, f"{_where(node)} resizes the channel axis")
+                ctx.stop(lay, f"{_where(node)} resizes the channel axis", "mixes-channels")
                 return
         elif has_sizes:
             if sizes is None or int(sizes.reshape(-1)[lay.axis]) != lay.length:
-                ctx.stop(lay, f"{_where(node)}: output sizes are computed at run time")
+                ctx.stop(lay, f"{_where(node)}: output sizes are computed at run time",
+                         "runtime-value")
                 return
         elif attr(node, "scales") is not None:  # Upsample-7
             if float(attr(node, "scales")[lay.axis]) != 1.0:
-                ctx.stop(lay, f"{_where(node)} resizes the channel axis")
+                ctx.stop(lay, f"{_where(node)} resizes the channel axis", "mixes-channels")
                 return
         else:
-            ctx.stop(lay, f"{_where(node)}: scales are computed at run time")
+            ctx.stop(lay, f"{_where(node)}: scales are computed at run time", "runtime-value")
             return
         ctx.set_layout(node.output[0], lay)
 
@@ -67,14 +69,14 @@ class Pad(OnData):
             pads = _const_input(node, 1, g)
         axes = _axes_arg(node, g, 3, attr_name="__none__")
         if pads is None or rank is None or axes is False:
-            ctx.stop(lay, f"{_where(node)}: pads are computed at run time")
+            ctx.stop(lay, f"{_where(node)}: pads are computed at run time", "runtime-value")
             return
         pads = [int(p) for p in np.asarray(pads).reshape(-1)]
         axes = [_norm(a, rank) for a in axes] if axes else list(range(rank))
         n = len(axes)
         for j, a in enumerate(axes):
             if a == lay.axis and (pads[j] != 0 or pads[j + n] != 0):
-                ctx.stop(lay, f"{_where(node)} pads the channel axis")
+                ctx.stop(lay, f"{_where(node)} pads the channel axis", "mixes-channels")
                 return
         ctx.set_layout(node.output[0], lay)
 
@@ -87,7 +89,7 @@ class Concat(Rule):
             return
         rank = g.rank(node.output[0])
         if rank is None:
-            ctx.stop(lays, f"{_where(node)}: rank unknown")
+            ctx.stop(lays, f"{_where(node)}: rank unknown", "unknown-shape")
             return
         axis = _norm(int(attr(node, "axis", 0)), rank)
         on_axis = [lay for lay in lays if lay is not None and lay.axis == axis]
@@ -102,11 +104,12 @@ class Concat(Rule):
                 dim = shp[axis] if shp is not None else None
                 if not isinstance(dim, int) or gs != {1}:
                     ctx.stop(lays, f"{_where(node)}: size of input '{x}' on the channel axis "
-                                   "unknown")
+                                   "unknown", "unknown-shape")
                     return
                 parts.append(ctx.external_block(x, dim, axis))
             if len(gs) != 1:
-                ctx.stop(lays, f"{_where(node)} concatenates flattened and plain channels")
+                ctx.stop(lays, f"{_where(node)} concatenates flattened and plain channels",
+                         "axis-mismatch")
                 return
             ctx.set_layout(node.output[0], Layout.concat(axis, parts, g=gs.pop()))
         elif not on_axis and all(lay is not None for lay in lays):
@@ -114,7 +117,7 @@ class Concat(Rule):
             if joined is not None:
                 ctx.set_layout(node.output[0], joined)
         else:
-            ctx.stop(lays, f"{_where(node)} mixes channel and non-channel inputs")
+            ctx.stop(lays, f"{_where(node)} mixes channel and non-channel inputs", "axis-mismatch")
 
 
 class Split(OnData):
@@ -133,7 +136,8 @@ class Split(OnData):
 
     def flow(self, node, ctx, lay):
         if len(node.input) > 1 and ctx.layout(node.input[1]):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on its split input")
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its split input",
+                            "channels-on-parameter")
             return
         rank = ctx.graph.rank(node.input[0])
         axis = _norm(int(attr(node, "axis", 0)), rank or 0)
@@ -143,7 +147,8 @@ class Split(OnData):
             return
         sizes = self._sizes(node, ctx.graph, lay.length)
         if sizes is None or any(s % lay.g for s in sizes) or sum(sizes) != lay.length:
-            ctx.stop(lay, f"{_where(node)}: split sizes unknown or not whole channels")
+            ctx.stop(lay, f"{_where(node)}: split sizes unknown or not whole channels",
+                     "unknown-shape")
             return
         pos = 0
         for o, s in zip(node.output, sizes):
@@ -203,12 +208,13 @@ class Slice(OnData):
 
     def flow(self, node, ctx, lay):
         if any(ctx.layout(x) for x in node.input[1:]):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input")
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on a parameter input",
+                            "channels-on-parameter")
             return
         rank = ctx.graph.rank(node.input[0])
         params = self._params(node, ctx.graph, rank or 0) if rank is not None else None
         if attr(node, "starts") is not None or params is None:
-            ctx.stop(lay, f"{_where(node)}: slice parameters are not constants")
+            ctx.stop(lay, f"{_where(node)}: slice parameters are not constants", "runtime-value")
             return
         starts, ends, axes, steps = params
         if lay.axis not in axes:
@@ -216,12 +222,13 @@ class Slice(OnData):
             return
         j = axes.index(lay.axis)
         if steps[j] != 1:
-            ctx.stop(lay, f"{_where(node)} slices the channel axis with step {steps[j]}")
+            ctx.stop(lay, f"{_where(node)} slices the channel axis with step {steps[j]}",
+                     "axis-mismatch")
             return
         a, b = self._clamp(starts[j], lay.length), self._clamp(ends[j], lay.length)
         b = max(a, b)
         if a % lay.g or b % lay.g:
-            ctx.stop(lay, f"{_where(node)} cuts through a flattened channel")
+            ctx.stop(lay, f"{_where(node)} cuts through a flattened channel", "axis-mismatch")
             return
         ctx.set_layout(node.output[0], lay.cut(a // lay.g, b // lay.g))
 
@@ -250,14 +257,15 @@ class Flatten(OnData):
     def flow(self, node, ctx, lay):
         shp = ctx.graph.shape(node.input[0])
         if shp is None:
-            ctx.stop(lay, f"{_where(node)}: input shape unknown")
+            ctx.stop(lay, f"{_where(node)}: input shape unknown", "unknown-shape")
             return
         a = _norm(int(attr(node, "axis", 1)), len(shp))
         k = lay.axis
         between, after = shp[a:k], shp[k + 1:]
         if a > k or not all(isinstance(d, int) for d in list(between) + list(after)) \
                 or math.prod(between) != 1 or (a == 0 and k > 0):
-            ctx.stop(lay, f"{_where(node)} merges the channel axis with the batch axis")
+            ctx.stop(lay, f"{_where(node)} merges the channel axis with the batch axis",
+                     "mixes-channels")
             return
         ctx.set_layout(node.output[0], Layout(1, lay.spans, lay.g * math.prod(after)))
 
@@ -267,7 +275,7 @@ class Transpose(OnData):
     def flow(self, node, ctx, lay):
         rank = ctx.graph.rank(node.input[0])
         if rank is None:
-            ctx.stop(lay, f"{_where(node)}: rank unknown")
+            ctx.stop(lay, f"{_where(node)}: rank unknown", "unknown-shape")
             return
         perm = [int(p) for p in (attr(node, "perm") or list(range(rank))[::-1])]
         ctx.set_layout(node.output[0], lay.with_axis(perm.index(lay.axis)))
@@ -278,13 +286,13 @@ class Squeeze(OnData):
         shp = ctx.graph.shape(node.input[0])
         axes = _axes_arg(node, ctx.graph, 1)
         if axes is False or shp is None:
-            ctx.stop(lay, f"{_where(node)}: axes unknown")
+            ctx.stop(lay, f"{_where(node)}: axes unknown", "unknown-shape")
             return
         if axes is None:
             axes = [i for i, d in enumerate(shp) if d == 1]
         axes = [_norm(a, len(shp)) for a in axes]
         if lay.axis in axes:
-            ctx.stop(lay, f"{_where(node)} squeezes the channel axis")
+            ctx.stop(lay, f"{_where(node)} squeezes the channel axis", "mixes-channels")
             return
         ctx.set_layout(node.output[0], lay.with_axis(lay.axis - sum(a < lay.axis for a in axes)))
 
@@ -294,7 +302,7 @@ class Unsqueeze(OnData):
         out_rank = ctx.graph.rank(node.output[0])
         axes = _axes_arg(node, ctx.graph, 1)
         if not axes or out_rank is None:
-            ctx.stop(lay, f"{_where(node)}: axes unknown")
+            ctx.stop(lay, f"{_where(node)}: axes unknown", "unknown-shape")
             return
         axes = {_norm(a, out_rank) for a in axes}
         kept_positions = [i for i in range(out_rank) if i not in axes]

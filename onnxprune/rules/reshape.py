@@ -111,7 +111,8 @@ class Reshape(Rule):
         lay = ctx.layout(node.input[0])
         g = ctx.graph
         if ctx.layout(node.input[1]):
-            ctx.stop_inputs(node, f"{_where(node)} takes channels on its shape input")
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its shape input",
+                            "channels-on-parameter")
             return
         entries = ctx.shapes.value(node.input[1]) or []
         reads = [(i, e.source, ctx.layout(e.source[0])) for i, e in enumerate(entries)
@@ -120,29 +121,31 @@ class Reshape(Rule):
         if lay is None:
             for _, src, other in reads:
                 ctx.stop(other, f"the channel count of '{src[0]}' is read at run time by "
-                                f"{_where(node)}, which reshapes a tensor without those channels")
+                                f"{_where(node)}, which reshapes a tensor without those channels",
+                                "channel-count-read")
             return
         plan = self.plan(node, g, ctx.shapes, lay)
         if isinstance(plan, str):
-            ctx.stop([lay] + [o for _, _, o in reads], f"{_where(node)}: {plan}")
+            ctx.stop([lay] + [o for _, _, o in reads], f"{_where(node)}: {plan}",
+                     "unknown-shape" if "unknown" in plan else "mixes-channels")
             return
         case, kk, new = plan
         if case == "unit":
             ctx.request_unit(node, lay, new)
             ctx.stop(lay, f"{_where(node)} splits channels into groups of {new} (heads), but "
-                          "their producers cannot make them in such groups")
+                          "their producers cannot make them in such groups", "heads")
             return
         if kk >= len(entries) and not entries:
-            ctx.stop(lay, f"{_where(node)}: target shape unknown")
+            ctx.stop(lay, f"{_where(node)}: target shape unknown", "unknown-shape")
             return
         for i, src, other in reads:
             if i != kk:
                 ctx.stop([lay, other], f"{_where(node)} reads the channel count of '{src[0]}' "
-                                       "into another axis")
+                                       "into another axis", "channel-count-read")
                 return
         e = entries[kk] if kk < len(entries) else None
         if e is None:
-            ctx.stop(lay, f"{_where(node)}: target shape unknown")
+            ctx.stop(lay, f"{_where(node)}: target shape unknown", "unknown-shape")
             return
         zero = e.dim is not None and e.dim.static == 0 and not int(attr(node, "allowzero", 0))
         minus = e.dim is not None and e.dim.static == -1
@@ -151,19 +154,20 @@ class Reshape(Rule):
             if other.g != new.g or other.channels != new.channels or ctx.join(
                     node, [new.with_axis(other.axis), other]) is None:
                 ctx.stop([lay, other], f"{_where(node)} reads a channel count of other channels "
-                                       "at run time")
+                                       "at run time", "channel-count-read")
                 return
         elif not (zero or minus) and e.source is None:
             if not isinstance(self.locate(g, ctx.shapes, node.input[1], kk), tuple):
                 ctx.stop(lay, f"{_where(node)}: target shape is computed at run time and "
-                              "encodes the channel count")
+                              "encodes the channel count", "channel-count-read")
                 return
         elif zero and kk != lay.axis:
-            ctx.stop(lay, f"{_where(node)} copies the channel count into another axis")
+            ctx.stop(lay, f"{_where(node)} copies the channel count into another axis",
+                     "channel-count-read")
             return
         elif e.source is not None:
             ctx.stop(lay, f"{_where(node)}: target shape is computed at run time and encodes "
-                          "the channel count")
+                          "the channel count", "channel-count-read")
             return
         ctx.set_layout(node.output[0], new)
 
@@ -229,7 +233,8 @@ class ShapeOp(OnData):
         g = ctx.graph
         rank = g.rank(node.input[0])
         if rank is None:
-            ctx.stop(lay, f"{_where(node)} reads the shape of a channel tensor of unknown rank")
+            ctx.stop(lay, f"{_where(node)} reads the shape of a channel tensor of unknown rank",
+                     "unknown-shape")
             return
         start = _norm(int(attr(node, "start", 0)), rank)
         end = attr(node, "end")
@@ -253,7 +258,8 @@ class ShapeOp(OnData):
                     b = Slice._clamp(p[1][0], end - start)
                     if not a <= k < b:
                         continue
-            ctx.stop(lay, f"the channel count is read at run time by {_where(user)}")
+            ctx.stop(lay, f"the channel count is read at run time by {_where(user)}",
+                     "channel-count-read")
             return
 
 
