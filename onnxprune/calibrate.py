@@ -301,8 +301,7 @@ def memory_batch(graph: Graph, names: Sequence[str], batch_size: int, runs: int 
     for name in names:
         shape, et = graph.static_shape(name), graph.elem_types.get(name)
         if shape is not None and et:
-            per_sample += int(np.prod(shape, dtype=np.int64)) * np.dtype(
-                onnx.helper.tensor_dtype_to_np_dtype(et)).itemsize
+            per_sample += weights.nbytes(shape, et)
     per_sample *= runs
     return batch_size if per_sample == 0 else max(1, min(batch_size, BATCH_BYTES // per_sample))
 

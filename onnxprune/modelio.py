@@ -89,8 +89,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> LoadedModel:
                              "data file next to the model under the name it was saved with"
                              ) from None
         for t in model.graph.initializer:
-            expected = int(np.prod(t.dims)) * np.dtype(
-                helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            expected = weights.nbytes(t.dims, t.data_type)
             if t.raw_data and len(t.raw_data) != expected and t.data_type != onnx.TensorProto.STRING:
                 raise ModelError(f"external data of '{path}' is truncated (tensor '{t.name}' has "
                                  f"{len(t.raw_data)} of {expected} bytes); copy the data file again")
@@ -114,8 +113,7 @@ def _check_lazy(model: onnx.ModelProto, path: Path) -> None:
                                  "is not a file beside the model); keep the data file next to "
                                  "the model under the name it was saved with")
             sizes[info.location] = f.stat().st_size
-        expected = int(np.prod(t.dims, dtype=np.int64)) * np.dtype(
-            helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        expected = weights.nbytes(t.dims, t.data_type)
         length = expected if info.length is None else int(info.length)
         if length != expected or int(info.offset or 0) + length > sizes[info.location]:
             raise ModelError(f"external data of '{path}' is truncated or does not match the "

@@ -74,17 +74,19 @@ def is_external(t: onnx.TensorProto) -> bool:
     return external_data_helper.uses_external_data(t) and not t.HasField("raw_data")
 
 
+def nbytes(dims, data_type: int) -> int:
+    """Bytes of a dense tensor of shape ``dims`` and ONNX element type ``data_type``."""
+    return int(np.prod(dims, dtype=np.int64)) * np.dtype(
+        onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
 def external_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the model's initializers stored in external files (from their references)."""
     total = 0
     for t in external_data_helper._get_all_tensors(model):
         if external_data_helper.uses_external_data(t):
             length = external_data_helper.ExternalDataInfo(t).length
-            if length is not None:
-                total += int(length)
-            else:
-                total += int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(
-                    t.data_type).itemsize
+            total += nbytes(t.dims, t.data_type) if length is None else int(length)
     return total
 
 
