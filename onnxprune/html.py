@@ -10,6 +10,7 @@ the table of every group (kept/total, relative error, reason).
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from onnxprune.report import Report
@@ -28,21 +29,35 @@ def _num(v, fmt: str = "{:.4f}") -> str:
     return "–" if v is None else fmt.format(v)
 
 
-def _axes(w: int, h: int, pad: int, xlabel: str, ylabel: str, xr, yr) -> list[str]:
-    """Frame, ticks and labels of a plot whose data area is ``[pad, w−pad] × [pad, h−pad]``."""
+def _ticks(lo: float, hi: float, integer: bool = False, most: int = 6) -> list[float]:
+    """Round tick values in [lo, hi]: multiples of 1, 2, 2.5 or 5 × 10^k, at most ``most``
+    (``integer``: whole numbers only)."""
+    if not hi > lo:
+        return [lo]
+    raw = max((hi - lo) / (most - 1), 1.0 if integer else 0.0)
+    base = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * base for m in (1, 2, 2.5, 5, 10) if m * base >= raw)
+    first = math.ceil(lo / step - 1e-9)
+    return [k * step for k in range(first, int(math.floor(hi / step + 1e-9)) + 1)]
+
+
+def _axes(w: int, h: int, pad: int, xlabel: str, ylabel: str, xr, yr,
+          xint: bool = False) -> list[str]:
+    """Frame, ticks and labels of a plot whose data area is ``[pad, w−pad] × [pad, h−pad]``
+    (``xint``: the x axis counts things, ticks on whole numbers)."""
     out = [f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#444"/>',
            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#444"/>',
            f'<text x="{w / 2}" y="{h - 8}" text-anchor="middle" font-size="12">{xlabel}</text>',
            f'<text x="14" y="{h / 2}" text-anchor="middle" font-size="12" '
            f'transform="rotate(-90 14 {h / 2})">{ylabel}</text>']
-    for k in range(5):
-        fx, fy = xr[0] + (xr[1] - xr[0]) * k / 4, yr[0] + (yr[1] - yr[0]) * k / 4
-        x = pad + (w - 2 * pad) * k / 4
-        y = h - pad - (h - 2 * pad) * k / 4
+    for fx in _ticks(*xr, integer=xint):
+        x = _scale(fx, *xr, pad, w - pad)
         out.append(f'<text x="{x:.1f}" y="{h - pad + 14}" text-anchor="middle" '
-                   f'font-size="10">{fx:.3g}</text>')
+                   f'font-size="10">{fx:g}</text>')
+    for fy in _ticks(*yr):
+        y = _scale(fy, *yr, h - pad, pad)
         out.append(f'<text x="{pad - 4}" y="{y + 3:.1f}" text-anchor="end" '
-                   f'font-size="10">{fy:.3g}</text>')
+                   f'font-size="10">{fy:g}</text>')
     return out
 
 
@@ -58,7 +73,7 @@ def kept_plot(report: Report, w: int = 900, h: int = 260, pad: int = 45) -> str:
     step = (w - 2 * pad) / len(groups)
     parts = [f'<svg class="kept" width="{w}" height="{h}" xmlns="http://www.w3.org/2000/svg">']
     parts += _axes(w, h, pad, "prunable groups, in graph order", "kept fraction",
-                   (1, len(groups)), (0, 1))
+                   (0.5, len(groups) + 0.5), (0, 1), xint=True)  # tick i: the middle of bar i
     for i, g in enumerate(groups):
         frac = g.kept / g.total if g.total else 1.0
         bh = (h - 2 * pad) * frac
