@@ -29,6 +29,7 @@ _LAZY = {
     "PruneResult": "onnxprune.api",
     "inspect": "onnxprune.api",
     "prune": "onnxprune.api",
+    "sweep": "onnxprune.api",
     "calibrate_stats": "onnxprune.api",
     "sparsify": "onnxprune.sparse_api",
     "compare": "onnxprune.sparse_api",
@@ -66,4 +67,5 @@ __all__ = [
     "inspect",
     "prune",
     "sparsify",
+    "sweep",
 ]

@@ -145,6 +145,12 @@ class Analysis:
     def prunable_groups(self) -> tuple[Group, ...]:
         return tuple(g for g in self.groups if g.prunable)
 
+    @property
+    def prunable_sites(self) -> list[ConsumerSite]:
+        """Every consumer of every prunable group (what a statistics file holds, and what
+        bounds the calibration batch: :func:`onnxprune.calibrate.collect`)."""
+        return [s for g in self.groups if g.prunable for s in g.consumers]
+
 
 @dataclass
 class _Block:

@@ -11,27 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnxprune import calibrate, options, weights
 from onnxprune import stats as stats_io
 from onnxprune.analysis import Analysis, analyze
 from onnxprune.budget import ALLOCATIONS, Allocation, Budget, Planner, measure
-from onnxprune.calibrate import session
-from onnxprune.errors import ModelError, OptionError, PassError
+from onnxprune.errors import OptionError, PassError
 from onnxprune.graph import Graph
-from onnxprune.metrics import count_macs, count_params
-from onnxprune.modelio import Calibration, load_calibration, load_model
+from onnxprune.job import (Job, JobOptions, open_session, sample_shapes,  # noqa: F401
+                           split_samples, stats_options, worst_cosine)
+from onnxprune.modelio import load_calibration, load_model
 from onnxprune.saving import check_collisions, check_writes, run_sources, save_model
 from onnxprune.passbase import run_passes
-from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
-from onnxprune.passes.prune import PruneOptions
-from onnxprune.passes.prune import Lineage
-from onnxprune.reasons import Reason
-from onnxprune.report import InspectReport, Report, group_entry, inspect_report
-from onnxprune.select import METHODS, SEQUENTIAL, KeepPlan, removes_anything, round_plans
-from onnxprune.verify import (OutputFidelity, RecordedOutputs, check_structure, fidelity,
-                              latencies, sample_feed)
+from onnxprune.passes import NormalizePass
+from onnxprune.report import InspectReport, Report, inspect_report
+from onnxprune.select import METHODS, SEQUENTIAL, KeepPlan
+from onnxprune.verify import latencies, sample_feed
 
 log = logging.getLogger(__name__)
 
@@ -93,29 +88,6 @@ def resolve_exclude(names: Sequence[str], analysis: Analysis) -> frozenset[str]:
     return frozenset(out)
 
 
-def _open_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """The model's onnxruntime session; a model onnxruntime cannot load is a user error."""
-    try:
-        return session(model)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot load the model ({msg[:300]}); the model must run "
-                         "in onnxruntime on the CPU to be calibrated") from None
-
-
-def split_samples(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of sample indices into (selection, held-out) sets, both sorted."""
-    n_hold = min(max(1, int(round(holdout * n))), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
-
-
-def _sample_shapes(calib: Calibration) -> tuple[dict[str, tuple[int, ...]], int]:
-    lead = {"batched": (1,), "fixed": (calib.batch,), "unbatched": ()}[calib.mode]
-    shapes = {k: lead + tuple(v.shape[1:]) for k, v in calib.arrays.items()}
-    return shapes, (calib.batch if calib.mode == "fixed" else 1)
-
-
 #: Calibration samples used to measure each group's sensitivity for budgets.
 SENSITIVITY_SAMPLES = 64
 #: Without --ratio, --target-* or --min-cosine (and without --steps/--head-ratio, which go with
@@ -125,14 +97,6 @@ DEFAULT_MIN_COSINE = 0.99
 CONFIDENCE_Z = 2.0
 #: A --min-cosine search stops when its bracket spans less than this fraction of the MACs.
 SEARCH_TOLERANCE = 0.01
-
-
-def _worst_cosine(fid: Mapping[str, OutputFidelity], floating: set[str], z: float = 0.0
-                  ) -> float:
-    """The lowest cosine over the model's float outputs and the parts of each; with ``z`` > 0
-    the lowest lower confidence bound ``cosine − z·se`` (see :mod:`onnxprune.verify`)."""
-    vals = [f.worst_cosine_bound(z) for n, f in fid.items() if n in floating]
-    return min(vals) if vals else 1.0
 
 
 @weights.scoped
@@ -167,8 +131,9 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     arrays, each with the sample axis first. A fraction ``holdout`` of the samples is kept aside to
     measure fidelity; the rest drives selection and re-fitting. ``ridge``: regularisation of the
     re-fit (and of the greedy) toward the layer's original weights, relative to each input's
-    variance — 0 (default): plain least squares, directions the samples leave undetermined keep
-    the original weights; ``"auto"``: per layer by generalised cross-validation. ``head_ratio``:
+    variance — ``"auto"`` (default): ρ = 1 for consumers with fewer than 20 calibration rows per
+    column, plain least squares for the others; a number: that ρ everywhere (0: plain least
+    squares); ``"gcv"``: per layer by generalised cross-validation. ``head_ratio``:
     the fraction of attention heads removed from head groups (None: ``ratio``). ``token_mask``:
     the input whose 0/1 values mark real tokens (padding = 0); statistics and fidelity then use
     real-token positions only. ``"auto"`` (default): an input named ``attention_mask``, if any;
@@ -179,8 +144,44 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     collecting them; ``calib`` is still read for the held-out fidelity, budgets' sensitivities
     and the per-group runs of ``seq``/``asym``. Same inputs: the same pruned model.
     """
+    kw = dict(locals())
+    ratio = kw.pop("ratio")
+    return _prune_all(ratios=None if ratio is None else [ratio], **kw)[0]
+
+
+@weights.scoped
+def sweep(model: ModelSource, calib: CalibSource, ratios: Sequence[float], **kw
+          ) -> list[PruneResult]:
+    """``model`` pruned at each of ``ratios`` (a uniform ratio each, as ``prune(ratio=r)``;
+    the other keyword options are :func:`prune`'s, budgets and ``min_cosine`` excepted). The
+    results equal separate prunes, but what they share is done once: loading, analysis,
+    calibration (or reading ``stats``), the original model's held-out outputs and, for the
+    one-shot methods, each group's greedy order (a smaller kept set is a prefix of a larger
+    one's, :func:`onnxprune.select.level_decisions`). A report's ``seconds`` counts its own
+    plan; the first one's also the shared work."""
+    ratios = options.sweep_ratios(ratios)
+    for flag in ("target_macs", "target_params", "min_cosine"):
+        if kw.get(flag) is not None:
+            raise OptionError(f"a sweep prunes at uniform ratios; --{flag.replace('_', '-')} "
+                              "cannot be swept")
+    return _prune_all(model, calib, ratios=ratios, **kw)
+
+
+def _prune_all(model: ModelSource, calib: CalibSource, *, ratios: list[float] | None = None,
+               method: str = "inchange", reweight: bool = True, seed: int = 0,
+               holdout: float = 0.2, max_positions: int = 256, batch_size: int = 32,
+               ridge: float | str = "auto", target_macs: float | None = None,
+               target_params: float | None = None, min_cosine: float | None = None,
+               allocation: str = "marginal", round_to: int | str = "auto", min_keep: int = 1,
+               exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
+               head_ratio: float | None = None, token_mask: str | None = "auto",
+               safeguard: bool = True, stats: Sequence[str | os.PathLike] | None = None,
+               progress: Callable[[str], None] | None = None) -> list[PruneResult]:
+    """:func:`prune` for one ratio (or none: a budget or the fidelity target), :func:`sweep`
+    for several."""
     start = time.perf_counter()
     stats_files = [stats] if isinstance(stats, (str, os.PathLike)) else list(stats or [])
+    ratio = ratios[0] if ratios else None
     if ratio is None and target_macs is None and target_params is None and min_cosine is None \
             and head_ratio is None and steps == 1:
         min_cosine = DEFAULT_MIN_COSINE  # the default mode: as small as stays faithful
@@ -192,7 +193,8 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         options.exclusive(**{flag: amount, "a --target-macs/--target-params budget": budget})
     options.exclusive(**{"--min-cosine": min_cosine,
                          "a --target-macs/--target-params budget": budget})
-    ratio = 0.5 if ratio is None else options.removed_fraction(ratio, "--ratio", "channels")
+    ratios = [0.5 if ratio is None else ratio] if not ratios else ratios
+    ratios = [options.removed_fraction(r, "--ratio", "channels") for r in ratios]
     options.choice(method, "method", METHODS)
     options.sampling(holdout, max_positions, seed)
     round_to, auto_round = options.round_to(round_to)
@@ -210,119 +212,41 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
         head_ratio = options.removed_fraction(head_ratio, "--head-ratio", "attention heads")
     options.ridge(ridge)
     say = progress or (lambda msg: None)
-    loaded = load_model(model)
-    normalized, _ = run_passes([NormalizePass()], loaded.model)
-    reference = _open_session(normalized)
-    floating = {o.name for o in reference.get_outputs() if "float" in o.type}
-    cal = load_calibration(calib, normalized, token_mask)
-    sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
-    if loaded.lazy:  # weights over LAZY_BYTES: not held by a session through the rewrite
-        reference = RecordedOutputs(reference, cal, hold_idx, batch_size)
-    shapes, per = _sample_shapes(cal)
-    graph = Graph(normalized)
-    analysis = analyze(graph)
-    plan = KeepPlan(ratio=0.0 if budget or min_cosine is not None else ratio,
+    many = len(ratios) > 1
+    job = Job(model, calib, JobOptions(method, reweight, seed, holdout, max_positions,
+                                       batch_size, ridge, steps, truncate, token_mask),
+              stats_files, say, record=many)
+    plan = KeepPlan(ratio=0.0 if budget or min_cosine is not None else ratios[0],
                     round_to=round_to, auto_round=auto_round, min_keep=min_keep,
-                    excluded=resolve_exclude(exclude, analysis),
+                    excluded=resolve_exclude(exclude, job.analysis),
                     head_ratio=None if head_ratio is None else float(head_ratio))
-    stats = None
-    if stats_files:
-        if method == "sampling":
-            raise OptionError("--method sampling measures its sensitivities while calibrating; "
-                              "it cannot use --stats")
-        stats = stats_io.merge(
-            stats_files, stats_io.model_hash(normalized),
-            _stats_options(seed, holdout, max_positions, batch_size, cal.token_mask),
-            cal.n_samples, sel_idx, stats_io.prunable_sites(analysis))
-        say(f"statistics of {len(stats)} consumer(s) read from {len(stats_files)} file(s)"
-            + ("; seq/asym still run the model for every group" if method in SEQUENTIAL else "")
-            + ("; later rounds re-collect" if steps > 1 else ""))
     measured = budget is not None or min_cosine is not None
-    caches: dict[str, dict] = {}  # per method: decisions by group and quotas
-    paths: dict = {}  # greedy paths of the groups on ``stats`` (shared by budget and pass)
+
+    if many and method not in SEQUENTIAL:
+        job.collect(plan.excluded)  # every ratio decides from the same statistics and paths
 
     def run_plan(p: KeepPlan, meth: str) -> tuple[onnx.ModelProto, dict]:
-        """The model pruned as ``p`` says with method ``meth`` (all rounds), and its decisions."""
-        current, lineage, decisions = normalized, Lineage(), {}
-        for t, round_plan in enumerate(round_plans(p, analysis.groups, steps)):
-            if steps > 1:
-                say(f"round {t + 1}/{steps}")
-            options = PruneOptions(plan=round_plan, method=meth, reweight=reweight, seed=seed,
-                                   max_positions=max_positions, batch_size=batch_size,
-                                   ridge=ridge, truncate=truncate)
-            first = t == 0  # statistics and decisions of the input model only
-            current, results = run_passes(
-                [ChannelPrunePass(cal, sel_idx, options, say, reference=normalized,
-                                  lineage=lineage, stats=stats if first else None,
-                                  cache=caches.setdefault(meth, {}) if first else None,
-                                  paths=paths if first and measured else None)],
-                current)
-            lineage = results[0].info["lineage"]
-            decisions.update(results[0].info["decisions"])
-        return run_passes([CleanupPass()], current)[0], decisions
+        return job.run_plan(p, meth, share_paths=measured or many)
 
     alloc: Allocation | None = None
     search: dict | None = None
     pruned = decisions = fid = None
-    if budget is not None or min_cosine is not None:
+    if measured:
         say("analysing channel groups and measuring sensitivities"
             + (" for the budget" if budget is not None else " for the fidelity target"))
-        groups = [g for g in analysis.groups if g.prunable and g.name not in plan.excluded]
-        sites = [s for g in groups for s in g.consumers]
-        if stats is None:
-            stats = dict(zip(sites, calibrate.collect(
-                normalized, graph, cal, sel_idx, sites, seed, max_positions, batch_size,
-                sensitivity=method == "sampling", progress=say)))
-        planner = measure(normalized, graph, analysis, stats, cal,
-                          sel_idx[:SENSITIVITY_SAMPLES],
+        stats = job.collect(plan.excluded)
+        planner = measure(job.normalized, job.graph, job.analysis, stats, job.cal,
+                          job.sel_idx[:SENSITIVITY_SAMPLES],
                           budget.kind if budget is not None else "macs", plan, method,
-                          reweight, seed, ridge, shapes, batch_size, say, paths)
+                          reweight, seed, ridge, job.shapes, batch_size, say, job.paths)
         if budget is not None:
             say("allocating the budget")
             alloc = planner.plan(budget.fraction, budget.allocation)
             plan = replace(plan, ratios=dict(alloc.ratios))
         else:
             alloc, plan, pruned, decisions, fid, search = _search_min_cosine(
-                planner, plan, min_cosine, method, run_plan,
-                lambda m: fidelity(reference, m, cal, hold_idx, batch_size),
-                lambda f: _worst_cosine(f, floating, CONFIDENCE_Z), say)
-    guard = None
-    if pruned is None:
-        pruned, decisions = run_plan(plan, method)
-        if method in SEQUENTIAL and safeguard:
-            # Never worse than the one-shot fit: the sequential re-fit can fit the calibration
-            # samples' upstream drift rather than the model; keep whichever of the two models is
-            # closer to the original on the held-out samples.
-            say("safeguard: the one-shot inchange model on the same plan, for comparison")
-            fid = fidelity(reference, pruned, cal, hold_idx, batch_size)
-            alt, alt_decisions = run_plan(plan, "inchange")
-            alt_fid = fidelity(reference, alt, cal, hold_idx, batch_size)
-            ws, wi = _worst_cosine(fid, floating), _worst_cosine(alt_fid, floating)
-            guard = {"method": method, "worst_cosine": ws, "inchange_worst_cosine": wi,
-                     "used": method if ws >= wi else "inchange"}
-            if wi > ws:
-                pruned, decisions, fid = alt, alt_decisions, alt_fid
-    say("verifying the pruned model")
-    loaded_pruned = check_structure(pruned)
-    if fid is None:
-        fid = fidelity(reference, loaded_pruned, cal, hold_idx, batch_size)
-    del loaded_pruned
-    groups = []
-    for g in analysis.groups:
-        d = decisions.get(g.name)
-        # The decision's count, in the group's own units: re-analysing the pruned model can see
-        # the group differently (one head left: its head_dim columns look like plain channels).
-        kept = len(d.kept) if d is not None else g.size
-        planned = plan.ratio_of(g) if removes_anything(g, plan) else 0.0
-        sens = alloc.sensitivity.get(g.name) if alloc is not None else None
-        entry = group_entry(g, kept, d.rel_error if d else None, planned, sens)
-        if g.name in plan.excluded and g.prunable:
-            why = Reason("excluded by --exclude", "excluded")
-            entry = replace(entry, reason=why, reasons=(why.to_dict(),))
-        groups.append(entry)
-    if alloc is not None:  # the overall fraction of prunable channels the budget removed
-        tot = sum(g.total for g in groups if g.prunable)
-        ratio = 1.0 - sum(g.kept for g in groups if g.prunable) / tot if tot else 0.0
+                planner, plan, min_cosine, method, run_plan, job.fidelity,
+                lambda f: job.worst(f, CONFIDENCE_Z), say)
     if budget is not None:
         budget_info = {"kind": budget.kind, "target": budget.fraction,
                        "allocation": budget.allocation, "predicted": alloc.predicted,
@@ -332,32 +256,33 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
                        "predicted": alloc.predicted, "planned": alloc.exact, **search}
     else:
         budget_info = None
-    if count_params(pruned) > count_params(normalized):
-        raise PassError(f"pruning would leave the model with more parameters "
-                        f"({count_params(pruned)}) than it had ({count_params(normalized)}); "
-                        "please report this model")
-    report = Report(
-        method=method, ratio=float(ratio), reweight=bool(reweight),
-        seed=int(seed),
-        params_before=count_params(normalized), params_after=count_params(pruned),
-        macs_before=count_macs(normalized, shapes) // per, macs_after=count_macs(pruned, shapes) // per,
-        seconds=round(time.perf_counter() - start, 3),
-        calib_samples=len(sel_idx), holdout_samples=len(hold_idx),
-        groups=tuple(groups), fidelity=fid, steps=steps,
-        round_to="auto" if auto_round else round_to,
-        min_keep=min_keep,
-        exclude=tuple(sorted(plan.excluded)), budget=budget_info, token_mask=cal.token_mask,
-        safeguard=guard)
-    sources = run_sources(loaded.path, loaded.data_files, calib)
-    sources.update({f"statistics file '{Path(p).name}'": Path(p) for p in stats_files})
-    return PruneResult(model=pruned, report=report, external_data=loaded.external_data,
-                       sources=sources, weights_dir=weights.base_dir())
-
-
-def _stats_options(seed: int, holdout: float, max_positions: int, batch_size: int,
-                   token_mask: str | None) -> dict:
-    return {"seed": int(seed), "holdout": float(holdout), "max_positions": int(max_positions),
-            "batch_size": int(batch_size), "token_mask": token_mask}
+    results = []
+    for r in ratios:
+        if results:
+            start = time.perf_counter()
+            plan = replace(plan, ratio=r)
+            say(f"ratio {r:g}")
+        guard = None
+        if pruned is None:
+            pruned, decisions = run_plan(plan, method)
+            if method in SEQUENTIAL and safeguard:
+                # Never worse than the one-shot fit: the sequential re-fit can fit the
+                # calibration samples' upstream drift rather than the model; keep whichever of
+                # the two models is closer to the original on the held-out samples.
+                say("safeguard: the one-shot inchange model on the same plan, for comparison")
+                fid = job.fidelity(pruned)
+                alt, alt_decisions = run_plan(plan, "inchange")
+                alt_fid = job.fidelity(alt)
+                ws, wi = job.worst(fid), job.worst(alt_fid)
+                guard = {"method": method, "worst_cosine": ws, "inchange_worst_cosine": wi,
+                         "used": method if ws >= wi else "inchange"}
+                if wi > ws:
+                    pruned, decisions, fid = alt, alt_decisions, alt_fid
+        results.append(job.result(plan, pruned, decisions, fid, start=start, ratio=r,
+                                  round_to="auto" if auto_round else round_to, alloc=alloc,
+                                  budget=budget_info, guard=guard))
+        pruned = decisions = fid = None
+    return results
 
 
 @weights.scoped
@@ -381,7 +306,7 @@ def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLi
         shard = options.shard(shard)
     say = progress or (lambda msg: None)
     loaded, normalized, cal, graph, sites = stats_io.statistics_inputs(model, calib, token_mask)
-    _open_session(normalized)
+    open_session(normalized)
     digest = stats_io.model_hash(normalized)
     sel_idx, _ = split_samples(cal.n_samples, holdout, seed)
     ids = sel_idx if shard is None else stats_io.shard_indices(sel_idx, shard)
@@ -406,7 +331,7 @@ def calibrate_stats(model: ModelSource, calib: CalibSource, out: str | os.PathLi
                                       batch_size, progress=say)
     meta = {"model_sha256": digest, "n_samples": int(cal.n_samples),
             "shard": list(shard) if shard else [1, 1],
-            **_stats_options(seed, holdout, max_positions, batch_size, cal.token_mask)}
+            **stats_options(seed, holdout, max_positions, batch_size, cal.token_mask)}
     return stats_io.save(out, meta, ids, list(zip(sites, collected)))
 
 

@@ -310,18 +310,27 @@ def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: n
             sites: Sequence[ConsumerSite], seed: int, max_positions: int = DEFAULT_MAX_POSITIONS,
             batch_size: int = 32, reference: tuple[onnx.ModelProto, Graph] | None = None,
             truncate: bool = True, sensitivity: bool = False,
-            progress: Callable[[str], None] | None = None) -> list[SiteStats]:
+            progress: Callable[[str], None] | None = None,
+            memory_sites: Sequence[ConsumerSite] | None = None) -> list[SiteStats]:
     """Run the model on ``indices`` and return every site's streamed statistics; with
     ``reference`` (a model and its index, same tensor and node names) also the cross statistics.
     ``truncate``: run only the ancestors of the captured tensors; ``sensitivity``: also the PFP
     sensitivities (``--method sampling``). ``progress``: told of every batch when it is a live
-    display (a ``live`` attribute that is true: a terminal), else not at all."""
+    display (a ``live`` attribute that is true: a terminal), else not at all.
+
+    Samples run in batches of ``batch_size``, fewer when the captured tensors of one batch would
+    exceed :data:`BATCH_BYTES` (:func:`memory_batch`), and each batch's rows are added to the
+    Grams at once, so the floating-point sums depend on the batch. ``memory_sites`` (default:
+    ``sites``) are the sites whose tensors size it: give every prunable site of the model
+    (``Analysis.prunable_sites``) and the statistics of any subset of them are those of the
+    whole set (a statistics file, a budget, a sweep and a plain prune agree to the bit)."""
     acc = GramAccumulator(graph, sites, seed, max_positions,
                           None if reference is None else reference[1], sensitivity)
     if not sites:
         return []
     names = acc.tensors
-    batch_size = memory_batch(graph, names, batch_size, 1 if reference is None else 2)
+    bound = names if memory_sites is None else sorted({s.tensor for s in memory_sites})
+    batch_size = memory_batch(graph, bound, batch_size, 1 if reference is None else 2)
 
     def open_(m: onnx.ModelProto, g: Graph) -> ort.InferenceSession:
         if truncate:

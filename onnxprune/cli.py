@@ -1,5 +1,5 @@
 """Command line: ``onnxprune prune | calibrate | sparsify | compare | inspect``. The only module
-that prints."""
+that prints (with its progress display, :mod:`onnxprune.progress`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import argparse
 import json
 import logging
 import os
-import re
-import shutil
 import sys
 from pathlib import Path
 
 from onnxprune import api, options
 from onnxprune.errors import OnnxPruneError, OptionError, OutputError, PassError
 from onnxprune.modelio import external_data_files
+from onnxprune.progress import Progress
 from onnxprune.saving import (check_output_path, check_report_path, check_writes, finite,
                               run_sources, write_json_atomic, write_text_atomic)
 from onnxprune.select import METHODS
@@ -137,9 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("output", help="where to write the pruned model (.onnx)")
     _calib_args(pr)
     pr.add_argument("--ratio", type=_removed_fraction("--ratio", "channels"), default=None,
+                    nargs="+", metavar="R",
                     help="fraction of channels removed from every prunable group, 0 ≤ R < 1 "
                          "(without --ratio, --target-* or --min-cosine: --min-cosine 0.99; "
-                         "with --steps or --head-ratio: 0.5)")
+                         "with --steps or --head-ratio: 0.5). Several values: a sweep, one "
+                         "model per ratio written to OUTPUT with _rR before .onnx (reports "
+                         "alike), calibrated and selected once")
     pr.add_argument("--target-macs", type=_kept_fraction("--target-macs", "MACs"), metavar="F",
                     help="keep this fraction of the original MACs; per-group ratios are chosen "
                          "from each group's measured output sensitivity (instead of --ratio)")
@@ -251,40 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Progress:
-    """Progress messages on stderr. On a terminal (``live``) a message counting ``k/N`` (a
-    calibration batch, a group, a layer) redraws one line with a bar instead of adding a line;
-    elsewhere (logs, pipes) every message is a line and per-batch ticks are not sent at all."""
-
-    _COUNT = re.compile(r"(\d+)/(\d+)")
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.open = False  # a bar line is drawn and not ended
-
-    def __call__(self, msg: str) -> None:
-        m = self._COUNT.search(msg) if self.live else None
-        if m is None:
-            self._end()
-            self.stream.write(f"onnxprune: {msg}\n")
-            return
-        k, n = int(m.group(1)), max(int(m.group(2)), 1)
-        filled = round(20 * min(k, n) / n)
-        width = shutil.get_terminal_size((100, 20)).columns
-        line = f"onnxprune: [{'#' * filled}{'.' * (20 - filled)}] {msg}"
-        self.stream.write("\r" + line[:width - 1].ljust(width - 1))
-        self.open = True
-        if k >= n:
-            self._end()
-        self.stream.flush()
-
-    def _end(self) -> None:
-        if self.open:
-            self.stream.write("\n")
-            self.open = False
-
-
 def _progress(quiet: bool):
     return None if quiet else Progress()
 
@@ -337,44 +305,73 @@ def _say_fidelity(fidelity, token_mask) -> None:
                          f"{', real tokens' if token_mask else ''})\n")
 
 
+def _swept(path: Path | None, ratio, many: bool) -> Path | None:
+    """A sweep's file for ``ratio``: ``_r<ratio>`` before the suffix."""
+    return path if path is None or not many else path.with_name(f"{path.stem}_r{ratio:g}"
+                                                                f"{path.suffix}")
+
+
 def _cmd_prune(args) -> int:
-    out = check_output_path(args.output, args.input, args.force)
-    report_path = check_report_path(args.report) if args.report else None
-    others = {"report": report_path} if report_path is not None else {}
-    html_path = check_report_path(args.html) if args.html else None
-    if html_path is not None:
-        others["HTML report"] = html_path
+    ratios = args.ratio or [None]
+    many = len(ratios) > 1
+    if many:
+        options.sweep_ratios(ratios)
+    outs = [check_output_path(_swept(Path(args.output), r, many), args.input, args.force)
+            for r in ratios]
+    reports = [_swept(check_report_path(args.report), r, many) if args.report else None
+               for r in ratios]
+    htmls = [_swept(check_report_path(args.html), r, many) if args.html else None
+             for r in ratios]
+    label = (lambda what, i: f"{what} {i + 1}") if many else (lambda what, i: what)
+    written = {label(what, i): p for i, trio in enumerate(zip(outs, reports, htmls))
+               for what, p in zip(("output model", "report", "HTML report"), trio)
+               if p is not None}
+    written.update({label("output model", i) + "'s external data": o.with_name(o.name + ".data")
+                    for i, o in enumerate(outs)} if many else {})
+
+    def others(i: int) -> dict[str, Path]:  # what is written besides output i and its data
+        mine = (label("output model", i), label("output model", i) + "'s external data")
+        return {k: v for k, v in written.items() if k not in mine}
     # Before any work, every path written against every path read; after the run (nothing
     # written yet) again with what the run itself read (PruneResult.sources).
     stats_reads = {f"statistics file '{Path(f).name}'": Path(f) for f in args.stats or ()}
-    check_writes(out, True, stats_reads, args.force, others)
-    reads, calib = _reads_and_calib(args, out, others)
+    check_writes(outs[0], True, stats_reads, args.force, others(0))
+    reads, calib = _reads_and_calib(args, outs[0], others(0))
     reads.update(stats_reads)
-    result = api.prune(args.input, calib, stats=args.stats, ratio=args.ratio, method=args.method,
-                       reweight=not args.no_reweight, seed=args.seed, holdout=args.holdout,
-                       max_positions=args.max_positions, ridge=args.ridge,
-                       target_macs=args.target_macs, target_params=args.target_params,
-                       min_cosine=args.min_cosine,
-                       allocation=args.allocation, round_to=args.round_to,
-                       min_keep=args.min_keep, exclude=args.exclude, steps=args.steps,
-                       head_ratio=args.head_ratio, token_mask=args.token_mask,
-                       progress=_progress(args.quiet))
-    check_writes(out, result.external_data, {**reads, **result.sources}, args.force, others)
-    result.save(out, overwrite_input=args.force)
-    r = result.report
-    _write_report(report_path, r.to_dict())
-    if html_path is not None:
-        from onnxprune.html import render
-        lat = api.measure_latency(args.input, result.model, calib, holdout=args.holdout,
-                                  seed=args.seed, token_mask=args.token_mask)
-        write_text_atomic(html_path, render(r, f"onnxprune: {Path(args.input).name}", lat))
-    if not args.quiet:
-        pct = 100.0 * (1 - r.params_after / max(r.params_before, 1))
-        mpct = 100.0 * (1 - r.macs_after / max(r.macs_before, 1))
-        sys.stderr.write(f"onnxprune: wrote {out}: params {r.params_before} → {r.params_after} "
-                         f"(−{pct:.1f}%), MACs {r.macs_before} → {r.macs_after} (−{mpct:.1f}%) "
-                         f"in {r.seconds:.1f}s\n")
-        _say_fidelity(r.fidelity, r.token_mask)
+    kw = dict(stats=args.stats, method=args.method, reweight=not args.no_reweight,
+              seed=args.seed, holdout=args.holdout, max_positions=args.max_positions,
+              ridge=args.ridge, round_to=args.round_to, min_keep=args.min_keep,
+              exclude=args.exclude, steps=args.steps, head_ratio=args.head_ratio,
+              token_mask=args.token_mask, progress=_progress(args.quiet))
+    if many:
+        for flag in ("target_macs", "target_params", "min_cosine"):
+            if getattr(args, flag) is not None:
+                raise OptionError(f"--{flag.replace('_', '-')} and several --ratio values "
+                                  "are exclusive")
+        results = api.sweep(args.input, calib, ratios, **kw)
+    else:
+        results = [api.prune(args.input, calib, ratio=ratios[0], target_macs=args.target_macs,
+                             target_params=args.target_params, min_cosine=args.min_cosine,
+                             allocation=args.allocation, **kw)]
+    for i, (out, report_path, html_path, result) in enumerate(zip(outs, reports, htmls,
+                                                                   results)):
+        check_writes(out, result.external_data, {**reads, **result.sources}, args.force,
+                     others(i))
+        result.save(out, overwrite_input=args.force)
+        r = result.report
+        _write_report(report_path, r.to_dict())
+        if html_path is not None:
+            from onnxprune.html import render
+            lat = api.measure_latency(args.input, result.model, calib, holdout=args.holdout,
+                                      seed=args.seed, token_mask=args.token_mask)
+            write_text_atomic(html_path, render(r, f"onnxprune: {Path(args.input).name}", lat))
+        if not args.quiet:
+            pct = 100.0 * (1 - r.params_after / max(r.params_before, 1))
+            mpct = 100.0 * (1 - r.macs_after / max(r.macs_before, 1))
+            sys.stderr.write(f"onnxprune: wrote {out}: params {r.params_before} → "
+                             f"{r.params_after} (−{pct:.1f}%), MACs {r.macs_before} → "
+                             f"{r.macs_after} (−{mpct:.1f}%) in {r.seconds:.1f}s\n")
+            _say_fidelity(r.fidelity, r.token_mask)
     return 0
 
 

@@ -36,6 +36,16 @@ def removed_fraction(value, flag: str, what: str) -> float:
     return interval(value, flag, 0, 1, "[)", f"the fraction of {what} removed")
 
 
+def sweep_ratios(values) -> list[float]:
+    """The ``--ratio`` values of a sweep: each a removed fraction, none twice."""
+    out = [removed_fraction(v, "--ratio", "channels") for v in values]
+    if not out:
+        raise OptionError("a sweep needs at least one --ratio")
+    if len(set(out)) != len(out):
+        raise OptionError(f"--ratio {' '.join(f'{v:g}' for v in out)}: a ratio is given twice")
+    return out
+
+
 def kept_fraction(value, flag: str, what: str) -> float:
     """``--target-macs``, ``--target-params``: the fraction of the original ``what`` kept."""
     return interval(value, flag, 0, 1, "(]", f"the fraction of the original {what} to keep")

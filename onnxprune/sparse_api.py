@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 
 from onnxprune import options, storage, weights
-from onnxprune.api import (CalibSource, ModelSource, PruneResult, _open_session, _worst_cosine,
-                           prune, split_samples)
+from onnxprune.api import CalibSource, ModelSource, PruneResult, prune
+from onnxprune.job import open_session, split_samples, worst_cosine
 from onnxprune.errors import OptionError
 from onnxprune.graph import Graph
 from onnxprune.metrics import _FLOAT_TYPES, count_params
@@ -84,7 +84,7 @@ def sparsify(model: ModelSource, calib: CalibSource, *, sparsity: float | None =
     say = progress or (lambda msg: None)
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
-    reference = _open_session(normalized)
+    reference = open_session(normalized)
     cal = load_calibration(calib, normalized, token_mask)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)
     unknown = [x for x in exclude if x not in {n.name for n in normalized.graph.node}]
@@ -216,7 +216,7 @@ def compare(model: ModelSource, calib: CalibSource, *, nonzeros: float,
         if fid is None:  # the original against itself
             worst, top1 = 1.0, 1.0 if has_top1 else None
         else:
-            worst = _worst_cosine(fid, floating)
+            worst = worst_cosine(fid, floating)
             top1 = next((f.top1_agreement for f in fid.values()
                          if f.top1_agreement is not None), None)
         rows.append({"model": name, "params": params, "nonzeros": nz, "worst_cosine": worst,

@@ -49,20 +49,15 @@ def model_hash(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
-def prunable_sites(analysis) -> list[ConsumerSite]:
-    """Every consumer of every prunable group: the sites a statistics file holds."""
-    return [s for g in analysis.groups if g.prunable for s in g.consumers]
-
-
 def statistics_inputs(model, calib, token_mask):
     """What collecting a statistics file starts from, the same on the driver and on every
     cluster worker: the loaded and the normalised model, the calibration, the graph index and
-    :func:`prunable_sites`."""
+    the prunable sites (``Analysis.prunable_sites``)."""
     loaded = load_model(model)
     normalized, _ = run_passes([NormalizePass()], loaded.model)
     cal = load_calibration(calib, normalized, token_mask)
     graph = Graph(normalized)
-    return loaded, normalized, cal, graph, prunable_sites(analyze(graph))
+    return loaded, normalized, cal, graph, analyze(graph).prunable_sites
 
 
 def shard_indices(indices: np.ndarray, shard: tuple[int, int]) -> np.ndarray:

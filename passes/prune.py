@@ -97,11 +97,11 @@ class ChannelPrunePass(Pass):
         if len(set(names)) != len(names) or not all(names):
             raise PassError("channel-prune requires unique node names (run NormalizePass first)")
 
-    def _collect(self, model, graph, sites, reference=None):
+    def _collect(self, model, graph, sites, reference=None, memory_sites=None):
         opt = self.options
         return calibrate.collect(model, graph, self.calib, self.indices, sites, opt.seed,
                                  opt.max_positions, opt.batch_size, reference, opt.truncate,
-                                 opt.method == "sampling", self.progress)
+                                 opt.method == "sampling", self.progress, memory_sites)
 
     def _decide(self, graph, analysis, group, stats, index, targets=None) -> GroupDecision:
         opt = self.options
@@ -130,7 +130,10 @@ class ChannelPrunePass(Pass):
         else:
             self.progress(f"calibrating {len(sites)} consumer(s) of {len(todo)} group(s) on "
                           f"{len(self.indices)} sample(s)")
-            by_site = dict(zip(sites, self._collect(model, graph, sites)))
+            # the batch sized as for every prunable site: the same statistics as a budget's,
+            # a sweep's or a statistics file's
+            by_site = dict(zip(sites, self._collect(model, graph, sites,
+                                                    memory_sites=analysis.prunable_sites)))
         decisions: dict[str, GroupDecision] = {}
         for n, (i, g) in enumerate(todo):
             key = (g.name, segments_and_quotas(g, self.options.plan)[1].tobytes())

@@ -355,7 +355,7 @@ class _Stream:
 
 def test_progress_redraws_one_line_on_a_terminal_and_prints_lines_elsewhere():
     from onnxprune import calibrate
-    from onnxprune.cli import Progress
+    from onnxprune.progress import Progress
     from onnxprune.modelio import load_calibration, load_model
     from onnxprune.graph import Graph
     from onnxprune.analysis import analyze

@@ -123,3 +123,36 @@ def test_a_local_dask_cluster_of_two_workers_gives_the_same_statistics(shards, t
         np.testing.assert_allclose(wc[name], w, rtol=1e-9, atol=1e-9 * np.abs(w).max())
     with pytest.raises(OptionError, match="not both"):
         calibrate_stats(str(MOBILENET), str(CALIB_IMG), out, workers=2, address="tcp://x:1")
+
+
+def test_subset_statistics_equal_the_whole_set_under_small_memory_batches(monkeypatch, tmp_path):
+    """Batches cut by the memory bound change the floating-point sums of the Grams. A plain
+    prune calibrates only the groups it prunes (a subset: at ratio 0.1 the 32-channel groups
+    round back to 32) but sizes its batches for every prunable site, so its statistics are
+    those of a statistics file (all sites), a budget or a sweep, to the bit — and so are the
+    pruned models."""
+    from onnxprune import calibrate
+    from onnxprune.job import Job, JobOptions
+    from onnxprune.select import KeepPlan, removes_anything
+    model = str(MODELS / "mobilenet_legacy.onnx")
+    monkeypatch.setattr(calibrate, "BATCH_BYTES", 700_000)  # all sites: 10 per batch, subset: 14
+    job = Job(model, str(CALIB_IMG), JobOptions())
+    every = job.analysis.prunable_sites
+    plan = KeepPlan(ratio=0.1, auto_round=True)
+    subset = [s for g in job.analysis.groups if removes_anything(g, plan) for s in g.consumers]
+    assert 0 < len(subset) < len(every)
+
+    def grams(sites, memory_sites=None):
+        out = calibrate.collect(job.normalized, job.graph, job.cal, job.sel_idx, sites, 0,
+                                memory_sites=memory_sites)
+        return {s: st.G for s, st in zip(sites, out)}
+
+    whole, sized, naive = grams(every), grams(subset, every), grams(subset)
+    assert all(np.array_equal(sized[s], whole[s]) for s in subset)
+    assert not all(np.array_equal(naive[s], whole[s]) for s in subset)  # the batch matters
+    direct = onnxprune.prune(model, str(CALIB_IMG), ratio=0.1)
+    stats = calibrate_stats(model, str(CALIB_IMG), tmp_path / "s.npz")
+    from_file = onnxprune.prune(model, str(CALIB_IMG), ratio=0.1, stats=[stats])
+    swept = onnxprune.sweep(model, str(CALIB_IMG), [0.1, 0.4])[0]
+    for other in (from_file, swept):
+        assert other.model.SerializeToString() == direct.model.SerializeToString()
