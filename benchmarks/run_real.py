@@ -356,13 +356,23 @@ def run_model(name: str, configs: list[dict], args, state: dict, prefix: Path, p
     calib, held = spec.load_calib(), spec.load_heldout()
     if args.quick:
         held = {k: v[:args.quick_heldout] for k, v in held.items()}
+    # --validation F: a seeded random F of the held-out inputs are the validation set given to
+    # configs with validation=true (prune's holdout_data); every row is scored on the rest
+    # (random, not the first ones: some held-out sets are generated in order, e.g. by class)
+    n_all = int(len(next(iter(held.values()))))
+    n_val = int(round(args.validation * n_all))
+    perm = np.random.default_rng(20261129).permutation(n_all)
+    vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    val = {k: v[vi] for k, v in held.items()}
+    held = {k: v[ti] for k, v in held.items()}
     entry["n_calib"] = int(len(next(iter(calib.values()))))
     entry["n_heldout"] = int(len(next(iter(held.values()))))
+    entry["n_validation"] = n_val
     for kind in spec.outputs.values():
         if kind["kind"] == "ctc_probs":
             _ctc_metrics.dictionary = build_real._rec_dictionary(spec.onnx)
             texts = json.loads(Path(kind["texts"]).read_text())["heldout"]
-            _ctc_metrics.truth = texts[:entry["n_heldout"]]
+            _ctc_metrics.truth = [texts[i] for i in ti]
     t1 = time.perf_counter()
     ref = build_real.run_model(spec.onnx, held)
     entry["reference_s"] = round(time.perf_counter() - t1, 2)
@@ -386,7 +396,16 @@ def run_model(name: str, configs: list[dict], args, state: dict, prefix: Path, p
     for cfg in configs:
         kwargs = {k: v for k, v in cfg.items() if k != "label"}
         kwargs.setdefault("seed", 0)
-        rowspec = {"model": name, "label": cfg["label"], "tool": "onnxprune", "config": kwargs}
+        if kwargs.pop("validation", False):
+            if not n_val:
+                entry["rows"].append({"model": name, "label": cfg["label"], "tool": "onnxprune",
+                                      "config": kwargs, "status": "skipped",
+                                      "error": "validation=true needs --validation F > 0"})
+                continue
+            kwargs["holdout_data"] = val
+        shown = {k: (f"validation set ({n_val} inputs)" if k == "holdout_data" else v)
+                 for k, v in kwargs.items()}
+        rowspec = {"model": name, "label": cfg["label"], "tool": "onnxprune", "config": shown}
         why = next((w for (m, keys), w in SLOW.items()
                     if m == name and any(k in kwargs for k in keys)), None)
         if why and not args.include_slow:
@@ -526,7 +545,9 @@ def write_outputs(state: dict, prefix: Path) -> None:
                f"({ins.get('channels_prunable')} / {ins.get('channels_total')})"
                if "n_groups" in ins else f"inspect error: {ins.get('error')}")
         L.append(f"| {e['name']} | {sp.get('task')} | {sp.get('what')} | "
-                 f"{_short_sha(sp.get('provenance'))} | {e.get('n_heldout')} / {e.get('n_calib')} "
+                 f"{_short_sha(sp.get('provenance'))} | {e.get('n_heldout')}"
+                 f"{' (+' + str(e['n_validation']) + ' val.)' if e.get('n_validation') else ''}"
+                 f" / {e.get('n_calib')} "
                  f"| {grp} | {reasons or '–'} | {fmt(e.get('build_s'), 0)} | "
                  f"{fmt(e.get('total_s'), 0)} |")
     L += ["", "## Results", "",
@@ -637,6 +658,10 @@ def main(argv=None) -> int:
                     help="smoke run: preset 'quick' (unless --configs/--config given), "
                          "--quick-heldout held-out inputs, 10 latency iterations")
     ap.add_argument("--quick-heldout", type=int, default=32)
+    ap.add_argument("--validation", type=float, default=0.0, metavar="F",
+                    help="the first F of each model's held-out inputs form a validation set, "
+                         "given as holdout_data to configs with validation=true; all rows are "
+                         "scored on the other held-out inputs (default 0: none)")
     ap.add_argument("--peer", choices=("first", "all", "none"), default="first",
                     help="onnxsim rows after the first ok row per model, every row, or none")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the models in --work")
@@ -695,7 +720,8 @@ def main(argv=None) -> int:
                  "cpu_count": os.cpu_count(), "loadavg_start": _loadavg(),
                  "complete": False, "work_dir": str(args.work)},
         "args": {"models": models, "quick": args.quick, "latency_iters": args.latency_iters,
-                 "warmup": args.warmup, "peer": args.peer, "quick_heldout": args.quick_heldout},
+                 "warmup": args.warmup, "peer": args.peer, "quick_heldout": args.quick_heldout,
+                 "validation": args.validation},
         "configs": configs,
         "peer_status": ("benchmarks/peer_onnxsim.py prune_onnxsim: rows 'onnxsim' and "
                         "'onnxsim+ridge' at the params fraction of "

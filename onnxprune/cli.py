@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--html", metavar="REPORT.html",
                     help="also write a self-contained HTML report (summary with onnxruntime "
                          "latency before/after, plots, the table of groups)")
+    pr.add_argument("--holdout-data", metavar="HELDOUT",
+                    help="samples (.npz/.npy as --calib) that measure the fidelity and drive "
+                         "--min-cosine instead of a --holdout part of the calibration data "
+                         "(which is then all used for selection); best taken from the inputs "
+                         "the model will see in deployment")
     pr.add_argument("--stats", nargs="+", metavar="STATS",
                     help="statistics written by 'onnxprune calibrate' (several shards are added "
                          "up) instead of collecting them; --calib is still needed for the "
@@ -338,11 +343,15 @@ def _cmd_prune(args) -> int:
     check_writes(outs[0], True, stats_reads, args.force, others(0))
     reads, calib = _reads_and_calib(args, outs[0], others(0))
     reads.update(stats_reads)
+    if args.holdout_data is not None:
+        reads["held-out data"] = Path(args.holdout_data)
+        check_writes(outs[0], True, reads, args.force, others(0))
     kw = dict(stats=args.stats, method=args.method, reweight=not args.no_reweight,
               seed=args.seed, holdout=args.holdout, max_positions=args.max_positions,
               ridge=args.ridge, round_to=args.round_to, min_keep=args.min_keep,
               exclude=args.exclude, steps=args.steps, head_ratio=args.head_ratio,
-              token_mask=args.token_mask, progress=_progress(args.quiet))
+              token_mask=args.token_mask, holdout_data=args.holdout_data,
+              progress=_progress(args.quiet))
     if many:
         for flag in ("target_macs", "target_params", "min_cosine"):
             if getattr(args, flag) is not None:
@@ -435,7 +444,8 @@ def _cmd_compare(args) -> int:
                                     method=args.method, allocation=args.allocation,
                                     reweight=not args.no_reweight, seed=args.seed,
                                     holdout=args.holdout, max_positions=args.max_positions,
-                                    token_mask=args.token_mask, progress=_progress(args.quiet))
+                                    token_mask=args.token_mask, holdout_data=args.holdout_data,
+              progress=_progress(args.quiet))
     for flag, result in (("--save-dense", dense), ("--save-sparse", sparse)):
         if flag in others:
             rest = {k: v for k, v in others.items() if k != flag}

@@ -97,21 +97,36 @@ class Job:
 
     ``record``: record the original model's held-out outputs once instead of keeping its
     session (always for models whose weights stay in their files; a sweep records them so that
-    each plan does not run the original again)."""
+    each plan does not run the original again). ``holdout_data``: samples (as ``calib``) that
+    measure fidelity instead of a held-out part of ``calib``, which then all drives selection
+    and re-fitting."""
 
     def __init__(self, model, calib, opts: JobOptions,
                  stats_files: Sequence[str | os.PathLike] = (),
-                 say: Callable[[str], None] = lambda msg: None, record: bool = False) -> None:
+                 say: Callable[[str], None] = lambda msg: None, record: bool = False,
+                 holdout_data=None) -> None:
         self.opts, self.say, self.calib_source = opts, say, calib
+        self.holdout_source = holdout_data
         self.stats_files = list(stats_files)
         self.loaded = load_model(model)
         self.normalized, _ = run_passes([NormalizePass()], self.loaded.model)
         reference = open_session(self.normalized)
         self.floating = {o.name for o in reference.get_outputs() if "float" in o.type}
         self.cal = load_calibration(calib, self.normalized, opts.token_mask)
-        self.sel_idx, self.hold_idx = split_samples(self.cal.n_samples, opts.holdout, opts.seed)
+        if holdout_data is None:
+            self.hold_cal = self.cal
+            self.sel_idx, self.hold_idx = split_samples(self.cal.n_samples, opts.holdout,
+                                                        opts.seed)
+        else:
+            if stats_files:
+                raise OptionError("--holdout-data cannot be combined with --stats (statistics "
+                                  "files are collected without a held-out part of --calib)")
+            self.hold_cal = load_calibration(holdout_data, self.normalized, opts.token_mask)
+            self.sel_idx = np.arange(self.cal.n_samples)
+            self.hold_idx = np.arange(self.hold_cal.n_samples)
         if self.loaded.lazy or record:  # not held by a session through the rewrite
-            reference = RecordedOutputs(reference, self.cal, self.hold_idx, opts.batch_size)
+            reference = RecordedOutputs(reference, self.hold_cal, self.hold_idx,
+                                        opts.batch_size)
         self.reference = reference
         self.shapes, self.per = sample_shapes(self.cal)
         self.graph = Graph(self.normalized)
@@ -173,7 +188,8 @@ class Job:
         return run_passes([CleanupPass()], current)[0], decisions
 
     def fidelity(self, model) -> dict[str, OutputFidelity]:
-        return fidelity(self.reference, model, self.cal, self.hold_idx, self.opts.batch_size)
+        return fidelity(self.reference, model, self.hold_cal, self.hold_idx,
+                        self.opts.batch_size)
 
     def worst(self, fid: Mapping[str, OutputFidelity], z: float = 0.0) -> float:
         return worst_cosine(fid, self.floating, z)
@@ -221,8 +237,11 @@ class Job:
             calib_samples=len(self.sel_idx), holdout_samples=len(self.hold_idx),
             groups=tuple(groups), fidelity=fid, steps=o.steps, round_to=round_to,
             min_keep=plan.min_keep, exclude=tuple(sorted(plan.excluded)), budget=budget,
-            token_mask=self.cal.token_mask, safeguard=guard)
+            token_mask=self.cal.token_mask, safeguard=guard,
+            holdout_source="calibration" if self.holdout_source is None else "holdout_data")
         sources = run_sources(self.loaded.path, self.loaded.data_files, self.calib_source)
+        if isinstance(self.holdout_source, (str, os.PathLike)):
+            sources["held-out data"] = Path(self.holdout_source)
         sources.update({f"statistics file '{Path(p).name}'": Path(p) for p in self.stats_files})
         return PruneResult(model=pruned, report=report, external_data=self.loaded.external_data,
                            sources=sources, weights_dir=weights.base_dir())

@@ -59,6 +59,8 @@ class Report:
     token_mask: str | None = None  # the calibration input marking real tokens, if any
     # seq/asym: held-out worst cosine of the sequential and of the one-shot model, and the one kept
     safeguard: dict | None = None
+    # where the held-out samples come from: "calibration" (a split of it) or "holdout_data"
+    holdout_source: str = "calibration"
 
     def to_dict(self) -> dict:
         return {
@@ -72,7 +74,7 @@ class Report:
             "fidelity": {k: v.to_dict() for k, v in self.fidelity.items()},
             "steps": self.steps, "round_to": self.round_to, "min_keep": self.min_keep,
             "exclude": list(self.exclude), "budget": self.budget, "token_mask": self.token_mask,
-            "safeguard": self.safeguard,
+            "safeguard": self.safeguard, "holdout_source": self.holdout_source,
             "macs_fraction": self.macs_after / self.macs_before if self.macs_before else 1.0,
             "params_fraction": (self.params_after / self.params_before
                                 if self.params_before else 1.0),
