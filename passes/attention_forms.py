@@ -21,6 +21,14 @@ unprunable by the analysis).
 
    proven by tracking which axis of each intermediate tensor is the piece axis (size n) and
    that the others keep their order; the Gathers of one chunk become one Slice each.
+   The timm / PaddleOCR layout splits the heads in the same Reshape and moves them::
+
+       Reshape(X, [b, s, n, h, d]) → Transpose(2, 0, 3, 1, 4) → Gather(i, axis=0)
+       ⇒ Slice(X, [i·h·d, (i+1)·h·d], axis −1) → Reshape(·, [0, 0, h, d]) → Transpose(0, 2, 1, 3)
+
+   (the remaining axes in any order: the Transpose that restores it); the pieces may also be
+   read as ``Slice(axis 0, [i, i+1]) → Squeeze(0)`` or ``Split(axis 0) → Squeeze(0)``
+   (``unbind``).
 
 3. **Heads merged with the batch** (``nn.MultiheadAttention``: ``q.view(s, b·h, d).transpose(0, 1)
    .view(b, h, s, d)``)::
@@ -165,6 +173,53 @@ def _transpose_via_reshape(ed: _Edit) -> int:
     return count
 
 
+def _pieces(ed: _Edit, cur: str, n: int) -> list[tuple[int, onnx.NodeProto, list]] | None:
+    """How the pieces of ``cur`` (piece axis 0, size ``n``) are read: ``(index, node whose
+    output is the piece, nodes replaced with it)`` for Gather(i, axis 0), Slice(axis 0, [i,
+    i+1]) → Squeeze(0) or Split(axis 0, ones) → Squeeze(0); None for anything else."""
+    g = ed.graph
+    users = [u for u, _ in g.users(cur)]
+
+    def squeeze0(t: str) -> onnx.NodeProto | None:
+        s = ed.sole_user(t)
+        ok = s is not None and s.op_type == "Squeeze" and _axes(s, g, g.rank(t) or 0) == [0]
+        return s if ok and ed.free(s) else None
+
+    out = []
+    if users and all(u.op_type == "Gather" for u in users):
+        for u in users:
+            v = g.const(u.input[1])
+            if v is None or v.ndim != 0 or int(attr(u, "axis", 0)) != 0 or not ed.free(u):
+                return None
+            out.append((int(v) + n if int(v) < 0 else int(v), u, []))
+        return out
+    if users and all(u.op_type == "Slice" for u in users):
+        for u in users:
+            p = [g.const(x) if x else None for x in list(u.input[1:5])]
+            if len(p) < 3 or any(x is None for x in p[:3]) or (len(p) > 3 and p[3] is not None
+                                                                and p[3].reshape(-1).tolist() != [1]):
+                return None
+            (i,), (j,), (ax,) = (np.asarray(x).reshape(-1).tolist() for x in p[:3])
+            s = squeeze0(u.output[0])
+            if ax != 0 or i < 0 or j != i + 1 or i >= n or s is None or not ed.free(u):
+                return None
+            out.append((i, s, [u]))
+        return out
+    if len(users) == 1 and users[0].op_type == "Split" and len(users[0].output) == n:
+        sp = users[0]
+        sizes = g.const(sp.input[1]) if len(sp.input) > 1 and sp.input[1] else attr(sp, "split")
+        if int(attr(sp, "axis", 0)) != 0 or (sizes is not None and
+                                             np.asarray(sizes).reshape(-1).tolist() != [1] * n):
+            return None
+        for i, o in enumerate(sp.output):
+            s = squeeze0(o)
+            if s is None or not ed.free(sp):
+                return None
+            out.append((i, s, [sp]))
+        return out
+    return None
+
+
 def _chunks(ed: _Edit) -> int:
     """Rewrite 2 (see module docstring)."""
     count = 0
@@ -172,14 +227,16 @@ def _chunks(ed: _Edit) -> int:
     for r in _reshapes(ed):
         x = r.input[0]
         xd, od = ed.dims(x), se.reshape_dims(r)
-        if xd is None or od is None or len(od) != len(xd) + 1 or len(od) < 2 or None in xd \
-                or None in od:
+        if xd is None or od is None or len(od) not in (len(xd) + 1, len(xd) + 2) or \
+                len(od) < 2 or None in xd or None in od:
             continue
-        n, e = od[-2].static, od[-1].static
-        if not n or not e or xd[-1] != Dim(n * e) or od[:-2] != xd[:-1]:
+        extra = len(od) - len(xd)  # 1: [..., n, E]; 2: [..., n, h, d] (heads split too)
+        n, e = od[-1 - extra].static, int(np.prod([d.static or 0 for d in od[-extra:]]))
+        if not n or not e or xd[-1] != Dim(n * e) or od[:-1 - extra] != xd[:-1]:
             continue
-        # follow the piece axis through Unsqueeze / Transpose / Squeeze to Gathers on it
-        labels = [f"a{i}" for i in range(len(xd) - 1)] + ["P", "E"]
+        base = [f"a{i}" for i in range(len(xd) - 1)] + (["E"] if extra == 1 else ["H", "D"])
+        # follow the piece axis through Unsqueeze / Transpose / Squeeze to the pieces' readers
+        labels = base[:len(xd) - 1] + ["P"] + base[len(xd) - 1:]
         cur, chain = r.output[0], [r]
         ok = True
         while True:
@@ -187,7 +244,7 @@ def _chunks(ed: _Edit) -> int:
             if cur in g.graph_outputs or not users:
                 ok = False
                 break
-            if all(u.op_type == "Gather" for u, _ in users):
+            if labels[0] == "P" and _pieces(ed, cur, n) is not None:
                 break
             if len(users) != 1:
                 ok = False
@@ -214,21 +271,34 @@ def _chunks(ed: _Edit) -> int:
                 break
             chain.append(u)
             cur = u.output[0]
-        if not ok or labels[0] != "P" or [lab for lab in labels[1:] if lab != "1"] != [
-                f"a{i}" for i in range(len(xd) - 1)] + ["E"] or "1" in labels:
+        rest = labels[1:]
+        if not ok or labels[0] != "P" or "1" in labels or sorted(rest) != sorted(base) or \
+                (extra == 1 and rest != base) or not all(ed.free(c) for c in chain):
             continue
-        gathers = [u for u, _ in g.users(cur)]
-        idx = [g.const(u.input[1]) for u in gathers]
-        if any(v is None or v.ndim != 0 or int(attr(u, "axis", 0)) != 0
-               for v, u in zip(idx, gathers)) or not all(ed.free(u) for u in gathers + chain):
-            continue
-        for u, v in zip(gathers, idx):
-            i = int(v) + n if int(v) < 0 else int(v)
-            start = ed.const(f"{u.name}_start", np.asarray([i * e], dtype=np.int64))
-            end = ed.const(f"{u.name}_end", np.asarray([(i + 1) * e], dtype=np.int64))
-            axis = ed.const(f"{u.name}_axis", np.asarray([-1], dtype=np.int64))
-            ed.replaced[ed.index(u)] = [helper.make_node(
-                "Slice", [x, start, end, axis], [u.output[0]], name=u.name)]
+        pieces = _pieces(ed, cur, n)
+        perm = [base.index(lab) for lab in rest]
+        for i, last, gone in pieces:
+            start = ed.const(f"{last.name}_start", np.asarray([i * e], dtype=np.int64))
+            end = ed.const(f"{last.name}_end", np.asarray([(i + 1) * e], dtype=np.int64))
+            axis = ed.const(f"{last.name}_axis", np.asarray([-1], dtype=np.int64))
+            if extra == 1:
+                ed.replaced[ed.index(last)] = [helper.make_node(
+                    "Slice", [x, start, end, axis], [last.output[0]], name=last.name)]
+            else:
+                h, d = od[-2].static, od[-1].static
+                shape = ed.const(f"{last.name}_heads_shape",
+                                 np.asarray([0] * (len(xd) - 1) + [h, d], dtype=np.int64))
+                sl, hs = ed.fresh(f"{last.output[0]}_chunk"), ed.fresh(f"{last.output[0]}_heads")
+                nodes = [helper.make_node("Slice", [x, start, end, axis], [sl],
+                                          name=ed.fresh(f"{last.name}_slice")),
+                         helper.make_node("Reshape", [sl, shape],
+                                          [hs if perm != sorted(perm) else last.output[0]],
+                                          name=ed.fresh(f"{last.name}_reshape"))]
+                if perm != sorted(perm):
+                    nodes.append(helper.make_node("Transpose", [hs], [last.output[0]],
+                                                  name=last.name, perm=perm))
+                ed.replaced[ed.index(last)] = nodes
+            ed.removed.update(ed.index(c) for c in gone)
         ed.removed.update(ed.index(c) for c in chain)
         count += 1
     return count

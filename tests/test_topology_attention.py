@@ -1,8 +1,10 @@
 """Multi-head attention: heads as prunable groups (g = head_dim at the output projection).
 
 Forms: hand-written separate Q/K/V (eager softmax and F.scaled_dot_product_attention),
-nn.MultiheadAttention and nn.TransformerEncoderLayer (fused in_proj), a tiny transformers
-BertModel — each with both torch exporters, dynamic batch and sequence length (the legacy
+nn.MultiheadAttention and nn.TransformerEncoderLayer (fused in_proj), the timm / PaddleOCR fused
+QKV (``qkv(x).reshape(b, s, 3, h, d).permute(2, 0, 3, 1, 4)`` read by ``unbind(0)`` or indexing),
+a tiny transformers BertModel — each with both torch exporters, dynamic batch and sequence
+length (the legacy
 exporter bakes the sequence length into nn.MultiheadAttention's K/V reshapes, so those exports
 use a fixed sequence length). Unprovable structures must be unprunable with a reason.
 """
@@ -188,6 +190,49 @@ def test_fused_qkv_heads(fused):
 def test_fused_qkv_refit_equals_lstsq(fused):
     path, _, _ = fused
     _refit_matches_lstsq(path, {"input": _x(48, 5)})
+
+
+class TimmAttention(nn.Module):
+    """timm's ``Attention`` (and PaddleOCR's SVTR attention): one fused qkv Linear, the heads
+    split in the same reshape and moved before the sequence axis."""
+
+    def __init__(self, unbind: bool):
+        super().__init__()
+        self.qkv, self.proj, self.unbind = nn.Linear(D, 3 * D), nn.Linear(D, D), unbind
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        qkv = self.qkv(x).reshape(b, s, 3, H, HD).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0) if self.unbind else (qkv[0], qkv[1], qkv[2])
+        a = torch.softmax(q @ k.transpose(-2, -1) * HD ** -0.5, dim=-1) @ v
+        return self.proj(a.transpose(1, 2).reshape(b, s, D)) + x
+
+
+@pytest.fixture(scope="module", params=[(e, f) for e in ("legacy", "dynamo")
+                                        for f in ("unbind", "index")], ids=lambda p: "-".join(p))
+def timm_attn(request, tmp_path_factory):
+    exporter, form = request.param
+    m = TimmAttention(unbind=form == "unbind")
+    randomize(m, 8)
+    path = tmp_path_factory.mktemp("timm") / f"timm_{exporter}_{form}.onnx"
+    return export_seq(m, torch.randn(2, 5, D), path, exporter)
+
+
+def test_timm_fused_qkv_heads(timm_attn):
+    (g,) = head_groups(timm_attn)
+    assert g.prunable and g.size == H and len(g.producers) == 3, g.reason
+    assert g.consumers[0].g == HD
+    res = check_identity_and_dynamic(timm_attn, {"input": _x(48, 5)},
+                                     [{"input": _x(1, 3, 1)}, {"input": _x(3, 11, 2)}],
+                                     ratio=0.5, head_ratio=0.5)
+    (gr,) = [e for e in res.report.groups if e.kind == "heads"]
+    assert (gr.total, gr.kept) == (H, 2)
+    assert res.report.params_before - res.report.params_after == 2 * HEAD_PARAMS
+    assert float_params(res.model) == res.report.params_after
+
+
+def test_timm_fused_qkv_refit_equals_lstsq(timm_attn):
+    _refit_matches_lstsq(timm_attn, {"input": _x(48, 5)})
 
 
 def test_legacy_mha_with_dynamic_seq_is_unprunable(tmp_path):
