@@ -59,14 +59,21 @@ def _x(n, s, seed=0):
 HEAD_PARAMS = HD * (3 * (D + 1) + D)  # per head: Q, K, V columns + biases, out-proj rows
 
 
+def _exported_form(request, tmp_path_factory, make, seed: int, stem: str):
+    """The module ``make(form)`` with random weights, exported as ``request.param`` =
+    (exporter, form) says, dynamic batch and sequence."""
+    exporter, form = request.param
+    m = make(form)
+    randomize(m, seed)
+    path = tmp_path_factory.mktemp(stem) / f"{stem}_{exporter}_{form}.onnx"
+    return export_seq(m, torch.randn(2, 5, D), path, exporter)
+
+
 @pytest.fixture(scope="module", params=[(e, f) for e in ("legacy", "dynamo")
                                         for f in ("eager", "sdpa")], ids=lambda p: "-".join(p))
 def attn(request, tmp_path_factory):
-    exporter, form = request.param
-    m = Attention(sdpa=form == "sdpa")
-    randomize(m, 5)
-    path = tmp_path_factory.mktemp("attn") / f"attn_{exporter}_{form}.onnx"
-    return export_seq(m, torch.randn(2, 5, D), path, exporter)
+    return _exported_form(request, tmp_path_factory, lambda f: Attention(sdpa=f == "sdpa"), 5,
+                          "attn")
 
 
 def test_heads_group(attn):
@@ -211,11 +218,8 @@ class TimmAttention(nn.Module):
 @pytest.fixture(scope="module", params=[(e, f) for e in ("legacy", "dynamo")
                                         for f in ("unbind", "index")], ids=lambda p: "-".join(p))
 def timm_attn(request, tmp_path_factory):
-    exporter, form = request.param
-    m = TimmAttention(unbind=form == "unbind")
-    randomize(m, 8)
-    path = tmp_path_factory.mktemp("timm") / f"timm_{exporter}_{form}.onnx"
-    return export_seq(m, torch.randn(2, 5, D), path, exporter)
+    return _exported_form(request, tmp_path_factory,
+                          lambda f: TimmAttention(unbind=f == "unbind"), 8, "timm")
 
 
 def test_timm_fused_qkv_heads(timm_attn):
