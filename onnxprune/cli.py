@@ -352,16 +352,10 @@ def _cmd_prune(args) -> int:
               exclude=args.exclude, steps=args.steps, head_ratio=args.head_ratio,
               token_mask=args.token_mask, holdout_data=args.holdout_data,
               progress=_progress(args.quiet))
-    if many:
-        for flag in ("target_macs", "target_params", "min_cosine"):
-            if getattr(args, flag) is not None:
-                raise OptionError(f"--{flag.replace('_', '-')} and several --ratio values "
-                                  "are exclusive")
-        results = api.sweep(args.input, calib, ratios, **kw)
-    else:
-        results = [api.prune(args.input, calib, ratio=ratios[0], target_macs=args.target_macs,
-                             target_params=args.target_params, min_cosine=args.min_cosine,
-                             allocation=args.allocation, **kw)]
+    kw.update(target_macs=args.target_macs, target_params=args.target_params,
+              min_cosine=args.min_cosine, allocation=args.allocation)
+    results = api.sweep(args.input, calib, ratios, **kw) if many else \
+        [api.prune(args.input, calib, ratio=ratios[0], **kw)]
     for i, (out, report_path, html_path, result) in enumerate(zip(outs, reports, htmls,
                                                                    results)):
         check_writes(out, result.external_data, {**reads, **result.sources}, args.force,

@@ -76,7 +76,7 @@ def test_cli_sweep_writes_one_model_and_report_per_ratio(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--ratio", "0.2", "0.2"], "given twice"),
-    (["--ratio", "0.2", "0.3", "--target-macs", "0.5"], "exclusive"),
+    (["--ratio", "0.2", "0.3", "--target-macs", "0.5"], "--target-macs cannot be swept"),
     (["--ratio", "0.2", "0.3", "--report", "{d}/p.onnx"], "would overwrite"),  # p_r0.2.onnx
 ])
 def test_cli_sweep_errors_write_nothing(tmp_path, extra, message):
