@@ -339,13 +339,12 @@ def _cmd_prune(args) -> int:
         return {k: v for k, v in written.items() if k not in mine}
     # Before any work, every path written against every path read; after the run (nothing
     # written yet) again with what the run itself read (PruneResult.sources).
-    stats_reads = {f"statistics file '{Path(f).name}'": Path(f) for f in args.stats or ()}
-    check_writes(outs[0], True, stats_reads, args.force, others(0))
-    reads, calib = _reads_and_calib(args, outs[0], others(0))
-    reads.update(stats_reads)
+    extra_reads = {f"statistics file '{Path(f).name}'": Path(f) for f in args.stats or ()}
     if args.holdout_data is not None:
-        reads["held-out data"] = Path(args.holdout_data)
-        check_writes(outs[0], True, reads, args.force, others(0))
+        extra_reads["held-out data"] = Path(args.holdout_data)
+    check_writes(outs[0], True, extra_reads, args.force, others(0))
+    reads, calib = _reads_and_calib(args, outs[0], others(0))
+    reads.update(extra_reads)
     kw = dict(stats=args.stats, method=args.method, reweight=not args.no_reweight,
               seed=args.seed, holdout=args.holdout, max_positions=args.max_positions,
               ridge=args.ridge, round_to=args.round_to, min_keep=args.min_keep,
