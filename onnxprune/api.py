@@ -109,7 +109,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
           exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
           head_ratio: float | None = None, token_mask: str | None = "auto",
           safeguard: bool = True, stats: Sequence[str | os.PathLike] | None = None,
-          holdout_data: CalibSource | None = None,
+          holdout_data: CalibSource | None = None, reference: ModelSource | None = None,
           progress: Callable[[str], None] | None = None) -> PruneResult:
     """Prune channels of every prunable group of ``model``.
 
@@ -147,6 +147,11 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     ``holdout_data``: samples in ``calib``'s format, from the inputs the model will really see,
     that measure the fidelity (the report, ``min_cosine``'s search, the ``seq``/``asym``
     safeguard) instead of a ``holdout`` part of ``calib``, which then all drives selection.
+    ``reference``: a model with the same inputs and outputs (the float original of a quantized
+    ``model``) that every fidelity figure is measured against instead of ``model``; the report's
+    ``reference.input_fidelity`` is ``model``'s own before pruning. A quantized (QDQ) ``model``
+    is pruned in float and its weights quantized again in their own scheme
+    (:mod:`onnxprune.passes.qdq`).
     """
     kw = dict(locals())
     ratio = kw.pop("ratio")
@@ -180,7 +185,7 @@ def _prune_all(model: ModelSource, calib: CalibSource, *, ratios: list[float] | 
                exclude: Sequence[str] = (), steps: int = 1, truncate: bool = True,
                head_ratio: float | None = None, token_mask: str | None = "auto",
                safeguard: bool = True, stats: Sequence[str | os.PathLike] | None = None,
-               holdout_data: CalibSource | None = None,
+               holdout_data: CalibSource | None = None, reference: ModelSource | None = None,
                progress: Callable[[str], None] | None = None) -> list[PruneResult]:
     """:func:`prune` for one ratio (or none: a budget or the fidelity target), :func:`sweep`
     for several."""
@@ -220,7 +225,7 @@ def _prune_all(model: ModelSource, calib: CalibSource, *, ratios: list[float] | 
     many = len(ratios) > 1
     job = Job(model, calib, JobOptions(method, reweight, seed, holdout, max_positions,
                                        batch_size, ridge, steps, truncate, token_mask),
-              stats_files, say, record=many, holdout_data=holdout_data)
+              stats_files, say, record=many, holdout_data=holdout_data, reference=reference)
     plan = KeepPlan(ratio=0.0 if budget or min_cosine is not None else ratios[0],
                     round_to=round_to, auto_round=auto_round, min_keep=min_keep,
                     excluded=resolve_exclude(exclude, job.analysis),

@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "--min-cosine instead of a --holdout part of the calibration data "
                          "(which is then all used for selection); best taken from the inputs "
                          "the model will see in deployment")
+    pr.add_argument("--reference", metavar="FLOAT.onnx",
+                    help="measure every fidelity figure against this model instead of the input "
+                         "(the float original of a quantized model; same inputs and outputs)")
     pr.add_argument("--stats", nargs="+", metavar="STATS",
                     help="statistics written by 'onnxprune calibrate' (several shards are added "
                          "up) instead of collecting them; --calib is still needed for the "
@@ -302,12 +305,18 @@ def _write_report(report_path: Path | None, data: dict) -> None:
                           ) from None
 
 
-def _say_fidelity(fidelity, token_mask) -> None:
+def _say_fidelity(fidelity, token_mask, reference: dict | None = None) -> None:
+    against = f", against '{reference['model']}'" if reference else ""
     for name, f in fidelity.items():
         top1 = "" if f.top1_agreement is None else f", top-1 agreement {f.top1_agreement:.3f}"
         sys.stderr.write(f"onnxprune:   output '{name}': rel_l2 {f.rel_l2:.4f}, cosine "
                          f"{f.cosine:.4f}{top1} (held-out samples"
-                         f"{', real tokens' if token_mask else ''})\n")
+                         f"{', real tokens' if token_mask else ''}{against})\n")
+        if reference and name in reference["input_fidelity"]:
+            g = reference["input_fidelity"][name]
+            sys.stderr.write(f"onnxprune:     the input model itself: cosine {g['cosine']:.4f}"
+                             + ("" if g["top1_agreement"] is None else
+                                f", top-1 agreement {g['top1_agreement']:.3f}") + "\n")
 
 
 def _swept(path: Path | None, ratio, many: bool) -> Path | None:
@@ -342,6 +351,8 @@ def _cmd_prune(args) -> int:
     extra_reads = {f"statistics file '{Path(f).name}'": Path(f) for f in args.stats or ()}
     if args.holdout_data is not None:
         extra_reads["held-out data"] = Path(args.holdout_data)
+    if args.reference is not None:
+        extra_reads["reference model"] = Path(args.reference)
     check_writes(outs[0], True, extra_reads, args.force, others(0))
     reads, calib = _reads_and_calib(args, outs[0], others(0))
     reads.update(extra_reads)
@@ -350,7 +361,7 @@ def _cmd_prune(args) -> int:
               ridge=args.ridge, round_to=args.round_to, min_keep=args.min_keep,
               exclude=args.exclude, steps=args.steps, head_ratio=args.head_ratio,
               token_mask=args.token_mask, holdout_data=args.holdout_data,
-              progress=_progress(args.quiet))
+              reference=args.reference, progress=_progress(args.quiet))
     kw.update(target_macs=args.target_macs, target_params=args.target_params,
               min_cosine=args.min_cosine, allocation=args.allocation)
     results = api.sweep(args.input, calib, ratios, **kw) if many else \
@@ -373,7 +384,7 @@ def _cmd_prune(args) -> int:
             sys.stderr.write(f"onnxprune: wrote {out}: params {r.params_before} → "
                              f"{r.params_after} (−{pct:.1f}%), MACs {r.macs_before} → "
                              f"{r.macs_after} (−{mpct:.1f}%) in {r.seconds:.1f}s\n")
-            _say_fidelity(r.fidelity, r.token_mask)
+            _say_fidelity(r.fidelity, r.token_mask, r.reference)
     return 0
 
 

@@ -32,11 +32,29 @@ from onnxprune.modelio import Calibration, load_calibration, load_model
 from onnxprune.passbase import run_passes
 from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import Lineage, PruneOptions
+from onnxprune.passes.qdq import QdqLowerPass
 from onnxprune.reasons import Reason
 from onnxprune.report import Report, group_entry
 from onnxprune.saving import run_sources
 from onnxprune.select import SEQUENTIAL, KeepPlan, removes_anything, round_plans
 from onnxprune.verify import OutputFidelity, RecordedOutputs, check_structure, fidelity
+
+
+class _Outputs:
+    """A session that returns only ``names`` (the reference's outputs the model also has)."""
+
+    def __init__(self, sess: ort.InferenceSession, names: list[str]) -> None:
+        self.sess, self.names = sess, names
+
+    def get_outputs(self) -> list:
+        keep = set(self.names)
+        return [o for o in self.sess.get_outputs() if o.name in keep]
+
+    def get_inputs(self) -> list:
+        return self.sess.get_inputs()
+
+    def run(self, names, feed, *args):
+        return self.sess.run(names, feed, *args)
 
 
 def open_session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -99,19 +117,23 @@ class Job:
     session (always for models whose weights stay in their files; a sweep records them so that
     each plan does not run the original again). ``holdout_data``: samples (as ``calib``) that
     measure fidelity instead of a held-out part of ``calib``, which then all drives selection
-    and re-fitting."""
+    and re-fitting. ``reference``: a model (the float original of a quantized input) that
+    fidelity is measured against instead of the input, with the same inputs and outputs."""
 
     def __init__(self, model, calib, opts: JobOptions,
                  stats_files: Sequence[str | os.PathLike] = (),
                  say: Callable[[str], None] = lambda msg: None, record: bool = False,
-                 holdout_data=None) -> None:
+                 holdout_data=None, reference=None) -> None:
         self.opts, self.say, self.calib_source = opts, say, calib
-        self.holdout_source = holdout_data
+        self.holdout_source, self.reference_source = holdout_data, reference
         self.stats_files = list(stats_files)
         self.loaded = load_model(model)
-        self.normalized, _ = run_passes([NormalizePass()], self.loaded.model)
-        reference = open_session(self.normalized)
-        self.floating = {o.name for o in reference.get_outputs() if "float" in o.type}
+        self.normalized, (norm,) = run_passes([NormalizePass()], self.loaded.model)
+        # Quantized weights are float for the analysis and quantized again after each rewrite;
+        # fidelity is measured on the quantized input as onnxruntime runs it.
+        self.quantized = norm.info.get("quantized", ())
+        own = open_session(self.loaded.model if self.quantized else self.normalized)
+        self.floating = {o.name for o in own.get_outputs() if "float" in o.type}
         self.cal = load_calibration(calib, self.normalized, opts.token_mask)
         if holdout_data is None:
             self.hold_cal = self.cal
@@ -124,10 +146,15 @@ class Job:
             self.hold_cal = load_calibration(holdout_data, self.normalized, opts.token_mask)
             self.sel_idx = np.arange(self.cal.n_samples)
             self.hold_idx = np.arange(self.hold_cal.n_samples)
+        self.reference_fidelity = None  # the input's own fidelity against ``reference``
+        if reference is not None:
+            ref = self._open_reference(reference, own)
+            self.reference_fidelity = fidelity(ref, own, self.hold_cal, self.hold_idx,
+                                               opts.batch_size)
+            own = ref
         if self.loaded.lazy or record:  # not held by a session through the rewrite
-            reference = RecordedOutputs(reference, self.hold_cal, self.hold_idx,
-                                        opts.batch_size)
-        self.reference = reference
+            own = RecordedOutputs(own, self.hold_cal, self.hold_idx, opts.batch_size)
+        self.reference = own
         self.shapes, self.per = sample_shapes(self.cal)
         self.graph = Graph(self.normalized)
         self.analysis = analyze(self.graph)
@@ -148,6 +175,32 @@ class Job:
                 + ("; later rounds re-collect" if opts.steps > 1 else ""))
         self.caches: dict[str, dict] = {}  # per method: decisions by group and quotas
         self.paths: dict = {}  # greedy paths of the groups on ``stats``
+
+    @staticmethod
+    def _open_reference(source, own: ort.InferenceSession) -> ort.InferenceSession:
+        """The reference model's session; it must read the same inputs and make every output
+        of the input model under the same names."""
+        if isinstance(source, onnx.ModelProto):
+            ref, what = open_session(source), "the reference model"
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise ModelError(f"reference model '{path}' does not exist; check the path")
+            try:
+                ref = session(str(path))
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelError(f"onnxruntime cannot load reference model '{path}' "
+                                 f"({first[:200]})") from None
+            what = f"reference model '{path}'"
+        ins = {i.name for i in own.get_inputs()}
+        outs = [o.name for o in own.get_outputs()]
+        if {i.name for i in ref.get_inputs()} != ins or not set(outs) <= {
+                o.name for o in ref.get_outputs()}:
+            raise ModelError(f"{what} does not read the same inputs and make the same outputs "
+                             f"as the model (inputs {sorted(ins)}, outputs {outs}); give the "
+                             "float original the model was quantized from")
+        return _Outputs(ref, outs)
 
     def collect(self, excluded: frozenset[str] = frozenset()) -> dict:
         """The statistics of every consumer of every prunable group not ``excluded``, on the
@@ -185,7 +238,15 @@ class Job:
                 current)
             lineage = results[0].info["lineage"]
             decisions.update(results[0].info["decisions"])
-        return run_passes([CleanupPass()], current)[0], decisions
+        final = [CleanupPass()] + ([QdqLowerPass(self.quantized)] if self.quantized else [])
+        return run_passes(final, current)[0], decisions
+
+    def _reference_info(self) -> dict | None:
+        if self.reference_fidelity is None:
+            return None
+        src = self.reference_source
+        return {"model": Path(src).name if isinstance(src, (str, os.PathLike)) else "ModelProto",
+                "input_fidelity": {k: v.to_dict() for k, v in self.reference_fidelity.items()}}
 
     def fidelity(self, model) -> dict[str, OutputFidelity]:
         return fidelity(self.reference, model, self.hold_cal, self.hold_idx,
@@ -238,10 +299,13 @@ class Job:
             groups=tuple(groups), fidelity=fid, steps=o.steps, round_to=round_to,
             min_keep=plan.min_keep, exclude=tuple(sorted(plan.excluded)), budget=budget,
             token_mask=self.cal.token_mask, safeguard=guard,
-            holdout_source="calibration" if self.holdout_source is None else "holdout_data")
+            holdout_source="calibration" if self.holdout_source is None else "holdout_data",
+            reference=self._reference_info())
         sources = run_sources(self.loaded.path, self.loaded.data_files, self.calib_source)
         if isinstance(self.holdout_source, (str, os.PathLike)):
             sources["held-out data"] = Path(self.holdout_source)
+        if isinstance(self.reference_source, (str, os.PathLike)):
+            sources["reference model"] = Path(self.reference_source)
         sources.update({f"statistics file '{Path(p).name}'": Path(p) for p in self.stats_files})
         return PruneResult(model=pruned, report=report, external_data=self.loaded.external_data,
                            sources=sources, weights_dir=weights.base_dir())

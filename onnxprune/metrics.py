@@ -27,9 +27,14 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of floating-point weights stored in the model's initializers."""
+    """Number of weights stored in the model's initializers: the floating-point ones and the
+    quantized ones (integers a ``DequantizeLinear`` reads); scales and zero points of
+    quantization are not counted. A quantized model and its float form count alike."""
+    quant = ("QuantizeLinear", "DequantizeLinear")
+    scales = {x for n in model.graph.node if n.op_type in quant for x in n.input[1:3]}
+    stored = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer
-                   if t.data_type in _FLOAT_TYPES))
+                   if t.name not in scales and (t.data_type in _FLOAT_TYPES or t.name in stored)))
 
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]

@@ -61,6 +61,9 @@ class Report:
     safeguard: dict | None = None
     # where the held-out samples come from: "calibration" (a split of it) or "holdout_data"
     holdout_source: str = "calibration"
+    # fidelity measured against a reference model (--reference): its name, and the input
+    # model's own fidelity against it (the quantized model before pruning)
+    reference: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +78,7 @@ class Report:
             "steps": self.steps, "round_to": self.round_to, "min_keep": self.min_keep,
             "exclude": list(self.exclude), "budget": self.budget, "token_mask": self.token_mask,
             "safeguard": self.safeguard, "holdout_source": self.holdout_source,
+            "reference": self.reference,
             "macs_fraction": self.macs_after / self.macs_before if self.macs_before else 1.0,
             "params_fraction": (self.params_after / self.params_before
                                 if self.params_before else 1.0),

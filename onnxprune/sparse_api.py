@@ -13,7 +13,7 @@ import onnx
 from onnxprune import options, storage, weights
 from onnxprune.api import CalibSource, ModelSource, PruneResult, prune
 from onnxprune.job import open_session, split_samples, worst_cosine
-from onnxprune.errors import OptionError
+from onnxprune.errors import ModelError, OptionError
 from onnxprune.graph import Graph
 from onnxprune.metrics import _FLOAT_TYPES, count_params
 from onnxprune.modelio import load_calibration, load_model
@@ -83,7 +83,10 @@ def sparsify(model: ModelSource, calib: CalibSource, *, sparsity: float | None =
     options.sampling(holdout, max_positions, seed)
     say = progress or (lambda msg: None)
     loaded = load_model(model)
-    normalized, _ = run_passes([NormalizePass()], loaded.model)
+    normalized, (norm,) = run_passes([NormalizePass()], loaded.model)
+    if norm.info.get("quantized"):
+        raise ModelError("the model's weights are quantized (QDQ); sparsify works on float "
+                         "weights: sparsify the float original, then quantize it")
     reference = open_session(normalized)
     cal = load_calibration(calib, normalized, token_mask)
     sel_idx, hold_idx = split_samples(cal.n_samples, holdout, seed)

@@ -218,10 +218,11 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
              pruned: onnx.ModelProto | ort.InferenceSession,
              calib: Calibration, indices: np.ndarray, batch_size: int = 32
              ) -> dict[str, OutputFidelity]:
-    """Compare outputs on ``indices``; either model may be an already open session."""
-    ref = original if isinstance(original, (ort.InferenceSession, RecordedOutputs)) else session(
-        original)
-    new = pruned if isinstance(pruned, ort.InferenceSession) else session(pruned)
+    """Compare outputs on ``indices``; either model may be an already open session (or an
+    object that runs like one: :class:`RecordedOutputs`). The outputs compared are
+    ``original``'s."""
+    ref = session(original) if isinstance(original, onnx.ModelProto) else original
+    new = session(pruned) if isinstance(pruned, onnx.ModelProto) else pruned
     names = [o.name for o in ref.get_outputs()]
     ref_runs = run_outputs(ref, calib, indices, names, batch_size)
     new_runs = run_outputs(new, calib, indices, names, batch_size)

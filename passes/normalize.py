@@ -5,7 +5,10 @@
 * nodes are put in topological order;
 * nodes whose inputs are all constants (shape arithmetic of the legacy torch exporter: pads,
   target shapes; weight transposes) are evaluated once with ``onnx.reference`` and replaced by
-  initializers, so the analysis sees literal values;
+  initializers, so the analysis sees literal values (never ``QuantizeLinear`` and
+  ``DequantizeLinear``: quantization is kept);
+* quantized weights (``DequantizeLinear`` of constants) become float initializers; the records
+  returned in ``info["quantized"]`` let ``QdqLowerPass`` quantize them again (``passes.qdq``);
 * the exporters' attention plumbing is put in canonical form (``attention_forms``: Kᵀ through a
   batch merge, chunks of a fused QKV projection, heads merged with the batch), proven equal with
   symbolic shapes.
@@ -23,6 +26,7 @@ from onnxprune import weights
 from onnxprune.errors import PassError
 from onnxprune.graph import all_inputs
 from onnxprune.passes.attention_forms import canonicalize
+from onnxprune.passes.qdq import lift
 from onnxprune.passbase import Pass, PassResult
 
 
@@ -68,6 +72,11 @@ def topo_order(nodes: list[onnx.NodeProto]) -> list[int]:
     return order
 
 
+#: Never folded: quantization is kept (a DequantizeLinear of constants not lifted is storage the
+#: tool does not handle; folding it would silently turn quantized weights into float ones).
+_NOT_FOLDED = ("Identity", "QuantizeLinear", "DequantizeLinear")
+
+
 class NormalizePass(Pass):
     name = "normalize"
 
@@ -93,6 +102,8 @@ class NormalizePass(Pass):
         keep_nodes = [keep_nodes[i] for i in order]
         keep_nodes = self._fold_constant_identities(m, keep_nodes)
         keep_nodes = self._fold_constants(m, keep_nodes)
+        keep_nodes, quantized = lift(m, keep_nodes)  # after folding: scales computed from
+        #                                             the weights (torch's fake quantization)
         keep_nodes, _ = canonicalize(m, keep_nodes)
         if len(keep_nodes) != len(g.node):
             modified = True
@@ -121,7 +132,7 @@ class NormalizePass(Pass):
             del g.initializer[:]
             g.initializer.extend(live)
             modified = True
-        return PassResult(m, modified)
+        return PassResult(m, modified, {"quantized": quantized})
 
     MAX_FOLD_ELEMENTS = 1 << 24
 
@@ -146,7 +157,7 @@ class NormalizePass(Pass):
         for n in nodes:
             foldable = (n.domain in ("", "ai.onnx") and n.input and all(
                 x == "" or x in values for x in n.input) and not n.op_type.startswith("Random")
-                and n.op_type not in ("Identity",) and not any(o in outputs for o in n.output)
+                and n.op_type not in _NOT_FOLDED and not any(o in outputs for o in n.output)
                 and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                             for a in n.attribute))
             if foldable:

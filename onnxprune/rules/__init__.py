@@ -22,8 +22,8 @@ from __future__ import annotations
 import onnx
 
 from onnxprune.rules.base import (
-    Elementwise, LayerNorm, OnData, PassThrough, PerChannelParams, Pool, Reduce, Rule, Softmax,
-    output_scale,
+    Elementwise, LayerNorm, OnData, PassThrough, PerChannelParams, Pool, QuantizeLinear, Reduce,
+    Rule, Softmax, output_scale,
 )
 from onnxprune.rules.layers import Conv, ConvTranspose, Gemm, MatMul, Recurrent
 from onnxprune.rules.layout_ops import (
@@ -58,6 +58,8 @@ REGISTRY.update({
     ("", "BatchNormalization"): PerChannelParams(param_inputs=(1, 2, 3, 4)),
     ("", "InstanceNormalization"): PerChannelParams(param_inputs=(1, 2)),
     ("", "LayerNormalization"): LayerNorm(),
+    ("", "QuantizeLinear"): QuantizeLinear(),
+    ("", "DequantizeLinear"): QuantizeLinear(),
     ("", "Conv"): Conv(),
     ("", "ConvTranspose"): ConvTranspose(),
     ("", "LSTM"): Recurrent(),

@@ -218,6 +218,41 @@ class PerChannelParams(Rule):
                 rw.set_input(node, i, np.take(rw.value(node, i), keep, axis=0))
 
 
+class QuantizeLinear(OnData):
+    """Activation ``QuantizeLinear`` / ``DequantizeLinear``: channel i stays channel i. A scale
+    and zero point per tensor pass through; per channel along the channel axis they are sliced
+    with the channels. (Quantized *weights* are lifted to float before analysis:
+    ``passes.qdq``.)"""
+
+    def flow(self, node, ctx, lay):
+        if any(ctx.layout(x) for x in node.input[1:]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its scale or zero point",
+                            "channels-on-parameter")
+            return
+        shape = ctx.graph.const_shape(node.input[1]) if len(node.input) > 1 else None
+        rank = ctx.graph.rank(node.input[0])
+        if shape is None or rank is None:
+            ctx.stop(lay, f"{_where(node)} has a run-time scale", "runtime-value")
+            return
+        size = int(np.prod(shape))
+        if size != 1 and (attr(node, "block_size", 0) or lay.g != 1 or len(shape) != 1
+                          or _norm(int(attr(node, "axis", 1)), rank) != lay.axis
+                          or size != lay.length):
+            ctx.stop(lay, f"{_where(node)} quantizes per channel along another axis or in "
+                     "blocks", "mixes-channels")
+            return
+        ctx.set_layout(node.output[0], lay)
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.input[0])
+        if keep is None:
+            return
+        for i in (1, 2):
+            v = rw.value(node, i) if i < len(node.input) and node.input[i] else None
+            if v is not None and v.size > 1:
+                rw.set_input(node, i, np.take(v, keep, axis=0))
+
+
 class LayerNorm(OnData):
     def flow(self, node, ctx, lay):
         rank = ctx.graph.rank(node.input[0])
