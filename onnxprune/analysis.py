@@ -170,6 +170,7 @@ class AnalysisContext:
         self.current = ""  # the node being analysed (what a reason is about by default)
         self.units = dict(units or {})  # producer node → channels per element (head_dim)
         self.unit_requests: list[tuple[int, int, str]] = []  # (block, unit, requesting node)
+        self.coarser: list[tuple[int, int]] = []  # (block, factor): units × factor next round
         self.shapes = shapes if shapes is not None else ShapeEval(graph)
         self.layouts: dict[str, Layout] = {}
         self.blocks: list[_Block] = []
@@ -255,7 +256,7 @@ class AnalysisContext:
         for s in layout.spans:
             self.unit_requests.append((s.block, unit, node.name))
 
-    def stop(self, layouts, reason: str, code: str, node: str | None = None) -> None:
+    def stop(self, layouts, reason: str, code: str = "", node: str | None = None) -> None:
         """Make every block in ``layouts`` unprunable with ``reason`` (a :class:`Reason` with
         ``code``, about ``node``: by default the node being analysed)."""
         if not isinstance(reason, Reason):
@@ -303,6 +304,23 @@ class AnalysisContext:
             return (rx, ry, yl)
         return False
 
+    def _request_coarser(self, layouts: list[Layout]) -> bool:
+        """Layouts of equal length whose elements differ only in size — one side's element
+        (g entries) is r of the other's (g/r each: the Q heads sharing one K/V head) — line up
+        once the finer side's producers make elements r times larger: ask for that in the next
+        round (:meth:`new_units`). True if asked."""
+        gmax = max(lay.g for lay in layouts)
+        coarse = next(lay for lay in layouts if lay.g == gmax)
+        fine = [lay for lay in layouts if lay.g != gmax]
+        if not fine or any(lay.length != coarse.length or gmax % lay.g
+                           or len(lay.spans) != len(coarse.spans)
+                           or any(x.size != y.size * (gmax // lay.g)
+                                  for x, y in zip(lay.spans, coarse.spans)) for lay in fine):
+            return False
+        for lay in fine:
+            self.coarser.extend((s.block, gmax // lay.g) for s in lay.spans)
+        return True
+
     def join(self, node: onnx.NodeProto, layouts: list[Layout]) -> Layout | None:
         """Index-align several layouts (residual/gating joins). None if they cannot align."""
         first = layouts[0]
@@ -315,6 +333,10 @@ class AnalysisContext:
                          for x, y in zip(first.spans, other.spans))
                  for other in layouts[1:])
         if not ok:
+            if self._request_coarser(layouts):
+                reason = Reason(f"{node.op_type} node '{node_label(node)}' joins heads with "
+                                "elements of several heads (grouped-query attention); the next "
+                                "analysis round groups them", "heads", node.name)
             self.stop(layouts, reason)
             return None
         for other in layouts[1:]:
@@ -454,6 +476,11 @@ class AnalysisContext:
                 prod = self.blocks[b].producer
                 if prod is not None and prod not in units and self.blocks[b].size % unit == 0:
                     units[prod] = unit
+        for block, factor in self.coarser:  # elements of several heads (grouped-query)
+            for b in members[self.find(block)]:
+                prod, now = self.blocks[b].producer, self.units.get(self.blocks[b].producer, 1)
+                if prod is not None and units.get(prod) == now and self.blocks[b].size % factor == 0:
+                    units[prod] = now * factor
         return units
 
 

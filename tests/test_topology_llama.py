@@ -1,13 +1,14 @@
 """A Llama-style decoder (transformers' ``LlamaForCausalLM`` from a random config: RMSNorm,
-rotary embeddings, grouped-query attention, SwiGLU FFN; no KV cache), dynamo export with dynamic
-batch and sequence length.
+rotary embeddings, grouped-query attention with 8 Q heads sharing 4 K/V heads, SwiGLU FFN; no
+KV cache), dynamo export with dynamic batch and sequence length.
 
-What is pruned today: the SwiGLU neurons — ``down(silu(gate(x)) * up(x))``: gate and up rows
-removed together, down's columns re-fitted by least squares. What is not, with its reason: the
-residual width (RMSNorm and every block add to it) and the attention heads (grouped-query
-attention repeats each K/V head with Expand for its group of Q heads; no channel rule follows
-Expand yet). The legacy TorchScript exporter cannot export this model (transformers' causal
-mask uses ``aten::diff``), so only the dynamo export is tested.
+What is pruned: the SwiGLU neurons — ``down(silu(gate(x)) * up(x))``: gate and up rows removed
+together, down's columns re-fitted by least squares — and the K/V head groups: a K/V head and
+the Q heads that share it (repeated for them by ``Unsqueeze → Expand → Reshape``) are one
+element, removed together from the Q, K and V projections, the Expand and Reshape head counts
+patched, the output projection re-fitted. What is not, with its reason: the residual width
+(RMSNorm and every block add to it). The legacy TorchScript exporter cannot export this model
+(transformers' causal mask uses ``aten::diff``), so only the dynamo export is tested.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from onnxprune.api import split_samples  # noqa: E402
 from transformer_helpers import analysis  # noqa: E402
 
 HIDDEN, FFN, LAYERS, VOCAB = 48, 96, 2, 97
+HEADS, KV_HEADS = 8, 4
+HEAD_DIM, REP = HIDDEN // HEADS, HEADS // KV_HEADS
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     cfg = transformers.LlamaConfig(hidden_size=HIDDEN, intermediate_size=FFN,
-                                   num_hidden_layers=LAYERS, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=VOCAB,
+                                   num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                   num_key_value_heads=KV_HEADS, vocab_size=VOCAB,
                                    max_position_embeddings=64, use_cache=False)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
@@ -65,30 +68,32 @@ def _ids(n: int, s: int, seed: int) -> dict[str, np.ndarray]:
             .astype(np.int64)}
 
 
-def test_swiglu_neurons_prunable_heads_and_residual_width_not(llama):
+def test_swiglu_neurons_and_kv_head_groups_prunable_residual_width_not(llama):
     model, an = analysis(llama)
     nodes = {n.name: n for n in model.graph.node}
-    ffn = [g for g in an.groups if g.prunable]
-    assert [(g.size, g.kind, len(g.producers), len(g.consumers)) for g in ffn] == \
-        [(FFN, "channels", 2, 1)] * LAYERS  # gate and up together, down the consumer
-    for g in ffn:
+    prunable = [g for g in an.groups if g.prunable]
+    assert [(g.size, g.kind, len(g.producers), len(g.consumers)) for g in prunable] == \
+        [(KV_HEADS, "heads", 3, 1), (FFN, "channels", 2, 1)] * LAYERS
+    for g in prunable:  # q, k, v / gate and up; o / down
         assert all(nodes[p].op_type == "MatMul" for p in g.producers)
-    heads = [g for g in an.groups if g.kind == "heads"]
-    assert heads and not any(g.prunable for g in heads)
-    codes = {r.code for g in an.groups if not g.prunable for r in g.reasons}
-    assert {"unhandled-operand", "no-rule", "graph-output"} <= codes
-    assert any("Expand" in str(r) for g in heads for r in g.reasons)
+    unprunable = [g for g in an.groups if not g.prunable]
+    assert {r.code for g in unprunable for r in g.reasons} == {"unhandled-operand",
+                                                               "graph-output"}
 
 
-def test_prune_swiglu_refit_params_and_dynamic_sequence(llama):
+def test_prune_ffn_and_kv_heads_params_and_dynamic_sequence(llama):
     calib = _ids(48, 16, 0)
-    res = onnxprune.prune(str(llama), calib, ratio=0.5)
+    res = onnxprune.prune(str(llama), calib, ratio=0.5, head_ratio=0.25)
     full_check(res.model)
     r = res.report
     pruned = [g for g in r.groups if g.prunable]
-    assert [(g.total, g.kept) for g in pruned] == [(FFN, FFN // 2)] * LAYERS
-    # each removed neuron: a row of gate and of up, a column of down (no biases in Llama)
-    assert r.params_before - r.params_after == LAYERS * (FFN // 2) * 3 * HIDDEN
+    assert [(g.total, g.kept) for g in pruned] == [(KV_HEADS, KV_HEADS - 1),
+                                                   (FFN, FFN // 2)] * LAYERS
+    # each removed neuron: a row of gate and of up, a column of down (no biases in Llama);
+    # each removed K/V head group: its K and V rows, the rows of its REP Q heads, and their
+    # columns of the output projection
+    per_group = (2 * HEAD_DIM + 2 * REP * HEAD_DIM) * HIDDEN
+    assert r.params_before - r.params_after == LAYERS * ((FFN // 2) * 3 * HIDDEN + per_group)
     for feeds in (_ids(1, 5, 1), _ids(3, 33, 2)):
         out, ref = run(res.model, feeds)[0], run(str(llama), feeds)[0]
         assert out.shape == ref.shape == (*feeds["input_ids"].shape, VOCAB)
@@ -106,15 +111,45 @@ def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return m
 
 
+def test_output_projection_is_the_least_squares_refit(llama):
+    """The first layer's output projection after a K/V head group is removed: the kept Q heads
+    compute what they did (nothing upstream of the first attention is pruned), and the new
+    weights solve the normal equations on the calibration tokens used for selection."""
+    calib = _ids(48, 16, 0)
+    res = onnxprune.prune(str(llama), calib, ratio=0.0, head_ratio=0.25, ridge=0)
+    model, an = analysis(llama)
+    group = next(g for g in an.groups if g.prunable and g.kind == "heads")
+    (site,) = group.consumers
+    o = next(n for n in model.graph.node if n.name == site.node)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    W = inits[o.input[1]].T  # [out, in]
+    sel, _ = split_samples(48, 0.2, 0)
+    feeds = {"input_ids": calib["input_ids"][sel]}
+    H = run(_with_output(model, o.input[0]), feeds)[-1].reshape(-1, HIDDEN).astype(np.float64)
+    pruned = {t.name: onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    po = next(n for n in res.model.graph.node if n.name == site.node)
+    W_new = pruned[po.input[1]].T.astype(np.float64)
+    width = (KV_HEADS - 1) * REP * HEAD_DIM
+    Hp = run(_with_output(res.model, po.input[0]), feeds)[-1].reshape(-1, width)
+    Hp = Hp.astype(np.float64)
+    kept = [j for j in range(HIDDEN) if np.any(np.all(np.isclose(H[:, [j]], Hp, atol=1e-5), 0))]
+    assert len(kept) == width  # whole groups of REP Q heads, each HEAD_DIM columns
+    blocks = sorted({j // (REP * HEAD_DIM) for j in kept})
+    assert kept == [b * REP * HEAD_DIM + i for b in blocks for i in range(REP * HEAD_DIM)]
+    target = H @ W.T
+    resid = Hp.T @ (Hp @ W_new.T - target)
+    assert np.linalg.norm(resid) <= 1e-4 * np.linalg.norm(Hp.T @ target)
+
+
 def test_down_projection_is_the_least_squares_refit(llama):
     """The first layer's down projection: its new weights solve the normal equations of
     ``min ‖H_S W'ᵀ − H Wᵀ‖`` on the calibration tokens used for selection, where H is down's
     input on the original model and S the kept neurons (the first FFN's input is the same in
-    the pruned model: nothing upstream of it is pruned)."""
+    the pruned model: nothing upstream of it is pruned, the heads are kept)."""
     calib = _ids(48, 16, 0)
-    res = onnxprune.prune(str(llama), calib, ratio=0.5, ridge=0)
+    res = onnxprune.prune(str(llama), calib, ratio=0.5, head_ratio=0.0, ridge=0)
     model, an = analysis(llama)
-    group = next(g for g in an.groups if g.prunable)
+    group = next(g for g in an.groups if g.prunable and g.kind == "channels")
     (site,) = group.consumers
     down = next(n for n in model.graph.node if n.name == site.node)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}

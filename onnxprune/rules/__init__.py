@@ -29,7 +29,7 @@ from onnxprune.rules.layers import Conv, ConvTranspose, Gemm, MatMul, Recurrent
 from onnxprune.rules.layout_ops import (
     Concat, Flatten, Pad, Resize, Slice, Split, Squeeze, Transpose, Unsqueeze,
 )
-from onnxprune.rules.reshape import Reshape, ShapeOp
+from onnxprune.rules.reshape import Expand, Reshape, ShapeOp
 
 _UNARY = (
     "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu ThresholdedRelu Softplus "
@@ -75,6 +75,7 @@ REGISTRY.update({
     ("", "Slice"): Slice(),
     ("", "Flatten"): Flatten(),
     ("", "Reshape"): Reshape(),
+    ("", "Expand"): Expand(),
     ("", "Transpose"): Transpose(),
     ("", "Squeeze"): Squeeze(),
     ("", "Unsqueeze"): Unsqueeze(),

@@ -335,7 +335,10 @@ class MatMul(Rule):
             ctx.stop(lays, f"{_where(node)} contracts the channel axis of a run-time operand "
                            "(the other operand is not a constant weight)", "runtime-value")
             return
-        if any(lay.g != 1 for lay in lays):
+        # elements of g > 1 entries are fine on a batch axis (grouped-query attention: the Q heads
+        # sharing a K/V head), not on a row or column axis
+        if any(lay.g != 1 and lay.axis >= r - 2 for lay, r in ((la, ra), (lb, rb))
+               if lay is not None):
             ctx.stop(lays, f"{_where(node)} multiplies flattened channels", "axis-mismatch")
             return
         out_axis = {}

@@ -22,10 +22,15 @@ class Reshape(Rule):
     * ``[C·g·ΠR]`` — flatten (``(N, C, H, W) → (N, C·H·W)``; heads ``[b, s, h, d] → [b, s, h·d]``):
       channel c ↦ entries ``c·g·ΠR … (c+1)·g·ΠR − 1``, so ``g ← g·ΠR``;
     * ``[C·g, R'…]`` with ``ΠR' = ΠR`` — the channel axis is kept;
-    * ``[C, g]`` — a split into heads (``[b, s, h·d] → [b, s, h, d]``): each element (head) is now
-      one index of the new axis, its ``g = d`` entries on the next axis. When the producers still
-      make single channels (first analysis round, ``g = 1``), the rule asks for units of ``d``
-      (:meth:`~onnxprune.analysis.AnalysisContext.request_unit`) and stops until the next round.
+    * ``[C·r, g/r]`` — a split into heads (``[b, s, h·d] → [b, s, h, d]``): each element (a
+      head, r = 1) is now one index of the new axis, its ``g = d`` entries on the next axis; an
+      element of r heads (grouped-query attention: the Q heads that share one K/V head) spans r
+      indices. When the producers still make single channels (first analysis round, ``g = 1``),
+      the rule asks for units of ``d`` (:meth:`~onnxprune.analysis.AnalysisContext.request_unit`)
+      and stops until the next round;
+    * ``[C·g·ΠR₁, R₂…]`` with ``R = R₁ R₂`` — merged with some of the next axes only (the K/V
+      heads repeated for their groups of Q heads: ``[b, kv, r, s, d] → [b, kv·r, s, d]``):
+      ``g ← g·ΠR₁``.
 
     The target-shape entry at the channel position is patched when it is a literal (an
     initializer, or a constant piece of a Concat — a Concat shared with other Reshapes is copied
@@ -77,12 +82,21 @@ class Reshape(Rule):
         if tail == Dim(1) and len(rest) >= 2 and all(d.static for d in rest):
             h, d = rest[0].static, prod(rest[1:]).static
             if h * d == lay.length and d > 1:
-                if lay.g == d and h == lay.channels:
-                    return "split", kk, Layout(kk, lay.spans, 1)
+                if lay.g % d == 0 and h == lay.channels * (lay.g // d):
+                    return "split", kk, Layout(kk, lay.spans, lay.g // d)
                 if lay.g == 1:
                     return "unit", kk, d
                 return (f"splits {lay.channels} elements of {lay.g} entries into {h} × {d}, "
                         "which does not line up")
+        if rest and rest[0].static is not None:  # merged with some of the next axes
+            part = Dim(1)
+            for m, a in enumerate(after, start=1):
+                part = part * a
+                if part.static is None:
+                    break
+                if rest[0] == Dim(lay.length * part.static) and prod(rest[1:]) == prod(
+                        after[m:]):
+                    return "merge", kk, Layout(kk, lay.spans, lay.g * part.static)
         return "mixes the channel axis with other axes"
 
     @staticmethod
@@ -180,24 +194,76 @@ class Reshape(Rule):
         if isinstance(plan, str) or plan[0] == "unit":
             return
         _, kk, new = plan
-        entries = rw.shapes.value(node.input[1])
-        e = entries[kk]
-        if e.source is not None or e.dim is None or e.dim.static in (0, -1):
-            return
-        where = self.locate(rw.graph, rw.shapes, node.input[1], kk)
-        if not isinstance(where, tuple):
-            return
-        owner, idx, flat = where
-        value = int(len(keep) * new.g)
-        if owner is None:  # the Reshape reads the literal directly
-            arr = np.asarray(rw.value(node, 1)).copy()
-            arr.reshape(-1)[flat] = value
-            rw.set_input(node, 1, arr)
-            return
-        owner = rw.private_producer(node, 1, owner, (idx, flat, value))
-        arr = np.asarray(rw.value(owner, idx)).copy()
+        patch_shape_entry(node, rw, kk, int(len(keep) * new.g))
+
+
+def patch_shape_entry(node, rw, i: int, value: int) -> None:
+    """Write ``value`` into entry ``i`` of ``node``'s shape input (input 1) where it is a literal
+    (:meth:`Reshape.locate`; a Concat shared with other nodes is copied first); ``-1``/``0``
+    entries and Shape reads adapt by themselves."""
+    e = rw.shapes.value(node.input[1])[i]
+    if e.source is not None or e.dim is None or e.dim.static in (0, -1):
+        return
+    where = Reshape.locate(rw.graph, rw.shapes, node.input[1], i)
+    if not isinstance(where, tuple):
+        return
+    owner, idx, flat = where
+    if owner is None:  # the node reads the literal directly
+        arr = np.asarray(rw.value(node, 1)).copy()
         arr.reshape(-1)[flat] = value
-        rw.set_input(owner, idx, arr)
+        rw.set_input(node, 1, arr)
+        return
+    owner = rw.private_producer(node, 1, owner, (idx, flat, value))
+    arr = np.asarray(rw.value(owner, idx)).copy()
+    arr.reshape(-1)[flat] = value
+    rw.set_input(owner, idx, arr)
+
+
+class Expand(OnData):
+    """Expand of a channel tensor that keeps its channel axis (the other axes broadcast: the K/V
+    heads of grouped-query attention repeated for their groups of Q heads,
+    ``[b, kv, 1, s, d] → [b, kv, r, s, d]``). The target-shape entry at the channel axis must
+    be 1 or the channel count as a literal (patched)."""
+
+    @staticmethod
+    def _entry(node, graph: Graph, shapes, lay: Layout):
+        """(index of the target-shape entry at the channel axis or None, output axis), or a
+        reason string."""
+        entries = shapes.value(node.input[1])
+        rin, rout = graph.rank(node.input[0]), graph.rank(node.output[0])
+        if entries is None or rin is None or rout is None:
+            return "target shape cannot be evaluated"
+        axis = lay.axis + rout - rin
+        i = axis - (rout - len(entries))
+        if i < 0:
+            return None, axis
+        e = entries[i]
+        if e.dim == Dim(1):
+            return None, axis
+        if e.dim == Dim(lay.length) and e.source is None and isinstance(
+                Reshape.locate(graph, shapes, node.input[1], i), tuple):
+            return i, axis
+        return "target shape is computed at run time and encodes the channel count"
+
+    def flow(self, node, ctx, lay):
+        if ctx.layout(node.input[1]):
+            ctx.stop_inputs(node, f"{_where(node)} takes channels on its shape input",
+                            "channels-on-parameter")
+            return
+        found = self._entry(node, ctx.graph, ctx.shapes, lay)
+        if isinstance(found, str):
+            ctx.stop(lay, f"{_where(node)}: {found}", "channel-count-read")
+            return
+        ctx.set_layout(node.output[0], lay.with_axis(found[1]))
+
+    def rewrite(self, node, rw):
+        keep = rw.keep(node.input[0])
+        if keep is None:
+            return
+        lay = rw.layout(node.input[0])
+        found = self._entry(node, rw.graph, rw.shapes, lay)
+        if not isinstance(found, str) and found[0] is not None:
+            patch_shape_entry(node, rw, found[0], int(len(keep) * lay.g))
 
 
 
