@@ -265,3 +265,31 @@ def test_folded_constants_do_not_count_as_parameters():
     assert r.params_before == w.size + w2.size + b.size == r.params_after
     half = onnxprune.prune(m, {"x": x}, ratio=0.5).report
     assert half.params_after == 4 * 27 + 4 + 4 * 4 + 4  # conv, its bias, conv2 and the bias its re-fit adds
+
+
+class CrossedConcatAdd(nn.Module):
+    """Add of two concatenations cut at different channels: [a(4) | b(4)] + [c(2) | d(6)] —
+    channel 3 of one side is a's, of the other d's: no alignment exists."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.c, self.d = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 6, 1)
+        self.e = nn.Conv2d(3, 5, 1)
+        self.out = nn.Conv2d(8, 4, 1)
+        self.side = nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        s = torch.cat([self.a(x), self.b(x)], 1) + torch.cat([self.c(x), self.d(x)], 1)
+        return self.out(torch.relu(s)) + self.side(torch.relu(self.e(x)))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_joins_that_cannot_line_up_are_reported(tmp_path, exporter):
+    path = export(CrossedConcatAdd(), torch.zeros(2, 3, 5, 5), tmp_path / "m.onnx", exporter)
+    rep = onnxprune.inspect(str(path))
+    assert sorted((g.total, g.prunable) for g in rep.groups) == [
+        (2, False), (4, False), (4, False), (4, False), (5, True), (6, False)]
+    crossed = [g for g in rep.groups if "joins channel layouts that do not line up" in g.reason]
+    assert sorted(g.total for g in crossed) == [2, 4, 4, 6]  # a, b, c, d; the rest prunes
+    check_prune_roundtrip(path, (3, 5, 5), min_param_cut=0.05)
