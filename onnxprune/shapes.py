@@ -82,7 +82,8 @@ class Entry:
 _SAME_SHAPE = set(
     "Relu LeakyRelu Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu Softplus Softsign Erf Gelu "
     "Mish Exp Log Sqrt Reciprocal Neg Abs Floor Ceil Round Sign Identity Cast CastLike Dropout "
-    "Softmax LogSoftmax LayerNormalization IsNaN IsInf Not Clip BatchNormalization".split())
+    "Softmax LogSoftmax LayerNormalization IsNaN IsInf Not Clip BatchNormalization "
+    "QuantizeLinear DequantizeLinear".split())
 #: Ops on ``[N, C, spatial…]`` whose output keeps the input's batch axis 0.
 _BATCH_FIRST = set("Conv ConvTranspose MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool "
                    "GlobalLpPool InstanceNormalization LRN DepthToSpace SpaceToDepth".split())

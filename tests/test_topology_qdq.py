@@ -338,3 +338,37 @@ def test_blocked_quantization_is_left_alone_and_reported():
     assert [n.op_type for n in normalized.graph.node].count("DequantizeLinear") == 1
     (group,) = onnxprune.inspect(m).groups
     assert not group.prunable and "run-time weight" in group.reason
+
+
+@pytest.fixture(scope="module", params=["legacy", "dynamo"])
+def qdq_attention(request, tmp_path_factory):
+    """Separate Q/K/V/O projections, quantized per channel: Q/DQ pairs after every
+    projection, Reshape and Transpose of the attention plumbing."""
+    pytest.importorskip("torch")
+    from test_topology_attention import D, Attention, _x
+    from transformer_helpers import export_seq, randomize
+    m = Attention()
+    randomize(m, 5)
+    d = tmp_path_factory.mktemp(f"qdq_attn_{request.param}")
+    import torch
+    src = export_seq(m, torch.randn(2, 5, D), d / "attn.onnx", request.param)
+    x = _x(96, 7)
+    return quantize(src, d / "attn_q.onnx", [{"input": x[i:i + 4]} for i in range(0, 64, 4)],
+                    True)[1], x
+
+
+def test_qdq_attention_heads_are_pruned(qdq_attention):
+    from test_topology_attention import HEAD_PARAMS, H, _x
+    path, x = qdq_attention
+    groups = onnxprune.inspect(str(path)).groups
+    heads = [g for g in groups if g.kind == "heads"]
+    assert [(g.total, g.prunable, len(g.producers)) for g in heads] == [(H, True, 3)]
+    res = onnxprune.prune(str(path), {"input": x}, ratio=0.0, head_ratio=0.5)
+    full_check(res.model)
+    r = res.report
+    assert r.params_before - r.params_after == 2 * HEAD_PARAMS  # as in the float model
+    assert len(dq_weights(res.model)) == len(dq_weights(onnx.load(str(path))))
+    for feeds in (_x(1, 3, 1), _x(3, 11, 2)):
+        out, ref = outputs(res.model, feeds), outputs(path, feeds)
+        assert out.shape == ref.shape and np.isfinite(out).all()
+    assert r.fidelity["output"].cosine > 0.9
