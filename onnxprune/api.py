@@ -231,6 +231,13 @@ def _prune_all(model: ModelSource, calib: CalibSource, *, ratios: list[float] | 
                     excluded=resolve_exclude(exclude, job.analysis),
                     head_ratio=None if head_ratio is None else float(head_ratio))
     measured = budget is not None or min_cosine is not None
+    if min_cosine is not None and job.reference_fidelity is not None:
+        own = job.worst(job.reference_fidelity, CONFIDENCE_Z)
+        if own < min_cosine:
+            raise OptionError(f"--min-cosine {min_cosine:g} cannot be met against the reference "
+                              f"model: the input model itself, unpruned, has a held-out cosine "
+                              f"of {own:.4f} to it (less 2 standard errors); lower the target, "
+                              "or drop --reference to measure against the input")
 
     if many and method not in SEQUENTIAL:
         job.collect(plan.excluded)  # every ratio decides from the same statistics and paths

@@ -372,3 +372,19 @@ def test_qdq_attention_heads_are_pruned(qdq_attention):
         out, ref = outputs(res.model, feeds), outputs(path, feeds)
         assert out.shape == ref.shape and np.isfinite(out).all()
     assert r.fidelity["output"].cosine > 0.9
+
+
+def test_min_cosine_against_a_reference_the_input_itself_misses(digits, tmp_path, capsys):
+    """The quantized input is itself only so close to the float original: a fidelity target
+    above that is refused up front, with the input's own figure."""
+    float_path, q = digits[True]
+    out = tmp_path / "p.onnx"
+    rc = main(["prune", str(q), str(out), "--calib", str(CALIB_IMG), "--min-cosine", "0.999999",
+               "--reference", str(float_path), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists() and len(err) == 1
+    assert "the input model itself, unpruned, has a held-out cosine of 0.99" in err[0]
+    res = onnxprune.prune(str(q), CALIB_IMG, min_cosine=0.99, reference=str(float_path))
+    assert res.report.budget["kind"] == "min_cosine"
+    assert res.report.fidelity["logits"].cosine >= 0.99  # against the float model
+    assert res.report.macs_after < res.report.macs_before
