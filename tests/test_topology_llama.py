@@ -111,59 +111,48 @@ def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     return m
 
 
-def test_output_projection_is_the_least_squares_refit(llama):
-    """The first layer's output projection after a K/V head group is removed: the kept Q heads
-    compute what they did (nothing upstream of the first attention is pruned), and the new
-    weights solve the normal equations on the calibration tokens used for selection."""
+def _first_refit(llama, kind: str, width: int, **prune_kw) -> list[int]:
+    """Prune ``llama`` (calibrated on 48 sequences, ridge 0) and check that the first ``kind``
+    group's consumer solves the normal equations of ``min ‖H_S W'ᵀ − H Wᵀ‖`` on the calibration
+    tokens used for selection: H its input on the original model, S the kept columns (found as
+    the pruned model's input columns, which must be unchanged: nothing upstream of that
+    consumer may be pruned). Returns S."""
     calib = _ids(48, 16, 0)
-    res = onnxprune.prune(str(llama), calib, ratio=0.0, head_ratio=0.25, ridge=0)
+    res = onnxprune.prune(str(llama), calib, ridge=0, **prune_kw)
     model, an = analysis(llama)
-    group = next(g for g in an.groups if g.prunable and g.kind == "heads")
+    group = next(g for g in an.groups if g.prunable and g.kind == kind)
     (site,) = group.consumers
-    o = next(n for n in model.graph.node if n.name == site.node)
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    W = inits[o.input[1]].T  # [out, in]
     sel, _ = split_samples(48, 0.2, 0)
     feeds = {"input_ids": calib["input_ids"][sel]}
-    H = run(_with_output(model, o.input[0]), feeds)[-1].reshape(-1, HIDDEN).astype(np.float64)
-    pruned = {t.name: onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer}
-    po = next(n for n in res.model.graph.node if n.name == site.node)
-    W_new = pruned[po.input[1]].T.astype(np.float64)
-    width = (KV_HEADS - 1) * REP * HEAD_DIM
-    Hp = run(_with_output(res.model, po.input[0]), feeds)[-1].reshape(-1, width)
-    Hp = Hp.astype(np.float64)
-    kept = [j for j in range(HIDDEN) if np.any(np.all(np.isclose(H[:, [j]], Hp, atol=1e-5), 0))]
-    assert len(kept) == width  # whole groups of REP Q heads, each HEAD_DIM columns
-    blocks = sorted({j // (REP * HEAD_DIM) for j in kept})
-    assert kept == [b * REP * HEAD_DIM + i for b in blocks for i in range(REP * HEAD_DIM)]
+
+    def weight_and_input(m):  # MatMul weight [in, out] → [out, in]; its input as rows
+        node = next(n for n in m.graph.node if n.name == site.node)
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+        x = run(_with_output(m, node.input[0]), feeds)[-1]
+        return inits[node.input[1]].T.astype(np.float64), x.reshape(-1, x.shape[-1]).astype(
+            np.float64)
+
+    (W, H), (W_new, Hp) = weight_and_input(model), weight_and_input(res.model)
+    assert Hp.shape[1] == width
+    kept = [j for j in range(H.shape[1])
+            if np.any(np.all(np.isclose(H[:, [j]], Hp, atol=1e-5), 0))]
+    assert len(kept) == width  # the kept columns' values are unchanged
     target = H @ W.T
     resid = Hp.T @ (Hp @ W_new.T - target)
     assert np.linalg.norm(resid) <= 1e-4 * np.linalg.norm(Hp.T @ target)
+    return kept
+
+
+def test_output_projection_is_the_least_squares_refit(llama):
+    """The first layer's output projection after a K/V head group is removed: the kept Q heads
+    compute what they did (nothing upstream of the first attention is pruned)."""
+    width = (KV_HEADS - 1) * REP * HEAD_DIM
+    kept = _first_refit(llama, "heads", width, ratio=0.0, head_ratio=0.25)
+    blocks = sorted({j // (REP * HEAD_DIM) for j in kept})  # whole groups of REP Q heads
+    assert kept == [b * REP * HEAD_DIM + i for b in blocks for i in range(REP * HEAD_DIM)]
 
 
 def test_down_projection_is_the_least_squares_refit(llama):
-    """The first layer's down projection: its new weights solve the normal equations of
-    ``min ‖H_S W'ᵀ − H Wᵀ‖`` on the calibration tokens used for selection, where H is down's
-    input on the original model and S the kept neurons (the first FFN's input is the same in
-    the pruned model: nothing upstream of it is pruned, the heads are kept)."""
-    calib = _ids(48, 16, 0)
-    res = onnxprune.prune(str(llama), calib, ratio=0.5, head_ratio=0.0, ridge=0)
-    model, an = analysis(llama)
-    group = next(g for g in an.groups if g.prunable and g.kind == "channels")
-    (site,) = group.consumers
-    down = next(n for n in model.graph.node if n.name == site.node)
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    W = inits[down.input[1]].T  # MatMul weight [in, out] -> [out, in]
-    sel, _ = split_samples(48, 0.2, 0)
-    feeds = {"input_ids": calib["input_ids"][sel]}
-    H = run(_with_output(model, down.input[0]), feeds)[-1].reshape(-1, FFN).astype(np.float64)
-    pruned = {t.name: onnx.numpy_helper.to_array(t) for t in res.model.graph.initializer}
-    pdown = next(n for n in res.model.graph.node if n.name == site.node)
-    W_new = pruned[pdown.input[1]].T.astype(np.float64)
-    Hp = run(_with_output(res.model, pdown.input[0]), feeds)[-1].reshape(-1, FFN // 2)
-    Hp = Hp.astype(np.float64)
-    kept = [j for j in range(FFN) if np.any(np.all(np.isclose(H[:, [j]], Hp, atol=1e-5), 0))]
-    assert len(kept) == FFN // 2  # the kept neurons' activations are unchanged
-    target = H @ W.T
-    resid = Hp.T @ (Hp @ W_new.T - target)
-    assert np.linalg.norm(resid) <= 1e-4 * np.linalg.norm(Hp.T @ target)
+    """The first layer's down projection (the heads are kept: the first FFN's input is the same
+    in the pruned model)."""
+    _first_refit(llama, "channels", FFN // 2, ratio=0.5, head_ratio=0.0)

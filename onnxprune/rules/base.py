@@ -210,12 +210,19 @@ class PerChannelParams(Rule):
         ctx.set_layout(node.output[0], lay)
 
     def rewrite(self, node, rw):
-        keep = rw.keep(node.input[0])
-        if keep is None:
-            return
-        for i in self.param_inputs:
-            if i < len(node.input) and node.input[i]:
-                rw.set_input(node, i, np.take(rw.value(node, i), keep, axis=0))
+        slice_params(node, rw, self.param_inputs)
+
+
+def slice_params(node, rw, inputs) -> None:
+    """Slice the per-channel constant inputs ``inputs`` of ``node`` (axis 0) with the kept
+    channels of its input 0; scalars and absent inputs stay."""
+    keep = rw.keep(node.input[0])
+    if keep is None:
+        return
+    for i in inputs:
+        v = rw.value(node, i) if i < len(node.input) and node.input[i] else None
+        if v is not None and v.size > 1:
+            rw.set_input(node, i, np.take(v, keep, axis=0))
 
 
 class QuantizeLinear(OnData):
@@ -244,13 +251,7 @@ class QuantizeLinear(OnData):
         ctx.set_layout(node.output[0], lay)
 
     def rewrite(self, node, rw):
-        keep = rw.keep(node.input[0])
-        if keep is None:
-            return
-        for i in (1, 2):
-            v = rw.value(node, i) if i < len(node.input) and node.input[i] else None
-            if v is not None and v.size > 1:
-                rw.set_input(node, i, np.take(v, keep, axis=0))
+        slice_params(node, rw, (1, 2))
 
 
 class LayerNorm(OnData):
