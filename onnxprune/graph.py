@@ -8,6 +8,8 @@ initializer.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from collections.abc import Iterator
 
@@ -68,6 +70,28 @@ def _concrete_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+@functools.lru_cache(maxsize=8)
+def _symbolic_cached(key: bytes, data: bytes) -> tuple:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(onnx.ModelProto.FromString(data),
+                                                       auto_merge=True)
+    except Exception as exc:  # noqa: BLE001 - best effort
+        log.debug("symbolic shape inference failed: %s", exc)
+        return ()
+    return tuple((vi.name, _shape_of(vi), vi.type.tensor_type.elem_type)
+                 for vi in inferred.graph.value_info if _shape_of(vi) is not None)
+
+
+def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, tuple[Shape, int]]:
+    """Shapes from onnxruntime's symbolic shape inference, for a Reshape to a shape computed at
+    run time that ONNX inference leaves unknown (the Paddle exporter writes them), and what
+    follows it. Cached by graph: normalisation builds several indexes of the same graph."""
+    data = skeleton.SerializeToString()
+    key = hashlib.blake2b(data, digest_size=16).digest()
+    return {name: (shape, et) for name, shape, et in _symbolic_cached(key, data)}
+
+
 class Graph:
     """Index over ``model.graph`` (top level only; subgraph references are collected)."""
 
@@ -98,12 +122,18 @@ class Graph:
         self.elem_types: dict[str, int] = {}
         self._collect_types(model)
         if infer_shapes:
+            skeleton = _concrete_batch(model)
             try:
-                inferred = onnx.shape_inference.infer_shapes(_concrete_batch(model),
-                                                             data_prop=True)
+                inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
                 self._collect_types(inferred)
             except Exception as exc:  # noqa: BLE001 - inference is best effort
                 log.warning("ONNX shape inference failed (%s); continuing with declared shapes", exc)
+            if any(n.op_type == "Reshape" and n.output[0] not in self.shapes
+                   and n.input[0] in self.shapes for n in self.nodes):
+                for name, (shape, et) in _symbolic_shapes(skeleton).items():
+                    if name not in self.shapes:  # what ONNX inferred is kept as it is
+                        self.shapes[name] = shape
+                        self.elem_types.setdefault(name, et)
 
     def _collect_types(self, model: onnx.ModelProto) -> None:
         g = model.graph

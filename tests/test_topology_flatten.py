@@ -117,3 +117,45 @@ def test_head_refit_is_the_least_squares_solution_and_batch_stays_dynamic(model)
     for n in (1, 7):
         assert run(res.model, {"input": x[:n]})[0].shape == (n, 5)
     assert isinstance(res.model, onnx.ModelProto)
+
+
+def _paddle_flatten():
+    """``Conv → Relu → Reshape(x, Concat(Slice(Shape(x), 0, 2), [-1])) → Transpose → MatMul``:
+    the Paddle exporter's flatten of a feature map into a sequence (PP-OCRv4's recogniser), whose
+    output shape ONNX's own shape inference leaves unknown."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((8, 5)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Shape", ["r"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "two", "zero"], ["s2"]),
+             helper.make_node("Concat", ["s2", "minus1"], ["tgt"], axis=0),
+             helper.make_node("Reshape", ["r", "tgt"], ["f"]),
+             helper.make_node("Transpose", ["f"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["t", "w2"], ["y"])]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")] + [
+        numpy_helper.from_array(np.array([v], np.int64), n)
+        for n, v in (("zero", 0), ("two", 2), ("minus1", -1))]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "hw", 5])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
+
+
+def test_flatten_to_a_shape_onnx_inference_leaves_unknown():
+    import onnx
+    model = _paddle_flatten()
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    assert "t" not in {v.name for v in inferred.graph.value_info if v.type.tensor_type.HasField(
+        "shape")}  # the case: ONNX cannot tell the flattened tensor's rank
+    (conv, out) = onnxprune.inspect(model).groups
+    assert conv.prunable and conv.total == 8 and not out.prunable
+    x = np.random.default_rng(1).standard_normal((40, 3, 6, 5)).astype(np.float32)
+    res = onnxprune.prune(model, {"x": x}, ratio=0.5)
+    full_check(res.model)
+    assert res.report.params_before - res.report.params_after == 4 * 27 + 4 * 5
+    for shape in ((2, 3, 6, 5), (1, 3, 9, 4)):  # spatial size still free
+        z = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+        assert run(res.model, {"x": z})[0].shape == run(model, {"x": z})[0].shape
