@@ -72,8 +72,8 @@ def _concrete_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 @functools.lru_cache(maxsize=8)
 def _symbolic_cached(key: bytes, data: bytes) -> tuple:
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # needs sympy
         inferred = SymbolicShapeInference.infer_shapes(onnx.ModelProto.FromString(data),
                                                        auto_merge=True)
     except Exception as exc:  # noqa: BLE001 - best effort
