@@ -146,6 +146,11 @@ def render(report: Report, title: str = "onnxprune report",
                      f"(×{latency[1] / latency[0]:.2f})"))
     if r.budget:
         rows.append(("budget", f"{r.budget['kind']} {r.budget['target']}"))
+    if r.reference:
+        own = "; ".join(f"{k}: cos {v['cosine']:.4f}" for k, v in
+                        r.reference["input_fidelity"].items())
+        rows.append(("fidelity measured against", f"{r.reference['model']} (the input model "
+                                                  f"itself, unpruned: {own})"))
     html = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1>",
             "<h2>Summary</h2><table class='kv'>"]

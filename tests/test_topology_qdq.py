@@ -290,9 +290,12 @@ def test_qdq_ratio_zero_gives_the_input_back(digits):
 def test_cli_reference_and_its_errors(digits, tmp_path, capsys):
     float_path, q = digits[True]
     out = tmp_path / "p.onnx"
+    page = tmp_path / "report.html"
     rc = main(["prune", str(q), str(out), "--calib", str(CALIB_IMG), "--ratio", "0.3",
-               "--reference", str(float_path), "-q"])
+               "--reference", str(float_path), "--html", str(page), "-q"])
     assert rc == 0 and out.exists()
+    assert f"fidelity measured against</td><td>{float_path.name} (the input model itself" in \
+        page.read_text()
     bad = tmp_path / "other.onnx"
     onnx.save(onnx.load(str(MODELS / "mlp_skl.onnx")), str(bad))
     for ref, msg in ((bad, "does not read the same inputs"), (tmp_path / "no.onnx",
