@@ -432,5 +432,5 @@ def measure_latency(model: ModelSource, pruned: onnx.ModelProto, calib: CalibSou
 def inspect(model: ModelSource) -> InspectReport:
     """Channel groups of ``model``: sizes, producers, consumers, and why some are unprunable."""
     loaded = load_model(model)
-    normalized, _ = run_passes([NormalizePass()], loaded.model)
-    return inspect_report(analyze(Graph(normalized)))
+    normalized, (norm,) = run_passes([NormalizePass()], loaded.model)
+    return inspect_report(analyze(Graph(normalized)), len(norm.info.get("quantized", ())))

@@ -97,11 +97,13 @@ def group_entry(group: Group, kept: int, rel_error: float | None, ratio: float |
 @dataclass(frozen=True)
 class InspectReport:
     groups: tuple[GroupReport, ...]
+    quantized: int = 0  # weights stored quantized (QDQ): pruned in float, quantized again
 
     def to_dict(self) -> dict:
         return {"groups": [g.to_dict() for g in self.groups],
                 "prunable_channels": sum(g.total for g in self.groups if g.prunable),
-                "total_channels": sum(g.total for g in self.groups)}
+                "total_channels": sum(g.total for g in self.groups),
+                "quantized_weights": self.quantized}
 
     def to_text(self) -> str:
         """An aligned table, one row per group (prunable first), then each reason in full."""
@@ -122,7 +124,11 @@ class InspectReport:
                              for c, (v, w) in enumerate(zip(r, width))).rstrip()
 
         lines = [f"{len(self.groups)} channel group(s): {len(ok)} prunable, {len(bad)} "
-                 "unprunable", "", line(head), line(tuple("-" * w for w in width))]
+                 "unprunable"]
+        if self.quantized:
+            lines.append(f"{self.quantized} quantized (QDQ) weight tensor(s): pruned in float "
+                         "and quantized again in their own scheme")
+        lines += ["", line(head), line(tuple("-" * w for w in width))]
         lines += [line(r) for r in rows]
         notes = [(i + 1, g) for i, g in enumerate(ok + bad) if g.reason]
         if notes:
@@ -133,8 +139,9 @@ class InspectReport:
         return "\n".join(lines)
 
 
-def inspect_report(analysis: Analysis) -> InspectReport:
-    return InspectReport(groups=tuple(group_entry(g, g.size, None) for g in analysis.groups))
+def inspect_report(analysis: Analysis, quantized: int = 0) -> InspectReport:
+    return InspectReport(groups=tuple(group_entry(g, g.size, None) for g in analysis.groups),
+                         quantized=quantized)
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,10 @@ def test_qdq_round_trip_restores_every_quantized_tensor_bit_for_bit(digits):
     x = np.load(CALIB_IMG)["input"][:50]
     assert np.array_equal(outputs(lowered, x), outputs(model, x))
     assert count_params(lifted) == count_params(model)
+    rep = onnxprune.inspect(str(q))
+    assert rep.quantized == 20 and rep.to_dict()["quantized_weights"] == 20
+    assert "20 quantized (QDQ) weight tensor(s)" in rep.to_text()
+    assert onnxprune.inspect(str(MODELS / "resnet_legacy.onnx")).quantized == 0
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
