@@ -636,7 +636,9 @@ def merge_runs(runs: list[dict]) -> dict:
     m["complete"] = all(r["meta"].get("complete") for r in runs)
     m["total_s"] = max(r["meta"].get("total_s") or 0 for r in runs)
     m["git"]["dirty"] = any(r["meta"]["git"]["dirty"] for r in runs)
-    commits = list(dict.fromkeys(r["meta"]["git"]["commit"] for r in runs))
+    commits = list(dict.fromkeys(c for r in runs  # a merged run already lists its commits
+                                 for c in r["meta"]["git"].get("commits")
+                                 or [r["meta"]["git"]["commit"]]))
     if len(commits) > 1:  # say so: the rows of each model come from its run's commit
         m["git"]["commits"] = commits
     return out
