@@ -24,6 +24,7 @@ from onnxprune.modelio import load_calibration, load_model
 from onnxprune.saving import check_collisions, check_writes, run_sources, save_model
 from onnxprune.passbase import run_passes
 from onnxprune.passes import NormalizePass
+from onnxprune.passes.qdq import operator_format
 from onnxprune.report import InspectReport, Report, inspect_report
 from onnxprune.select import METHODS, SEQUENTIAL, KeepPlan
 from onnxprune.verify import latencies, sample_feed
@@ -433,4 +434,7 @@ def inspect(model: ModelSource) -> InspectReport:
     """Channel groups of ``model``: sizes, producers, consumers, and why some are unprunable."""
     loaded = load_model(model)
     normalized, (norm,) = run_passes([NormalizePass()], loaded.model)
-    return inspect_report(analyze(Graph(normalized)), len(norm.info.get("quantized", ())))
+    analysis = analyze(Graph(normalized))
+    if not analysis.groups:
+        operator_format(normalized)
+    return inspect_report(analysis, len(norm.info.get("quantized", ())))

@@ -380,7 +380,7 @@ def _cmd_prune(args) -> int:
             write_text_atomic(html_path, render(r, f"onnxprune: {Path(args.input).name}", lat))
         if not args.quiet:
             pct = 100.0 * (1 - r.params_after / max(r.params_before, 1))
-            mpct = 100.0 * (1 - r.macs_after / max(r.macs_before, 1))
+            mpct = 100.0 * (1 - r.macs_after / r.macs_before) if r.macs_before else 0.0
             sys.stderr.write(f"onnxprune: wrote {out}: params {r.params_before} → "
                              f"{r.params_after} (−{pct:.1f}%), MACs {r.macs_before} → "
                              f"{r.macs_after} (−{mpct:.1f}%) in {r.seconds:.1f}s\n")

@@ -32,7 +32,7 @@ from onnxprune.modelio import Calibration, load_calibration, load_model
 from onnxprune.passbase import run_passes
 from onnxprune.passes import ChannelPrunePass, CleanupPass, NormalizePass
 from onnxprune.passes.prune import Lineage, PruneOptions
-from onnxprune.passes.qdq import QdqLowerPass
+from onnxprune.passes.qdq import QdqLowerPass, operator_format
 from onnxprune.reasons import Reason
 from onnxprune.report import Report, group_entry
 from onnxprune.saving import run_sources
@@ -158,6 +158,8 @@ class Job:
         self.shapes, self.per = sample_shapes(self.cal)
         self.graph = Graph(self.normalized)
         self.analysis = analyze(self.graph)
+        if not self.analysis.groups:
+            operator_format(self.normalized)
         self.stats = None
         if self.stats_files:
             if opts.method == "sampling":

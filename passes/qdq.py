@@ -46,6 +46,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune import weights
+from onnxprune.errors import ModelError
 from onnxprune.graph import attr
 from onnxprune.passbase import Pass, PassResult
 
@@ -54,6 +55,23 @@ _INT_TYPES = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8,
               onnx.TensorProto.INT16: np.int16, onnx.TensorProto.UINT16: np.uint16,
               onnx.TensorProto.INT32: np.int32}
 _BIAS_USERS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def operator_format(model: onnx.ModelProto) -> None:
+    """Raise :class:`ModelError` for a model quantized in the operator format (integer ops such
+    as QLinearConv, ConvInteger, MatMulInteger carrying their weights) that leaves the analysis
+    nothing to prune: those ops compute on integers and have no channel rule."""
+    ops = sorted({n.op_type for n in model.graph.node
+                  if n.op_type.startswith("QLinear") or n.op_type in _INTEGER_OPS})
+    if ops:
+        raise ModelError(f"the model is quantized in the operator format ({', '.join(ops)}), "
+                         "which onnxprune does not prune; prune the float original, or quantize "
+                         "it in the QDQ format (onnxruntime.quantization: "
+                         "quant_format=QuantFormat.QDQ) and prune that")
+
+
+_INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul",
+                "MatMulIntegerToFloat", "QAttention", "QEmbedLayerNormalization"}
 
 
 def _digest(a: np.ndarray) -> bytes:

@@ -395,3 +395,32 @@ def test_min_cosine_against_a_reference_the_input_itself_misses(digits, tmp_path
     assert res.report.budget["kind"] == "min_cosine"
     assert res.report.fidelity["logits"].cosine >= 0.99  # against the float model
     assert res.report.macs_after < res.report.macs_before
+
+
+def test_operator_format_models_are_refused_with_the_way_out(tmp_path, capsys):
+    """Integer-operator quantization (QLinearConv …, or quantize_dynamic's MatMulInteger)
+    leaves nothing to prune: one clear line, exit 2, nothing written — not a silent no-op."""
+    calib = np.load(CALIB_IMG)["input"]
+    static = tmp_path / "qop.onnx"
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i:i + 1]} for i in range(16)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    logging.getLogger().setLevel(logging.ERROR)
+    quantization.quantize_static(str(MODELS / "resnet_legacy.onnx"), str(static), Reader(),
+                                 quant_format=quantization.QuantFormat.QOperator)
+    dynamic = tmp_path / "dyn.onnx"
+    quantization.quantize_dynamic(str(MODELS / "mlp_skl.onnx"), str(dynamic))
+    for path, op in ((static, "QLinearConv"), (dynamic, "MatMulInteger")):
+        with pytest.raises(onnxprune.errors.ModelError, match=f"operator format.*{op}"):
+            onnxprune.inspect(str(path))
+        out = tmp_path / "out.onnx"
+        calib_file = CALIB_IMG if path == static else MODELS / "digits_calib_flat.npz"
+        rc = main(["prune", str(path), str(out), "--calib", str(calib_file), "--ratio", "0.5"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and not out.exists() and len(err) == 1
+        assert err[0].startswith("onnxprune: error:") and "QDQ" in err[0]
