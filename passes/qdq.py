@@ -38,6 +38,7 @@ Fidelity of a pruned QDQ model is measured against the quantized input as onnxru
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -147,9 +148,11 @@ def lift(model: onnx.ModelProto, nodes: list[onnx.NodeProto]
     for o in g.output:
         readers[o.name] = readers.get(o.name, 0) + 1
     records: dict[str, QuantizedWeight] = {}
+    values: dict[str, np.ndarray] = {}
     for n in nodes:
-        rec = _liftable(n, inits, producers, readers)
-        if rec is not None:
+        found = _liftable(n, inits, producers, readers)
+        if found is not None:
+            rec, values[rec.name] = found
             records[rec.name] = rec
     if not records:
         return nodes, ()
@@ -161,12 +164,10 @@ def lift(model: onnx.ModelProto, nodes: list[onnx.NodeProto]
             xs = _bias_relation(records[n.input[2]], records.get(n.input[1]),
                                 producers.get(n.input[0]), inits)
             if xs is not None:
-                rec = records[n.input[2]]
-                records[rec.name] = QuantizedWeight(**{**rec.__dict__, "x_scale": xs})
+                records[n.input[2]] = dataclasses.replace(records[n.input[2]], x_scale=xs)
     used = {x for n in kept for x in n.input} | {o.name for o in g.output}
-    for rec in records.values():
-        value = _dequantize(rec.q, rec.scale, rec.zero_point, rec.axis)
-        g.initializer.append(numpy_helper.from_array(value, rec.name))
+    for name in records:
+        g.initializer.append(numpy_helper.from_array(values.pop(name), name))
     # the integer (or float) tensors, scales and zero points nobody reads any more
     dead = {t.name for r in records.values() for t in r.tensors + r.q_tensors} - used
     live = [t for t in g.initializer if t.name not in dead]
@@ -189,10 +190,10 @@ def _quantize_linear(w: np.ndarray, s: np.ndarray, z: np.ndarray, axis: int | No
 
 
 def _liftable(n: onnx.NodeProto, inits: dict, producers: dict, readers: dict
-              ) -> QuantizedWeight | None:
-    """The record of ``n`` if it is a ``DequantizeLinear`` of constants the lift handles: of
-    stored integers, or of the ``QuantizeLinear`` of a float weight (fake quantization, as torch
-    exports it) with the same scale and zero point."""
+              ) -> tuple[QuantizedWeight, np.ndarray] | None:
+    """The record of ``n`` and its float value, if ``n`` is a ``DequantizeLinear`` of constants
+    the lift handles: of stored integers, or of the ``QuantizeLinear`` of a float weight (fake
+    quantization, as torch exports it) with the same scale and zero point."""
     if n.op_type != "DequantizeLinear" or n.domain not in ("", "ai.onnx"):
         return None
     ins = list(n.input) + [""] * (3 - len(n.input))
@@ -254,7 +255,8 @@ def _liftable(n: onnx.NodeProto, inits: dict, producers: dict, readers: dict
             q_node is None or x != ins[0])),
         q=q, scale=s, zero_point=z.reshape(s.shape), axis=axis, digest=_digest(value),
         channels=channels, q_node=None if q_node is None else copy(q_node),
-        q_tensors=() if q_node is None else tuple(copy(inits[x]) for x in q_node.input if x))
+        q_tensors=() if q_node is None else tuple(copy(inits[x]) for x in q_node.input if x)
+    ), value
 
 
 def _bias_relation(bias: QuantizedWeight, weight: QuantizedWeight | None,
