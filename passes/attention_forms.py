@@ -43,6 +43,14 @@ unprunable by the analysis).
    (same numbers; separate Q, K, V projections whose heads the attention MatMuls tie together).
 
 Nodes left without readers (the shape arithmetic of the replaced nodes) are removed.
+
+**Quantized (QDQ) models.** onnxruntime's quantizer writes a per-tensor ``QuantizeLinear →
+DequantizeLinear`` pair after every Reshape, Transpose, Squeeze … of this plumbing, all on the
+grid (scale, zero point) of the tensor entering it. Values already on a grid come out of a pair
+on that grid unchanged, so rewrites 1–3 step over such pairs and drop them with the nodes they
+replace. Rewrite 4 gives every piece its own copy of the pairs between the MatMul, the Add and
+the Slices (per-tensor: elementwise, so they commute with the column split), and names the
+pieces of a lifted weight ``W__a_b`` so that ``QdqLowerPass`` quantizes them again.
 """
 
 from __future__ import annotations
@@ -62,9 +70,11 @@ log = logging.getLogger(__name__)
 class _Edit:
     """Accumulates node replacements on a list of nodes (topologically ordered)."""
 
-    def __init__(self, model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    def __init__(self, model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                 lifted: frozenset[str] = frozenset()) -> None:
         self.model = model
         self.nodes = nodes
+        self.lifted = lifted  # weights lifted from quantized storage (passes.qdq)
         m = onnx.ModelProto()
         m.CopyFrom(model)
         del m.graph.node[:]
@@ -153,10 +163,14 @@ def _transpose_via_reshape(ed: _Edit) -> int:
     se = ed.shapes
     for r1 in _reshapes(ed):
         x = r1.input[0]
-        t = _sole_transpose(ed, r1.output[0], [0, 2, 1])
+        grid = _grid_of(ed, x)  # a quantized K: its grid's Q/DQ pairs in between are identities
+        y1, pairs = _skip_pairs(ed, r1.output[0], grid)
+        t = _sole_transpose(ed, y1, [0, 2, 1])
         if t is None:
             continue
-        r2 = ed.sole_user(t.output[0])
+        y2, more = _skip_pairs(ed, t.output[0], grid)
+        pairs += more
+        r2 = ed.sole_user(y2)
         if r2 is None or r2.op_type != "Reshape" or not ed.free(r2):
             continue
         xd, d1, d2 = ed.dims(x), se.reshape_dims(r1), se.reshape_dims(r2)
@@ -167,10 +181,62 @@ def _transpose_via_reshape(ed: _Edit) -> int:
         if d1[0] is not None and d1[0] != xd[0] * xd[1]:
             continue
         new = helper.make_node("Transpose", [x], [r2.output[0]], name=r2.name, perm=[0, 1, 3, 2])
-        ed.removed.update({ed.index(r1), ed.index(t)})
+        ed.removed.update({ed.index(r1), ed.index(t)} | {ed.index(p) for p in pairs})
         ed.replaced[ed.index(r2)] = [new]
         count += 1
     return count
+
+
+def _pair(ed: _Edit, tensor: str) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+    """``(QuantizeLinear, DequantizeLinear)`` when they alone read ``tensor`` one after the
+    other, per tensor, with the same constant scale and zero point (an activation's fake
+    quantization, as onnxruntime's QDQ quantizer writes it)."""
+    g = ed.graph
+    q = ed.sole_user(tensor)
+    if q is None or q.op_type != "QuantizeLinear" or not ed.free(q):
+        return None
+    dq = ed.sole_user(q.output[0])
+    if dq is None or dq.op_type != "DequantizeLinear" or not ed.free(dq):
+        return None
+    params = [(a.input[i] if len(a.input) > i else "") for a in (q, dq) for i in (1, 2)]
+    values = [g.const(x) if x else None for x in params]
+    if any(x and v is None for x, v in zip(params, values)) or values[0].size != 1 or (
+            not _same(values[0], values[2]) or not _same(values[1], values[3])):
+        return None
+    return q, dq
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and a.dtype == b.dtype
+                                         and np.array_equal(a.reshape(-1), b.reshape(-1)))
+
+
+def _skip_pairs(ed: _Edit, tensor: str, grid: tuple | None) -> tuple[str, list]:
+    """Follow ``tensor`` through the Q/DQ pairs on ``grid`` (scale, zero point) that alone read
+    it: on values already on that grid they are identities. Returns the tensor after them and
+    the pairs' nodes (none without a grid)."""
+    nodes: list[onnx.NodeProto] = []
+    while grid is not None:
+        pair = _pair(ed, tensor)
+        if pair is None:
+            break
+        q = pair[0]
+        z = ed.graph.const(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+        if not (_same(ed.graph.const(q.input[1]), grid[0]) and _same(z, grid[1])):
+            break
+        nodes.extend(pair)
+        tensor = pair[1].output[0]
+    return tensor, nodes
+
+
+def _grid_of(ed: _Edit, tensor: str) -> tuple | None:
+    """The (scale, zero point) a tensor made by a per-tensor ``DequantizeLinear`` is on."""
+    p = ed.graph.producer.get(tensor)
+    if p is None or p.op_type != "DequantizeLinear":
+        return None
+    vals = [ed.graph.const(p.input[i]) if len(p.input) > i and p.input[i] else None
+            for i in (1, 2)]
+    return None if vals[0] is None or vals[0].size != 1 else tuple(vals)
 
 
 def _pieces(ed: _Edit, cur: str, n: int) -> list[tuple[int, onnx.NodeProto, list]] | None:
@@ -238,6 +304,7 @@ def _chunks(ed: _Edit) -> int:
         # follow the piece axis through Unsqueeze / Transpose / Squeeze to the pieces' readers
         labels = base[:len(xd) - 1] + ["P"] + base[len(xd) - 1:]
         cur, chain = r.output[0], [r]
+        grid = _grid_of(ed, x)  # a quantized X: its own grid's Q/DQ pairs are identities
         ok = True
         while True:
             users = g.users(cur)
@@ -250,6 +317,11 @@ def _chunks(ed: _Edit) -> int:
                 ok = False
                 break
             u = users[0][0]
+            after, pairs = _skip_pairs(ed, cur, grid)
+            if pairs:
+                chain.extend(pairs)
+                cur = after
+                continue
             if u.op_type == "Unsqueeze":
                 raw = _axes(u, g, 0)
                 axes = None if raw is None else _axes(u, g, len(labels) + len(raw))
@@ -310,16 +382,20 @@ def _heads_with_batch(ed: _Edit) -> int:
     g, se = ed.graph, ed.shapes
     for r1 in _reshapes(ed):
         x = r1.input[0]
-        t = _sole_transpose(ed, r1.output[0], [1, 0, 2])
+        grid = _grid_of(ed, x)  # a quantized X: its grid's Q/DQ pairs in between are identities
+        y1, pairs = _skip_pairs(ed, r1.output[0], grid)
+        t = _sole_transpose(ed, y1, [1, 0, 2])
         if t is None:
             continue
+        y2, more = _skip_pairs(ed, t.output[0], grid)
+        pairs += more
         # Besides the second Reshape, the legacy exporter reads the sequence length from the
         # transposed tensor: Gather(Shape(t), 1) — the same as Gather(Shape(x), 0).
-        users = g.users(t.output[0])
+        users = g.users(y2)
         r2s = [u for u, i in users if u.op_type == "Reshape" and i == 0]
         reads = [u for u, _ in users if u.op_type == "Shape" and attr(u, "start") is None
                  and attr(u, "end") is None]
-        if len(r2s) != 1 or len(r2s) + len(reads) != len(users) or t.output[0] in g.graph_outputs:
+        if len(r2s) != 1 or len(r2s) + len(reads) != len(users) or y2 in g.graph_outputs:
             continue
         gathers = [gu for u in reads for gu, _ in g.users(u.output[0])]
         if any(gu.op_type != "Gather" or int(attr(gu, "axis", 0)) != 0
@@ -350,7 +426,7 @@ def _heads_with_batch(ed: _Edit) -> int:
                                                           [gu.output[0]], name=gu.name, axis=0)]
         shape = ed.const(f"{r1.name}_heads_shape", np.asarray([0, 0, h, hd], dtype=np.int64))
         mid = ed.fresh(f"{r1.output[0]}_heads")
-        ed.removed.update({ed.index(r1), ed.index(t)})
+        ed.removed.update({ed.index(r1), ed.index(t)} | {ed.index(p) for p in pairs})
         ed.replaced[ed.index(r2)] = [
             helper.make_node("Reshape", [x, shape], [mid], name=r1.name),
             helper.make_node("Transpose", [mid], [r2.output[0]], name=r2.name,
@@ -363,7 +439,8 @@ def _split_fused_projection(ed: _Edit) -> int:
     """Rewrite 4: ``Y = X·W (+ c)`` read only through Slices of disjoint column ranges (the Q, K
     and V chunks of a fused in-projection after rewrite 2) becomes one ``X·W[:, a:b] (+ c[a:b])``
     per Slice — the same numbers, and separate Q, K, V projections whose heads the analysis can
-    tie together through the attention MatMuls."""
+    tie together through the attention MatMuls. Per-tensor Q/DQ pairs of a quantized model
+    between the MatMul, the Add and the Slices act elementwise: each piece gets its own copy."""
     count = 0
     g = ed.graph
     for mm in list(g.nodes):
@@ -372,14 +449,26 @@ def _split_fused_projection(ed: _Edit) -> int:
         w = g.const(mm.input[1])
         if w is None or w.ndim != 2:
             continue
-        y, add, bias = mm.output[0], None, None
+        y, steps, add, bias, bname = mm.output[0], [], None, None, ""
+        while y not in g.graph_outputs:
+            pair = _pair(ed, y)
+            users = g.users(y)
+            if pair is not None:
+                steps.append(pair)
+                y = pair[1].output[0]
+            elif add is None and len(users) == 1 and users[0][0].op_type == "Add":
+                add = users[0][0]
+                bname = add.input[1 - users[0][1]]
+                bias = g.const(bname)
+                if bias is None or bias.shape != (w.shape[1],) or not ed.free(add):
+                    break
+                steps.append(add)
+                y = add.output[0]
+            else:
+                break
+        if add is not None and (bias is None or bias.shape != (w.shape[1],)):
+            continue
         users = g.users(y)
-        if len(users) == 1 and users[0][0].op_type == "Add" and y not in g.graph_outputs:
-            add = users[0][0]
-            bias = g.const(add.input[1 - users[0][1]])
-            if bias is None or bias.shape != (w.shape[1],) or not ed.free(add):
-                continue
-            y, users = add.output[0], g.users(add.output[0])
         rank = g.rank(y)
         if not users or y in g.graph_outputs or rank is None or len(users) < 2:
             continue
@@ -405,21 +494,47 @@ def _split_fused_projection(ed: _Edit) -> int:
             spans = sorted((a, b) for _, a, b in pieces)
             if any(spans[j][1] > spans[j + 1][0] for j in range(len(spans) - 1)):
                 continue
-            for u, a, b in pieces:
-                wi = ed.const(f"{mm.input[1]}_{a}_{b}", np.ascontiguousarray(w[:, a:b]))
-                if add is None:
+            cut = "__" if mm.input[1] in ed.lifted else "_"  # a lifted weight's pieces stay
+            for u, a, b in pieces:                            # its (quantized again) copies
+                wi = ed.const(f"{mm.input[1]}{cut}{a}_{b}", np.ascontiguousarray(w[:, a:b]))
+                if not steps:
                     ed.replaced[ed.index(u)] = [helper.make_node(
                         "MatMul", [mm.input[0], wi], [u.output[0]], name=u.name)]
                     continue
-                mid = ed.fresh(f"{u.output[0]}_proj")
-                bi = ed.const(f"{add.input[1 - [x for x in add.input].index(mm.output[0])]}"
-                              f"_{a}_{b}", np.ascontiguousarray(bias[a:b]))
-                ed.replaced[ed.index(u)] = [
-                    helper.make_node("MatMul", [mm.input[0], wi], [mid], name=f"{u.name}_matmul"),
-                    helper.make_node("Add", [mid, bi], [u.output[0]], name=u.name)]
+                if steps == [add]:  # the float model's form, named as it always was
+                    mid = ed.fresh(f"{u.output[0]}_proj")
+                    bi = ed.const(f"{bname}{'__' if bname in ed.lifted else '_'}{a}_{b}",
+                                  np.ascontiguousarray(bias[a:b]))
+                    ed.replaced[ed.index(u)] = [
+                        helper.make_node("MatMul", [mm.input[0], wi], [mid],
+                                         name=f"{u.name}_matmul"),
+                        helper.make_node("Add", [mid, bi], [u.output[0]], name=u.name)]
+                    continue
+                prev = ed.fresh(f"{u.output[0]}_proj")
+                nodes = [helper.make_node("MatMul", [mm.input[0], wi], [prev],
+                                          name=ed.fresh(f"{u.name}_matmul"))]
+                for k, step in enumerate(steps):
+                    out = u.output[0] if k == len(steps) - 1 else ed.fresh(
+                        f"{u.output[0]}_step{k}")
+                    if step is add:
+                        bi = ed.const(f"{bname}{'__' if bname in ed.lifted else '_'}{a}_{b}",
+                                      np.ascontiguousarray(bias[a:b]))
+                        nodes.append(helper.make_node("Add", [prev, bi], [out],
+                                                      name=ed.fresh(f"{u.name}_add")))
+                    else:
+                        q, dq = step
+                        mid_q = ed.fresh(f"{u.output[0]}_q{k}")
+                        nodes.append(helper.make_node("QuantizeLinear",
+                                                      [prev] + list(q.input[1:]), [mid_q],
+                                                      name=ed.fresh(f"{q.name}_{a}_{b}")))
+                        nodes.append(helper.make_node("DequantizeLinear",
+                                                      [mid_q] + list(dq.input[1:]), [out],
+                                                      name=ed.fresh(f"{dq.name}_{a}_{b}")))
+                    prev = out
+                ed.replaced[ed.index(u)] = nodes
             ed.removed.add(ed.index(mm))
-            if add is not None:
-                ed.removed.add(ed.index(add))
+            for step in steps:
+                ed.removed.update(ed.index(x) for x in ((step,) if step is add else step))
             count += 1
     return count
 
@@ -439,14 +554,16 @@ def remove_dead(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list[onn
 REWRITES = (_chunks, _split_fused_projection, _heads_with_batch, _transpose_via_reshape)
 
 
-def canonicalize(model: onnx.ModelProto, nodes: list[onnx.NodeProto]
-                 ) -> tuple[list[onnx.NodeProto], int]:
-    """Apply the rewrites until none matches; returns the new node list and the match count."""
+def canonicalize(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
+                 lifted: frozenset[str] = frozenset()) -> tuple[list[onnx.NodeProto], int]:
+    """Apply the rewrites until none matches; returns the new node list and the match count.
+    ``lifted``: weights lifted from quantized storage, whose pieces are named ``name__…`` (the
+    lowering quantizes such copies again)."""
     total = 0
     for _ in range(4):
         changed = 0
         for rewrite in REWRITES:
-            ed = _Edit(model, nodes)
+            ed = _Edit(model, nodes, lifted)
             k = rewrite(ed)
             if k:
                 nodes = ed.apply()

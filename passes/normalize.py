@@ -104,7 +104,7 @@ class NormalizePass(Pass):
         keep_nodes = self._fold_constants(m, keep_nodes)
         keep_nodes, quantized = lift(m, keep_nodes)  # after folding: scales computed from
         #                                             the weights (torch's fake quantization)
-        keep_nodes, _ = canonicalize(m, keep_nodes)
+        keep_nodes, _ = canonicalize(m, keep_nodes, frozenset(r.name for r in quantized))
         if len(keep_nodes) != len(g.node):
             modified = True
         used = {n.name for n in keep_nodes if n.name}

@@ -424,3 +424,37 @@ def test_operator_format_models_are_refused_with_the_way_out(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and not out.exists() and len(err) == 1
         assert err[0].startswith("onnxprune: error:") and "QDQ" in err[0]
+
+
+@pytest.fixture(scope="module", params=["legacy", "dynamo"])
+def qdq_vit(request, tmp_path_factory):
+    """The digits ViT of ``models/`` (``nn.MultiheadAttention``: one fused in-projection),
+    quantized per channel: a Q/DQ pair after every Reshape/Transpose of the attention plumbing."""
+    d = tmp_path_factory.mktemp(f"qdq_vit_{request.param}")
+    calib = np.load(CALIB_IMG)["input"]
+    src = MODELS / f"vit_{request.param}.onnx"
+    return src, quantize(src, d / "vit_q.onnx", [{"input": calib[i:i + 1]} for i in range(64)],
+                         True)[1]
+
+
+def test_qdq_fused_attention_heads_are_pruned_like_the_float_model(qdq_vit):
+    src, q = qdq_vit
+    groups = onnxprune.inspect(str(q)).groups
+    flt = onnxprune.inspect(str(src)).groups
+    assert [(g.kind, g.total, g.prunable) for g in groups] == \
+        [(g.kind, g.total, g.prunable) for g in flt]
+    assert sum(g.kind == "heads" and g.prunable for g in groups) == 2
+    res = onnxprune.prune(str(q), CALIB_IMG, ratio=0.5, round_to=1)
+    ref = onnxprune.prune(str(src), CALIB_IMG, ratio=0.5, round_to=1)
+    full_check(res.model)
+    assert res.report.params_after == ref.report.params_after
+    # every weight is still stored as integers: no float tensor beyond scales and LayerNorms
+    assert max(int(np.prod(t.dims)) for t in res.model.graph.initializer
+               if t.data_type == onnx.TensorProto.FLOAT) <= 64
+    test = np.load(MODELS / "digits_test.npz")
+    x, y = test["x"], test["y"]
+    acc_q = float(np.mean(outputs(res.model, x).argmax(1) == y))
+    acc_f = float(np.mean(outputs(ref.model, x).argmax(1) == y))
+    assert acc_q >= acc_f - 0.03, (acc_q, acc_f)
+    gap = rel(outputs(q, x), outputs(q, x, fused=False))
+    assert rel(outputs(res.model, x), outputs(res.model, x, fused=False)) < 3 * gap
