@@ -399,14 +399,11 @@ class QdqLowerPass(Pass):
     def _bias(rec: QuantizedWeight, b: np.ndarray, w_scale: np.ndarray):
         """``(q, s, z)`` of a bias kept at ``s_x·s_w``."""
         s = (rec.x_scale.astype(np.float64) * w_scale.astype(np.float64)).astype(rec.scale.dtype)
-        if s.size == 1:
+        if s.size == 1:  # a per-tensor weight scale: the bias scale keeps its own form
             s = s.reshape(rec.scale.shape) if rec.scale.size == 1 else np.full(
-                rec.scale.shape, s.reshape(()), dtype=s.dtype)
-        if s.size == 1:
-            q = b / np.float64(s.reshape(()))
-        else:
-            q = b / s.astype(np.float64).reshape(b.shape)
-        q = _round_clip(q, *rec.qrange).astype(rec.q.dtype)
+                b.shape, s.reshape(()), dtype=s.dtype)  # one per (kept) bias entry
+        q = _round_clip(b / s.astype(np.float64).reshape(s.shape if s.size > 1 else ()),
+                        *rec.qrange).astype(rec.q.dtype)
         return q, s, np.zeros(s.shape, dtype=rec.zero_point.dtype)
 
     @staticmethod

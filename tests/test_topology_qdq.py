@@ -458,3 +458,20 @@ def test_qdq_fused_attention_heads_are_pruned_like_the_float_model(qdq_vit):
     assert acc_q >= acc_f - 0.03, (acc_q, acc_f)
     gap = rel(outputs(q, x), outputs(q, x, fused=False))
     assert rel(outputs(res.model, x), outputs(res.model, x, fused=False)) < 3 * gap
+
+
+def test_bias_at_sx_sw_follows_the_pruned_width():
+    """A per-channel int32 bias scale beside a per-tensor weight scale (s_b[c] = s_x·s_w for
+    every c): after pruning, the bias has fewer entries and its scale as many."""
+    q = np.array([10, -20, 30, 40], dtype=np.int32)
+    s_x, s_w = np.float32(0.02), np.float32(0.5)
+    s_b = np.full(4, s_x * s_w, dtype=np.float32)
+    rec = QuantizedWeight(name="b", node=onnx.helper.make_node("DequantizeLinear", ["q", "s"],
+                                                               ["b"]),
+                          tensors=(), q=q, scale=s_b, zero_point=np.zeros(4, np.int32), axis=0,
+                          digest=b"", x_scale=np.asarray(s_x))
+    kept = (q[[0, 2, 3]] * s_b[0]).astype(np.float32) + np.float32(0.05)  # re-fitted bias
+    qb, sb, zb = QdqLowerPass._bias(rec, kept, np.asarray(s_w * 2, dtype=np.float32))
+    assert sb.shape == zb.shape == qb.shape == (3,)
+    assert np.allclose(sb, s_x * s_w * 2) and not zb.any()
+    assert np.abs(qb * sb.astype(np.float64) - kept).max() <= sb.max() / 2 + 1e-9
