@@ -113,22 +113,22 @@ class QuantizedWeight:
         return max(int(d.max(initial=0)), 1), max(int((-d).max(initial=0)), 1)
 
     def _z_full(self) -> np.ndarray:
-        z = self.zero_point.astype(np.int64)
-        if self.axis is None:
-            return z.reshape(())
-        shape = [1] * self.q.ndim
-        shape[self.axis] = -1
-        return z.reshape(shape)
+        return _along(self.zero_point.astype(np.int64), self.axis, self.q.ndim)
+
+
+def _along(v: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
+    """A scale or zero point (one value per tensor, or one per index of ``axis``) shaped to
+    broadcast against a tensor of ``ndim`` axes."""
+    if axis is None:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
 
 
 def _dequantize(q: np.ndarray, s: np.ndarray, z: np.ndarray, axis: int | None) -> np.ndarray:
     """``(q − z)·s`` in float32, broadcast along ``axis`` (what onnxruntime computes)."""
-    if axis is not None:
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
-    else:
-        s, z = s.reshape(()), z.reshape(())
+    s, z = _along(s, axis, q.ndim), _along(z, axis, q.ndim)
     return ((q.astype(np.int64) - z.astype(np.int64)).astype(np.float32) * s).astype(s.dtype)
 
 
@@ -180,10 +180,7 @@ def _quantize_linear(w: np.ndarray, s: np.ndarray, z: np.ndarray, axis: int | No
                      ) -> np.ndarray:
     """``QuantizeLinear`` as onnxruntime computes it: saturate(round(w / s) + z), in float32,
     rounding half to even."""
-    if axis is not None:
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        s, z = s.reshape(shape), z.reshape(shape)
+    s, z = _along(s, axis, w.ndim), _along(z, axis, w.ndim)
     info = np.iinfo(z.dtype)
     q = np.rint((w / s).astype(np.float32)).astype(np.float64) + z.astype(np.float64)
     return np.clip(q, info.min, info.max).astype(z.dtype)
