@@ -8,7 +8,6 @@ initializer.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -70,12 +69,15 @@ def _concrete_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-@functools.lru_cache(maxsize=8)
-def _symbolic_cached(key: bytes, data: bytes) -> tuple:
+#: Symbolic shapes of the last few graphs, by digest of their weight-free skeleton.
+_SYMBOLIC: dict[bytes, tuple] = {}
+_SYMBOLIC_KEEP = 8
+
+
+def _symbolic_infer(model: onnx.ModelProto) -> tuple:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # needs sympy
-        inferred = SymbolicShapeInference.infer_shapes(onnx.ModelProto.FromString(data),
-                                                       auto_merge=True)
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception as exc:  # noqa: BLE001 - best effort
         log.debug("symbolic shape inference failed: %s", exc)
         return ()
@@ -87,9 +89,12 @@ def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, tuple[Shape, int]]:
     """Shapes from onnxruntime's symbolic shape inference, for a Reshape to a shape computed at
     run time that ONNX inference leaves unknown (the Paddle exporter writes them), and what
     follows it. Cached by graph: normalisation builds several indexes of the same graph."""
-    data = skeleton.SerializeToString()
-    key = hashlib.blake2b(data, digest_size=16).digest()
-    return {name: (shape, et) for name, shape, et in _symbolic_cached(key, data)}
+    key = hashlib.blake2b(skeleton.SerializeToString(), digest_size=16).digest()
+    if key not in _SYMBOLIC:
+        if len(_SYMBOLIC) >= _SYMBOLIC_KEEP:
+            del _SYMBOLIC[next(iter(_SYMBOLIC))]  # the oldest
+        _SYMBOLIC[key] = _symbolic_infer(skeleton)
+    return {name: (shape, et) for name, shape, et in _SYMBOLIC[key]}
 
 
 class Graph:
