@@ -158,18 +158,29 @@ def _sole_transpose(ed: _Edit, tensor: str, perm: list[int]) -> onnx.NodeProto |
     return t
 
 
+def _reshape_transpose(ed: _Edit, r1: onnx.NodeProto, perm: list[int]
+                       ) -> tuple[onnx.NodeProto, str, list[onnx.NodeProto]] | None:
+    """The untaken Transpose(perm) that alone reads Reshape ``r1``'s output — in a quantized
+    model through Q/DQ pairs on the grid of ``r1``'s input, identities there —, the tensor
+    after it (and after the pairs that follow it), and those pairs' nodes; or None."""
+    grid = _grid_of(ed, r1.input[0])
+    y1, pairs = _skip_pairs(ed, r1.output[0], grid)
+    t = _sole_transpose(ed, y1, perm)
+    if t is None:
+        return None
+    y2, more = _skip_pairs(ed, t.output[0], grid)
+    return t, y2, pairs + more
+
+
 def _transpose_via_reshape(ed: _Edit) -> int:
     count = 0
     se = ed.shapes
     for r1 in _reshapes(ed):
         x = r1.input[0]
-        grid = _grid_of(ed, x)  # a quantized K: its grid's Q/DQ pairs in between are identities
-        y1, pairs = _skip_pairs(ed, r1.output[0], grid)
-        t = _sole_transpose(ed, y1, [0, 2, 1])
-        if t is None:
+        found = _reshape_transpose(ed, r1, [0, 2, 1])
+        if found is None:
             continue
-        y2, more = _skip_pairs(ed, t.output[0], grid)
-        pairs += more
+        t, y2, pairs = found
         r2 = ed.sole_user(y2)
         if r2 is None or r2.op_type != "Reshape" or not ed.free(r2):
             continue
@@ -382,13 +393,10 @@ def _heads_with_batch(ed: _Edit) -> int:
     g, se = ed.graph, ed.shapes
     for r1 in _reshapes(ed):
         x = r1.input[0]
-        grid = _grid_of(ed, x)  # a quantized X: its grid's Q/DQ pairs in between are identities
-        y1, pairs = _skip_pairs(ed, r1.output[0], grid)
-        t = _sole_transpose(ed, y1, [1, 0, 2])
-        if t is None:
+        found = _reshape_transpose(ed, r1, [1, 0, 2])
+        if found is None:
             continue
-        y2, more = _skip_pairs(ed, t.output[0], grid)
-        pairs += more
+        t, y2, pairs = found
         # Besides the second Reshape, the legacy exporter reads the sequence length from the
         # transposed tensor: Gather(Shape(t), 1) — the same as Gather(Shape(x), 0).
         users = g.users(y2)
