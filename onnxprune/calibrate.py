@@ -47,7 +47,7 @@ import onnxruntime as ort
 
 from onnxprune import weights
 from onnxprune.analysis import ConsumerSite
-from onnxprune.graph import Graph
+from onnxprune.graph import Graph, all_inputs
 from onnxprune.modelio import Calibration
 from onnxprune.rules import rule_for
 from onnxprune.solvers.baselines import pfp_sensitivity
@@ -59,6 +59,8 @@ DEFAULT_MAX_POSITIONS = 256
 #: batch shrinks for large activations, so peak memory depends on neither the number of samples
 #: nor ``batch_size`` beyond it (a 224² ResNet-50 captures ~40 MB per sample).
 BATCH_BYTES = 256 << 20
+#: Activations the sequential methods keep between their per-group runs (ActivationCache).
+CACHE_BYTES = 512 << 20
 #: Rows per batch and consumer on which PFP sensitivities are evaluated (``--method sampling``).
 PFP_ROWS = 128
 
@@ -124,17 +126,128 @@ def probe_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto
     return m
 
 
+class ActivationCache:
+    """Run-time tensors of the model being pruned, per calibration batch, kept between the
+    per-group runs of the sequential methods: a run then computes only what lies between
+    cached tensors and the captured ones (:meth:`plan`), so the cost of one group does not grow
+    with the depth of the model.
+
+    Validity: nodes are numbered in topological order; a rewrite whose first changed node has
+    number ``p`` cannot change a tensor produced before ``p``, and :meth:`changed` drops the
+    others. Values are kept as onnxruntime returned them for each batch (padding rows of a
+    fixed-batch model included) and serve only runs with the same batches. At most ``limit``
+    bytes are held: what does not fit is not kept, and the run starts further up."""
+
+    def __init__(self, value_info: dict[str, onnx.ValueInfoProto], limit: int = CACHE_BYTES
+                 ) -> None:
+        self.value_info = value_info  # of the model (by name): the sub-models keep theirs
+        self.limit = limit
+        self.values: dict[str, list[np.ndarray]] = {}
+        self.batches: tuple | None = None  # (indices, samples per run) the values belong to
+        self.nbytes: dict[str, int] = {}
+        self.order: dict[str, int] | None = None  # initializer name → its position
+
+    def changed(self, first: int, position: dict[str, int], producer: dict) -> None:
+        """Nodes numbered ``first`` and after may have changed: drop what they compute."""
+        for name in [t for t in self.values if position[producer[t].name] >= first]:
+            del self.values[name]
+
+    def plan(self, model: onnx.ModelProto, graph: Graph, names: Sequence[str],
+             store: Sequence[str], batches: tuple, per_run: Callable[[str], int | None],
+             runs: int) -> tuple[onnx.ModelProto, dict[str, list[np.ndarray]], list[str], int]:
+        """``(sub-model, cut, kept, room)``: the sub-model computing ``names`` from the graph
+        inputs and the cached tensors ``cut`` it starts from (its inputs, with the graph inputs
+        it reads), the tensors of ``store`` it computes that fit in the cache (``per_run``: their
+        bytes per run, None when unknown: measured as they come) and the bytes the cache has
+        left for them (:func:`run_outputs` stops keeping what passes it)."""
+        if batches != self.batches:
+            self.values, self.nbytes, self.batches = {}, {}, batches
+        need: dict[str, onnx.NodeProto] = {}
+        cut: dict[str, list[np.ndarray]] = {}
+        inputs: set[str] = set()
+        stack = [(t, True) for t in names]  # a captured tensor itself is computed again
+        while stack:
+            t, target = stack.pop()
+            if t in self.values and not target:
+                cut[t] = self.values[t]
+                continue
+            node = graph.producer.get(t)
+            if node is None:
+                inputs.add(t)
+                continue
+            if node.name in need:
+                continue
+            need[node.name] = node
+            stack.extend((x, False) for x in all_inputs(node) if not graph.is_const(x))
+        room = total = self.limit - sum(self.nbytes[t] for t in cut)
+        kept = []
+        for t in dict.fromkeys(store):
+            p = graph.producer.get(t)
+            if p is None or p.name not in need:
+                continue
+            size = per_run(t)
+            if size is None or size * runs <= room:  # unknown: measured during the run
+                room -= 0 if size is None else size * runs
+                kept.append(t)
+        position = {n.name: i for i, n in enumerate(graph.nodes) if n.name in need}
+        nodes = sorted(need.values(), key=lambda n: position[n.name])
+        m = onnx.ModelProto()
+        m.ir_version = model.ir_version
+        m.opset_import.extend(model.opset_import)
+        m.functions.extend(model.functions)
+        g = m.graph
+        g.name = model.graph.name
+        g.node.extend(nodes)
+        # the order of the model's own lists (onnxruntime's optimisations may depend on it)
+        reads = {x for n in nodes for x in all_inputs(n)}
+        if self.order is None or any(x not in self.order for x in reads if graph.is_const(x)):
+            self.order = {name: i for i, name in enumerate(graph.initializers)}
+        g.initializer.extend(graph.initializers[x] for x in sorted(
+            (x for x in reads if graph.is_const(x)), key=self.order.__getitem__))
+        seen = {o for n in nodes for o in n.output} | reads
+        g.value_info.extend(vi for name, vi in self.value_info.items() if name in seen)
+        g.input.extend(i for i in model.graph.input if i.name in inputs)
+        for t in sorted(cut):  # typed and shaped as in the model (shape-based fusions)
+            if t in self.value_info:
+                g.input.add().CopyFrom(self.value_info[t])
+            else:
+                g.input.append(onnx.helper.make_tensor_value_info(t, graph.elem_types[t], None))
+        return m, cut, kept, total
+
+    def keep(self, cut: dict[str, list[np.ndarray]], stored: dict[str, list[np.ndarray]]
+             ) -> None:
+        """After a run: the tensors it started from and those it stored, nothing else."""
+        self.values = {**cut, **stored}
+        self.nbytes = {t: sum(a.nbytes for a in v) for t, v in self.values.items()}
+
+
 def run_outputs(sess: ort.InferenceSession, calib: Calibration, indices: np.ndarray,
-                names: Sequence[str], batch_size: int = 32):
+                names: Sequence[str], batch_size: int = 32,
+                cut: dict[str, list[np.ndarray]] | None = None,
+                stored: dict[str, list[np.ndarray]] | None = None, room: int = 0):
     """Yield ``({name: array}, token_mask)`` per batch, sample axis first, padding rows dropped;
     ``token_mask`` is the batch's ``[n, seq]`` boolean valid-token mask, or None when the
-    calibration has none (see :func:`token_valid`)."""
-    for feed, valid in calib.feeds(indices, batch_size):
-        outs = sess.run(list(names), feed)
+    calibration has none (see :func:`token_valid`). ``cut``: values of batch ``b`` fed to the
+    session beside the graph inputs it reads (:meth:`ActivationCache.plan`); ``stored``: lists
+    that receive each batch's value of their tensor as onnxruntime returns it, as long as they
+    hold at most ``room`` bytes together (a tensor that would pass it is dropped)."""
+    stored = {} if stored is None else stored
+    inputs = None if cut is None else {i.name for i in sess.get_inputs()}
+    used = 0
+    for b, (feed, valid) in enumerate(calib.feeds(indices, batch_size)):
+        run_feed = feed if cut is None else {
+            **{k: v for k, v in feed.items() if k in inputs}, **{t: v[b] for t, v in cut.items()}}
+        fetch = list(names) + [t for t in stored if t not in names]
+        outs = dict(zip(fetch, sess.run(fetch, run_feed)))
+        for t in list(stored):
+            stored[t].append(outs[t])
+            used += outs[t].nbytes
+            if used > room:  # what passes the cache's room is not kept
+                used -= sum(a.nbytes for a in stored.pop(t))
         fed = len(next(iter(feed.values()))) if calib.mode != "unbatched" else 1
         batch = {}
-        for name, arr in zip(names, outs):
-            arr = np.asarray(arr)
+        for name in names:
+            arr = np.asarray(outs[name])
             # Only padded runs drop rows: an intermediate tensor's first axis need not be the
             # sample axis (sequence-first attention: [s·b, E]).
             batch[name] = arr[None] if calib.mode == "unbatched" else (
@@ -294,15 +407,19 @@ def _add(acc: np.ndarray | None, x: np.ndarray) -> np.ndarray:
     return x if acc is None else acc + x
 
 
+def tensor_bytes(graph: Graph, name: str) -> int | None:
+    """Bytes of run-time tensor ``name`` as inferred for one sample; None when unknown (a
+    symbolic dim, or -1 as some exporters write for one)."""
+    shape, et = graph.static_shape(name), graph.elem_types.get(name)
+    if shape is None or not et or any(d < 0 for d in shape):
+        return None
+    return weights.nbytes(shape, et)
+
+
 def memory_batch(graph: Graph, names: Sequence[str], batch_size: int, runs: int = 1) -> int:
     """``batch_size``, or fewer samples so that ``runs`` models' captured ``names`` of one
     batch stay under :data:`BATCH_BYTES` (shapes as inferred for one sample; unknown: 0)."""
-    per_sample = 0
-    for name in names:
-        shape, et = graph.static_shape(name), graph.elem_types.get(name)
-        if shape is not None and et:
-            per_sample += weights.nbytes(shape, et)
-    per_sample *= runs
+    per_sample = sum(tensor_bytes(graph, name) or 0 for name in names) * runs
     return batch_size if per_sample == 0 else max(1, min(batch_size, BATCH_BYTES // per_sample))
 
 
@@ -311,7 +428,10 @@ def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: n
             batch_size: int = 32, reference: tuple[onnx.ModelProto, Graph] | None = None,
             truncate: bool = True, sensitivity: bool = False,
             progress: Callable[[str], None] | None = None,
-            memory_sites: Sequence[ConsumerSite] | None = None) -> list[SiteStats]:
+            memory_sites: Sequence[ConsumerSite] | None = None,
+            cache: tuple[ActivationCache, Sequence[str]] | None = None,
+            reference_cache: tuple[ActivationCache, Sequence[str]] | None = None
+            ) -> list[SiteStats]:
     """Run the model on ``indices`` and return every site's streamed statistics; with
     ``reference`` (a model and its index, same tensor and node names) also the cross statistics.
     ``truncate``: run only the ancestors of the captured tensors; ``sensitivity``: also the PFP
@@ -323,7 +443,10 @@ def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: n
     Grams at once, so the floating-point sums depend on the batch. ``memory_sites`` (default:
     ``sites``) are the sites whose tensors size it: give every prunable site of the model
     (``Analysis.prunable_sites``) and the statistics of any subset of them are those of the
-    whole set (a statistics file, a budget, a sweep and a plain prune agree to the bit)."""
+    whole set (a statistics file, a budget, a sweep and a plain prune agree to the bit).
+
+    ``cache`` / ``reference_cache`` (with ``truncate``): an :class:`ActivationCache` of the
+    model / the reference and the tensors to keep in it for the next run."""
     acc = GramAccumulator(graph, sites, seed, max_positions,
                           None if reference is None else reference[1], sensitivity)
     if not sites:
@@ -331,20 +454,35 @@ def collect(model: onnx.ModelProto, graph: Graph, calib: Calibration, indices: n
     names = acc.tensors
     bound = names if memory_sites is None else sorted({s.tensor for s in memory_sites})
     batch_size = memory_batch(graph, bound, batch_size, 1 if reference is None else 2)
-
-    def open_(m: onnx.ModelProto, g: Graph) -> ort.InferenceSession:
-        if truncate:
-            return session(probe_model(m, names), names, g.elem_types)
-        return session(m, names, g.elem_types)
-
-    runs = run_outputs(open_(model, graph), calib, indices, names, batch_size)
     step = calib.step(batch_size)
     ids = [np.asarray(indices)[s:s + step] for s in range(0, len(indices), step)]
+    batches = (np.asarray(indices).tobytes(), step)
+    done = []
+
+    def open_(m: onnx.ModelProto, g: Graph, cached):
+        if truncate and cached is not None:
+            c, store = cached
+
+            def per_run(t: str) -> int | None:
+                size = tensor_bytes(g, t)
+                return None if size is None else size * (step if calib.mode == "batched" else 1)
+
+            sub, cut, kept, room = c.plan(m, g, names, store, batches, per_run, len(ids))
+            stored: dict[str, list[np.ndarray]] = {t: [] for t in kept}
+            done.append(partial(c.keep, cut, stored))
+            return run_outputs(session(sub, list(names) + kept, g.elem_types), calib, indices,
+                               names, batch_size, cut, stored, room)
+        sess = session(probe_model(m, names) if truncate else m, names, g.elem_types)
+        return run_outputs(sess, calib, indices, names, batch_size)
+
+    runs = open_(model, graph, cache)
     tick = progress if getattr(progress, "live", False) else (lambda msg: None)
-    ref_runs = (run_outputs(open_(*reference), calib, indices, names, batch_size)
+    ref_runs = (open_(*reference, reference_cache)
                 if reference is not None else itertools.repeat((None, None)))
     for b, ((batch, mask), (ref, _), chunk) in enumerate(zip(runs, ref_runs, ids)):
         acc.update(batch, ref, mask, chunk)
         tick(f"calibration batch {b + 1}/{len(ids)}")
+    for keep in done:
+        keep()
     log.debug("collected statistics of %d consumer(s) on %d sample(s)", len(sites), len(indices))
     return acc.result()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -171,6 +171,34 @@ class Graph:
             for sg in subgraphs(n):
                 visit(sg)
         return refs
+
+    def rebind(self, model: onnx.ModelProto) -> Graph:
+        """The index of ``model``, an exact copy of this index's model, with the shapes already
+        inferred here (no second inference)."""
+        g = Graph(model, infer_shapes=False)
+        g.shapes, g.elem_types = dict(self.shapes), dict(self.elem_types)
+        return g
+
+    def rewritten(self, constants: Mapping[str, tuple[int, ...]],
+                  axes: Mapping[str, tuple[int, int]],
+                  added: Iterable[tuple[str, int, onnx.TensorProto]] = ()) -> None:
+        """Keep the index valid after an in-place rewrite that removed no name and linked no
+        node differently (the nodes and initializers indexed are the model's own, edited in
+        place): ``added`` are new initializers ``(node, input index, tensor)`` given to a node
+        (a bias); ``constants`` got new values of these shapes; run-time tensors ``axes`` now
+        have ``length`` entries along ``axis`` — what shape inference of the rewritten model
+        gives them."""
+        for node, i, t in added:
+            self.initializers[t.name] = t
+            self.consumers.setdefault(t.name, []).append((self._by_name[node], i))
+            self.elem_types[t.name] = t.data_type
+        for name, shape in constants.items():
+            self._const_cache.pop(name, None)
+            self.shapes[name] = tuple(int(d) for d in shape)
+        for name, (axis, length) in axes.items():
+            s = self.shapes.get(name)
+            if s is not None and axis < len(s) and isinstance(s[axis], int):
+                self.shapes[name] = s[:axis] + (int(length),) + s[axis + 1:]
 
     # -- queries -------------------------------------------------------------------------------
     def const(self, name: str) -> np.ndarray | None:

@@ -161,6 +161,7 @@ class Job:
         if not self.analysis.groups:
             operator_format(self.normalized)
         self.stats = None
+        self.statistics_runs = 0  # see Report.statistics_runs
         if self.stats_files:
             if opts.method == "sampling":
                 raise OptionError("--method sampling measures its sensitivities while "
@@ -211,6 +212,7 @@ class Job:
             o = self.opts
             groups = [g for g in self.analysis.groups if g.prunable and g.name not in excluded]
             sites = [s for g in groups for s in g.consumers]
+            self.statistics_runs += 1
             self.stats = dict(zip(sites, calibrate.collect(
                 self.normalized, self.graph, self.cal, self.sel_idx, sites, o.seed,
                 o.max_positions, o.batch_size, sensitivity=o.method == "sampling",
@@ -240,6 +242,7 @@ class Job:
                 current)
             lineage = results[0].info["lineage"]
             decisions.update(results[0].info["decisions"])
+            self.statistics_runs += results[0].info.get("statistics_runs", 0)
         final = [CleanupPass()] + ([QdqLowerPass(self.quantized)] if self.quantized else [])
         return run_passes(final, current)[0], decisions
 
@@ -302,7 +305,7 @@ class Job:
             min_keep=plan.min_keep, exclude=tuple(sorted(plan.excluded)), budget=budget,
             token_mask=self.cal.token_mask, safeguard=guard,
             holdout_source="calibration" if self.holdout_source is None else "holdout_data",
-            reference=self._reference_info())
+            reference=self._reference_info(), statistics_runs=self.statistics_runs)
         sources = run_sources(self.loaded.path, self.loaded.data_files, self.calib_source)
         if isinstance(self.holdout_source, (str, os.PathLike)):
             sources["held-out data"] = Path(self.holdout_source)

@@ -64,6 +64,10 @@ class Report:
     # fidelity measured against a reference model (--reference): its name, and the input
     # model's own fidelity against it (the quantized model before pruning)
     reference: dict | None = None
+    # runs of the model over the selection samples that collected statistics: one for a
+    # one-shot prune, a whole budget search or --min-cosine search; one per group and round more
+    # for seq/asym; none when they were read from statistics files
+    statistics_runs: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -78,7 +82,7 @@ class Report:
             "steps": self.steps, "round_to": self.round_to, "min_keep": self.min_keep,
             "exclude": list(self.exclude), "budget": self.budget, "token_mask": self.token_mask,
             "safeguard": self.safeguard, "holdout_source": self.holdout_source,
-            "reference": self.reference,
+            "reference": self.reference, "statistics_runs": self.statistics_runs,
             "macs_fraction": self.macs_after / self.macs_before if self.macs_before else 1.0,
             "params_fraction": (self.params_after / self.params_before
                                 if self.params_before else 1.0),

@@ -14,7 +14,7 @@ Shared initializers are never sliced in place for one user: a private copy is ma
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -46,33 +46,54 @@ def kept_positions(analysis: Analysis, keeps: Mapping[int, np.ndarray], name: st
     return np.concatenate(parts).astype(np.int64) if changed else None
 
 
+class ModelIndex:
+    """The names, uses and initializer types of a model that a rewrite consults and updates. A
+    rewrite that linked no node differently (:attr:`RewriteContext.renamed` false) leaves it
+    valid, so the sequential methods build it once for many in-place rewrites."""
+
+    def __init__(self, model: onnx.ModelProto, graph: Graph) -> None:
+        g = model.graph
+        self.nodes = {n.name: n for n in g.node}
+        self.dtypes: dict[str, np.dtype] = {
+            t.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+            for t in g.initializer}
+        self.uses: dict[str, int] = {}
+        for n in g.node:
+            for x in n.input:
+                self.uses[x] = self.uses.get(x, 0) + 1
+        for o in g.output:
+            self.uses[o.name] = self.uses.get(o.name, 0) + 1
+        for x in graph.subgraph_refs:
+            self.uses[x] = self.uses.get(x, 0) + 1
+        self.names = {t.name for t in g.initializer} | {
+            x for n in g.node for x in list(n.input) + list(n.output)}
+        self.value_info = {vi.name: vi for vi in g.value_info}
+
+
 class RewriteContext:
     """What a rule may do during rewrite."""
 
     def __init__(self, model: onnx.ModelProto, graph: Graph, analysis: Analysis | None,
-                 keeps: Mapping[int, np.ndarray]) -> None:
+                 keeps: Mapping[int, np.ndarray], index: ModelIndex | None = None) -> None:
         self.model = model
         self.graph = graph  # index of the *original* model (constants, shapes)
         self.analysis = analysis
         self.keeps = keeps
-        self.nodes = {n.name: n for n in model.graph.node}
+        self.index = index if index is not None else ModelIndex(model, graph)
+        self.nodes = self.index.nodes
+        self.dtypes = self.index.dtypes
+        self.uses = self.index.uses
+        self._names = self.index.names
         self.new_values: dict[str, np.ndarray] = {}
-        self.dtypes: dict[str, np.dtype] = {
-            t.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
-            for t in model.graph.initializer}
-        self.uses: dict[str, int] = {}
-        for n in model.graph.node:
-            for x in n.input:
-                self.uses[x] = self.uses.get(x, 0) + 1
-        for o in model.graph.output:
-            self.uses[o.name] = self.uses.get(o.name, 0) + 1
-        for x in graph.subgraph_refs:
-            self.uses[x] = self.uses.get(x, 0) + 1
+        # a name was created for a private copy of a shared constant or a copied node (the
+        # graph's links changed); new constant inputs of a node are listed in ``added``
+        self.renamed = False
+        self.added: list[tuple[str, int, str]] = []  # (node, input index, new constant)
         self._shapes = None
         self._copies: dict[tuple, onnx.NodeProto] = {}
         self._inserted: list[tuple[str, onnx.NodeProto]] = []  # (after node, new node)
-        self._names = {t.name for t in model.graph.initializer} | {
-            x for n in model.graph.node for x in list(n.input) + list(n.output)}
+        self.new_shapes: dict[str, tuple[int, ...]] = {}  # constants given new values (finalize)
+        self.new_tensors: dict[str, onnx.TensorProto] = {}  # initializers added in place
 
     @property
     def shapes(self):
@@ -136,7 +157,8 @@ class RewriteContext:
             return self.new_values[name]
         return self.graph.const(name)
 
-    def _fresh(self, base: str) -> str:
+    def _fresh(self, base: str, renames: bool = True) -> str:
+        self.renamed |= renames
         name, k = base, 1
         while name in self._names:
             name = f"{base}_{k}"
@@ -165,7 +187,8 @@ class RewriteContext:
             dtype = self.dtypes.get(node.input[1], np.dtype(np.float32))
         else:
             dtype = np.asarray(value).dtype
-        new = self._fresh(f"{node.name}_{suffix}")
+        new = self._fresh(f"{node.name}_{suffix}", renames=False)
+        self.added.append((node.name, i, new))
         self.dtypes[new] = np.dtype(dtype)
         self.new_values[new] = np.ascontiguousarray(np.asarray(value).astype(dtype))
         self.uses[new] = 1
@@ -174,7 +197,11 @@ class RewriteContext:
         node.input[i] = new
 
     # -- finish ----------------------------------------------------------------------------------
-    def finalize(self) -> None:
+    def finalize(self, tensors: Sequence[str] | None = None) -> None:
+        """Store the new values, drop unused initializers and fix the value_info shapes.
+        ``tensors``: the only channel-carrying tensors that can have lost channels (a rewrite in
+        place of one group's channels); then, when no name was created, only their value_info
+        and that of the changed constants is visited."""
         g = self.model.graph
         if self._inserted:  # copies go right after their originals (topological order kept)
             after: dict[str, list[onnx.NodeProto]] = {}
@@ -186,26 +213,23 @@ class RewriteContext:
                 nodes.extend(after.get(n.name, []))
             del g.node[:]
             g.node.extend(nodes)
-        used = {x for n in g.node for x in n.input} | {o.name for o in g.output} | set(
-            self.graph.subgraph_refs)
-        # New values are written into the initializers in place, one at a time (no second copy
-        # of the model's weights: large models rewrite gigabytes here).
-        # Each array is dropped once stored.
         shapes = {name: arr.shape for name, arr in self.new_values.items()}
-        seen, unused = set(), []
-        for i, t in enumerate(g.initializer):
-            seen.add(t.name)
-            if t.name not in used:
-                unused.append(i)
-            elif t.name in self.new_values:
-                _store(t, self.new_values, t.name)
-        for i in reversed(unused):
-            del g.initializer[i]
-        for name in [n for n in self.new_values if n not in seen and n in used]:
-            _store(g.initializer.add(), self.new_values, name)
-        self.new_values.clear()
+        self.new_shapes = shapes
+        if tensors is not None and not self.renamed:
+            # every new value replaces the initializer of its name or is a new input; nothing
+            # became unused. New initializers go last, as the general path puts them.
+            for name in list(self.new_values):
+                t = self.graph.initializers.get(name)
+                if t is None:
+                    t = self.new_tensors[name] = g.initializer.add()
+                _store(t, self.new_values, name)
+            vi = self.index.value_info
+            infos = [vi[n] for n in dict.fromkeys([*shapes, *tensors]) if n in vi]
+        else:
+            self._store_all()
+            infos = g.value_info
         # value_info of changed constants: exact shapes; of channel-carrying tensors: the axis
-        for vi in g.value_info:
+        for vi in infos:
             if vi.name in shapes:
                 dims = vi.type.tensor_type.shape.dim
                 shape = shapes[vi.name]
@@ -221,6 +245,26 @@ class RewriteContext:
             ax = self.layout(vi.name).axis
             if ax < len(dims) and dims[ax].HasField("dim_value"):
                 dims[ax].dim_value = int(len(cols))
+
+    def _store_all(self) -> None:
+        g = self.model.graph
+        used = {x for n in g.node for x in n.input} | {o.name for o in g.output} | set(
+            self.graph.subgraph_refs)
+        # New values are written into the initializers in place, one at a time (no second copy
+        # of the model's weights: large models rewrite gigabytes here).
+        # Each array is dropped once stored.
+        seen, unused = set(), []
+        for i, t in enumerate(g.initializer):
+            seen.add(t.name)
+            if t.name not in used:
+                unused.append(i)
+            elif t.name in self.new_values:
+                _store(t, self.new_values, t.name)
+        for i in reversed(unused):
+            del g.initializer[i]
+        for name in [n for n in self.new_values if n not in seen and n in used]:
+            _store(g.initializer.add(), self.new_values, name)
+        self.new_values.clear()
 
 
 def _store(t: onnx.TensorProto, values: dict[str, np.ndarray], name: str) -> None:
@@ -247,11 +291,57 @@ def apply(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
     out = onnx.ModelProto()
     out.CopyFrom(model)
     rw = RewriteContext(out, graph, analysis, keeps)
+    _rewrite(rw, consumer_weights, analysis.touched)
+    rw.finalize()
+    return out
+
+
+def apply_in_place(model: onnx.ModelProto, graph: Graph, analysis: Analysis,
+                   keeps: Mapping[int, np.ndarray],
+                   consumer_weights: Mapping[ConsumerSite, tuple[np.ndarray, np.ndarray | None]],
+                   nodes: Sequence[str], tensors: Sequence[str], index: ModelIndex
+                   ) -> RewriteContext:
+    """Prune ``model`` itself (``graph`` and ``index`` are built on it): only the rules of
+    ``nodes`` run and only ``tensors`` can lose channels (one group's, :class:`Regions`),
+    which is all that ``apply`` would do for these keeps, without visiting the rest of the
+    model. Returns the context: ``renamed`` says whether ``graph``/``index`` are now stale;
+    otherwise :meth:`Graph.rewritten` brings ``graph`` up to date."""
+    rw = RewriteContext(model, graph, analysis, keeps, index)
+    _rewrite(rw, consumer_weights, nodes)
+    rw.finalize(tensors)
+    return rw
+
+
+def _rewrite(rw: RewriteContext, consumer_weights, nodes: Sequence[str]) -> None:
     for site, (W, bias) in consumer_weights.items():
         node = rw.nodes[site.node]
         rule_for(node).write_weights(node, rw, W, bias)
-    for name in analysis.touched:
+    for name in nodes:
         node = rw.nodes[name]
         rule_for(node).rewrite(node, rw)
-    rw.finalize()
-    return out
+
+
+class Regions:
+    """Where a rewrite that removes channels of some channel sets acts (:func:`apply_in_place`),
+    indexed once per analysis: ``of(set_ids)`` gives ``(nodes, tensors)``, the tensors whose
+    layout has a span of one of the sets and the touched nodes (in analysis order) that read
+    or write one of them. That is all a rewrite for those sets changes: every rule acts only
+    on a tensor with kept positions (:func:`kept_positions`)."""
+
+    def __init__(self, analysis: Analysis, graph: Graph) -> None:
+        self.graph = graph
+        self.by_set: dict[int, list[str]] = {}
+        for name, lay in analysis.layouts.items():
+            for sid in dict.fromkeys(analysis.block_set[s.block] for s in lay.spans):
+                self.by_set.setdefault(sid, []).append(name)
+        self.order = {n: i for i, n in enumerate(analysis.touched)}
+
+    def of(self, set_ids) -> tuple[list[str], list[str]]:
+        tensors = list(dict.fromkeys(t for sid in set_ids for t in self.by_set.get(sid, ())))
+        near: set[str] = set()
+        for t in tensors:
+            p = self.graph.producer.get(t)
+            if p is not None:
+                near.add(p.name)
+            near.update(u.name for u, _ in self.graph.users(t))
+        return sorted((n for n in near if n in self.order), key=self.order.__getitem__), tensors

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,7 @@ import onnx
 from onnxprune import calibrate, rewrite, weights
 from onnxprune.analysis import Analysis, ConsumerSite, Group, analyze
 from onnxprune.errors import PassError
-from onnxprune.graph import Graph
+from onnxprune.graph import Graph, all_inputs
 from onnxprune.modelio import Calibration
 from onnxprune.passbase import Pass, PassResult
 from onnxprune.rules import rule_for
@@ -58,12 +58,15 @@ class Lineage:
     def positions(self, tensor: str, n: int) -> np.ndarray:
         return self.origin.get(tensor, np.arange(n))
 
-    def after(self, analysis: Analysis, keeps: Mapping[int, np.ndarray]) -> Lineage:
+    def after(self, analysis: Analysis, keeps: Mapping[int, np.ndarray],
+              tensors: Iterable[str] | None = None) -> Lineage:
+        """The lineage once ``keeps`` are applied; ``tensors``: the only ones that can lose
+        channels (default: every tensor with a layout)."""
         new = dict(self.origin)
-        for name, lay in analysis.layouts.items():
+        for name in analysis.layouts if tensors is None else tensors:
             k = rewrite.kept_positions(analysis, keeps, name)
             if k is not None:
-                new[name] = self.positions(name, lay.channels)[k]
+                new[name] = self.positions(name, analysis.layouts[name].channels)[k]
         return Lineage(new)
 
 
@@ -71,8 +74,35 @@ def find_group(analysis: Analysis, name: str) -> Group | None:
     return next((g for g in analysis.groups if g.name == name), None)
 
 
+class _InPlace:
+    """What the sequential loop keeps between in-place rewrites of one model structure."""
+
+    def __init__(self, model: onnx.ModelProto, graph: Graph, analysis: Analysis) -> None:
+        self.graph = graph
+        self.index = rewrite.ModelIndex(model, graph)
+        self.regions = rewrite.Regions(analysis, graph)
+        self.position = {node.name: i for i, node in enumerate(graph.nodes)}
+        self.cache = calibrate.ActivationCache(self.index.value_info)
+
+    def inputs_before(self, region: set[str]) -> list[str]:
+        """The run-time tensors the nodes ``region`` read that are computed before all of them
+        (a rewrite of ``region`` leaves them as they are: the next run can start there)."""
+        first = min(self.position[n] for n in region)
+        out = []
+        for name in region:
+            for x in all_inputs(self.graph.node(name)):
+                p = self.graph.producer.get(x)
+                if p is not None and self.position[p.name] < first:
+                    out.append(x)
+        return sorted(set(out))
+
+
 class ChannelPrunePass(Pass):
     name = "channel-prune"
+    #: seq/asym: keep the analysis and activations across groups when a rewrite allows it. Off,
+    #: every group re-indexes, re-analyses and runs the model from its inputs (the tests check
+    #: that both give the same model).
+    incremental = True
 
     def __init__(self, calib: Calibration, indices: np.ndarray, options: PruneOptions,
                  progress: Callable[[str], None] | None = None,
@@ -97,11 +127,14 @@ class ChannelPrunePass(Pass):
         if len(set(names)) != len(names) or not all(names):
             raise PassError("channel-prune requires unique node names (run NormalizePass first)")
 
-    def _collect(self, model, graph, sites, reference=None, memory_sites=None):
+    def _collect(self, model, graph, sites, reference=None, memory_sites=None, cache=None,
+                 reference_cache=None):
         opt = self.options
+        self.statistics_runs += 1
         return calibrate.collect(model, graph, self.calib, self.indices, sites, opt.seed,
                                  opt.max_positions, opt.batch_size, reference, opt.truncate,
-                                 opt.method == "sampling", self.progress, memory_sites)
+                                 opt.method == "sampling", self.progress, memory_sites, cache,
+                                 reference_cache)
 
     def _decide(self, graph, analysis, group, stats, index, targets=None) -> GroupDecision:
         opt = self.options
@@ -113,6 +146,7 @@ class ChannelPrunePass(Pass):
         graph = Graph(model)
         analysis = analyze(graph)
         todo = [(i, g) for i, g in enumerate(analysis.groups) if removes_anything(g, opt.plan)]
+        self.statistics_runs = 0
         info: dict = {"analysis": analysis, "decisions": {}, "lineage": self.lineage}
         if not todo:
             return PassResult(model, False, info)
@@ -120,7 +154,7 @@ class ChannelPrunePass(Pass):
             pruned, decisions, lineage = self._sequential(model, graph, analysis, todo)
         else:
             pruned, decisions, lineage = self._one_shot(model, graph, analysis, todo)
-        info.update(decisions=decisions, lineage=lineage)
+        info.update(decisions=decisions, lineage=lineage, statistics_runs=self.statistics_runs)
         return PassResult(pruned, True, info)
 
     def _one_shot(self, model, graph, analysis, todo):
@@ -157,17 +191,33 @@ class ChannelPrunePass(Pass):
         return pruned, decisions, self.lineage.after(analysis, keeps)
 
     def _sequential(self, model, graph, analysis, todo):
+        """One copy of the model, pruned in place group after group. A rewrite that links no
+        node differently (no private copy of a shared constant, no copied node; a new bias input
+        is fine) changes only the channel count of the group's own tensors and constants'
+        values, so the analysis of
+        the rewritten model is the same but for the group just pruned, which is never visited
+        again: the analysis, the graph index (:meth:`Graph.rewritten`) and the activations
+        computed before the rewritten nodes (:class:`calibrate.ActivationCache`) are kept, and
+        each group costs what its own sub-graph costs. Any other rewrite re-indexes and
+        re-analyses the whole model, as every group did before."""
         opt = self.options
         asym = opt.method == "asym"
         ref = self.reference if self.reference is not None else model
         ref_graph = Graph(ref) if asym else None
+        ref_cache = calibrate.ActivationCache({vi.name: vi for vi in ref.graph.value_info}) \
+            if asym and self.incremental else None
         lineage = self.lineage
         decisions: dict[str, GroupDecision] = {}
-        current = model
+        current = onnx.ModelProto()
+        current.CopyFrom(model)
+        graph = graph.rebind(current)
+        state = None
         for n, (index, first) in enumerate(todo):
-            if n:
-                graph = Graph(current)
-                analysis = analyze(graph)
+            if state is None:
+                if n:
+                    graph = Graph(current)
+                    analysis = analyze(graph)
+                state = _InPlace(current, graph, analysis)
             group = find_group(analysis, first.name)
             if group is None or not removes_anything(group, opt.plan):
                 log.warning("group '%s' changed while pruning earlier groups; left as it is",
@@ -176,12 +226,29 @@ class ChannelPrunePass(Pass):
             self.progress(f"group {n + 1}/{len(todo)} '{group.name}' ({group.size} channels): "
                           f"calibrating the model pruned so far and selecting")
             targets = self._targets(group, graph, analysis, ref_graph, lineage) if asym else None
-            stats = self._collect(current, graph, group.consumers,
-                                  (ref, ref_graph) if asym else None)
+            nodes, tensors = state.regions.of([s.id for s in group.sets])
+            region = {*nodes, *group.producers, *(s.node for s in group.consumers)}
+            store = state.inputs_before(region)
+            stats = self._collect(
+                current, graph, group.consumers, (ref, ref_graph) if asym else None,
+                cache=(state.cache, store) if self.incremental else None,
+                reference_cache=None if ref_cache is None else (
+                    ref_cache, store + [s.tensor for s in group.consumers]))
             d = self._decide(graph, analysis, group, stats, index, targets)
-            current = rewrite.apply(current, graph, analysis, d.set_keeps, d.weights)
-            lineage = lineage.after(analysis, d.set_keeps)
+            rw = rewrite.apply_in_place(current, graph, analysis, d.set_keeps, d.weights, nodes,
+                                        tensors, state.index)
+            lineage = lineage.after(analysis, d.set_keeps, tensors)
             decisions[group.name] = d
+            if rw.renamed or not self.incremental:
+                state = None
+                continue
+            graph.rewritten(rw.new_shapes, {
+                t: (analysis.layouts[t].axis, len(cols)) for t in tensors
+                if (cols := rw.keep_cols(t)) is not None},
+                [(node, i, rw.new_tensors[name]) for node, i, name in rw.added])
+            changed = region | {u.name for c in rw.new_shapes for u, _ in graph.users(c)}
+            state.cache.changed(min(state.position[c] for c in changed), state.position,
+                                graph.producer)
         return current, decisions, lineage
 
     @staticmethod
