@@ -14,10 +14,11 @@ import onnx
 
 from onnxprune import calibrate, options, weights
 from onnxprune import stats as stats_io
-from onnxprune.analysis import Analysis, analyze
+from onnxprune.analysis import analyze
 from onnxprune.budget import ALLOCATIONS, Allocation, Budget, Planner, measure
 from onnxprune.errors import OptionError, PassError
 from onnxprune.graph import Graph
+from onnxprune.groups import Analysis
 from onnxprune.job import (Job, JobOptions, open_session, sample_shapes,  # noqa: F401
                            split_samples, stats_options, worst_cosine)
 from onnxprune.modelio import load_calibration, load_model

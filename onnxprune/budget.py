@@ -46,11 +46,11 @@ import numpy as np
 import onnx
 
 from onnxprune import rewrite
-from onnxprune.analysis import Analysis, ConsumerSite, Group
 from onnxprune.calibrate import SiteStats
 from onnxprune.downstream import DownstreamRunner
 from onnxprune.errors import OptionError
 from onnxprune.graph import Graph
+from onnxprune.groups import Analysis, ConsumerSite, Group
 from onnxprune.metrics import count_macs, count_params
 from onnxprune.modelio import Calibration
 from onnxprune.rules import rule_for

@@ -46,8 +46,8 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune import weights
-from onnxprune.analysis import ConsumerSite
 from onnxprune.graph import Graph, all_inputs
+from onnxprune.groups import ConsumerSite
 from onnxprune.modelio import Calibration
 from onnxprune.rules import rule_for
 from onnxprune.solvers.baselines import pfp_sensitivity

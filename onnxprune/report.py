@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onnxprune.analysis import Analysis, Group
+from onnxprune.groups import Analysis, Group
 from onnxprune.verify import OutputFidelity
 
 

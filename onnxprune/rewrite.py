@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.analysis import Analysis, ConsumerSite
 from onnxprune.graph import Graph
+from onnxprune.groups import Analysis, ConsumerSite
 from onnxprune.layout import Layout
 from onnxprune.rules import rule_for
 

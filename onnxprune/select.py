@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from onnxprune.analysis import Analysis, ConsumerSite, Group
 from onnxprune.calibrate import SiteStats
 from onnxprune.graph import Graph
+from onnxprune.groups import Analysis, ConsumerSite, Group
 from onnxprune.rules import output_scale, rule_for
 from onnxprune.solvers import (
     ConsumerStats,

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.analysis import ConsumerSite, analyze
+from onnxprune.analysis import analyze
 from onnxprune.calibrate import SiteStats
 from onnxprune.errors import CalibrationError, OutputError
 from onnxprune.graph import Graph
+from onnxprune.groups import ConsumerSite
 from onnxprune.modelio import load_calibration, load_model
 from onnxprune.passbase import run_passes
 from onnxprune.passes import NormalizePass

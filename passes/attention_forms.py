@@ -59,125 +59,23 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from onnxprune.graph import Graph, all_inputs, attr
-from onnxprune.shapes import Dim, ShapeEval
+from onnxprune.graph import all_inputs, attr
+from onnxprune.passes.attention_edit import (Edit, axes_of, grid_of, perm_of, qdq_pair,
+                                             remove_dead, reshape_transpose, reshapes,
+                                             skip_pairs)
+from onnxprune.shapes import Dim
 
 log = logging.getLogger(__name__)
 
 
-class _Edit:
-    """Accumulates node replacements on a list of nodes (topologically ordered)."""
-
-    def __init__(self, model: onnx.ModelProto, nodes: list[onnx.NodeProto],
-                 lifted: frozenset[str] = frozenset()) -> None:
-        self.model = model
-        self.nodes = nodes
-        self.lifted = lifted  # weights lifted from quantized storage (passes.qdq)
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        del m.graph.node[:]
-        m.graph.node.extend(nodes)
-        self.graph = Graph(m)
-        self.shapes = ShapeEval(self.graph)
-        self.removed: set[int] = set()
-        self.replaced: dict[int, list[onnx.NodeProto]] = {}  # at the position of node i
-        self.new_inits: list[onnx.TensorProto] = []
-        self._ids = {id(n): i for i, n in enumerate(self.graph.nodes)}  # same order as nodes
-        self._names = {x for n in nodes for x in list(n.input) + list(n.output)} | {
-            t.name for t in model.graph.initializer} | {n.name for n in nodes}
-
-    def index(self, node: onnx.NodeProto) -> int:
-        return self._ids[id(node)]
-
-    def free(self, node: onnx.NodeProto) -> bool:
-        return self.index(node) not in self.removed and self.index(node) not in self.replaced
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self._names:
-            name, k = f"{base}_{k}", k + 1
-        self._names.add(name)
-        return name
-
-    def const(self, base: str, value: np.ndarray) -> str:
-        name = self.fresh(base)
-        self.new_inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def sole_user(self, tensor: str) -> onnx.NodeProto | None:
-        users = self.graph.users(tensor)
-        if len(users) != 1 or tensor in self.graph.graph_outputs or \
-                tensor in self.graph.subgraph_refs:
-            return None
-        return users[0][0]
-
-    def dims(self, tensor: str) -> list[Dim | None] | None:
-        rank = self.graph.rank(tensor)
-        return None if rank is None else [self.shapes.dim(tensor, i) for i in range(rank)]
-
-    def apply(self) -> list[onnx.NodeProto]:
-        self.model.graph.initializer.extend(self.new_inits)
-        out = []
-        for i, n in enumerate(self.nodes):
-            if i in self.replaced:
-                out.extend(self.replaced[i])
-            elif i not in self.removed:
-                out.append(n)
-        return out
-
-
-def _perm(node: onnx.NodeProto, rank: int) -> list[int]:
-    p = attr(node, "perm")
-    return [int(x) for x in p] if p is not None else list(range(rank))[::-1]
-
-
-def _axes(node: onnx.NodeProto, graph: Graph, rank: int) -> list[int] | None:
-    a = attr(node, "axes")
-    if a is None and len(node.input) > 1 and node.input[1]:
-        v = graph.const(node.input[1])
-        a = None if v is None else np.asarray(v).reshape(-1).tolist()
-    if a is None:
-        return None
-    return sorted(int(x) + rank if int(x) < 0 else int(x) for x in a)
-
-
-def _reshapes(ed: _Edit):
-    """Each Reshape node in turn that no earlier match of this rewrite has taken."""
-    for n in list(ed.graph.nodes):
-        if n.op_type == "Reshape" and ed.free(n):
-            yield n
-
-
-def _sole_transpose(ed: _Edit, tensor: str, perm: list[int]) -> onnx.NodeProto | None:
-    """The untaken Transpose(perm) that is ``tensor``'s only reader, or None."""
-    t = ed.sole_user(tensor)
-    if t is None or t.op_type != "Transpose" or _perm(t, len(perm)) != perm or not ed.free(t):
-        return None
-    return t
-
-
-def _reshape_transpose(ed: _Edit, r1: onnx.NodeProto, perm: list[int]
-                       ) -> tuple[onnx.NodeProto, str, list[onnx.NodeProto]] | None:
-    """The untaken Transpose(perm) that alone reads Reshape ``r1``'s output — in a quantized
-    model through Q/DQ pairs on the grid of ``r1``'s input, identities there —, the tensor
-    after it (and after the pairs that follow it), and those pairs' nodes; or None."""
-    grid = _grid_of(ed, r1.input[0])
-    y1, pairs = _skip_pairs(ed, r1.output[0], grid)
-    t = _sole_transpose(ed, y1, perm)
-    if t is None:
-        return None
-    y2, more = _skip_pairs(ed, t.output[0], grid)
-    return t, y2, pairs + more
-
-
-def _transpose_via_reshape(ed: _Edit) -> int:
+def _transpose_via_reshape(ed: Edit) -> int:
     count = 0
     se = ed.shapes
-    for r1 in _reshapes(ed):
+    for r1 in reshapes(ed):
         x = r1.input[0]
-        found = _reshape_transpose(ed, r1, [0, 2, 1])
+        found = reshape_transpose(ed, r1, [0, 2, 1])
         if found is None:
             continue
         t, y2, pairs = found
@@ -198,59 +96,7 @@ def _transpose_via_reshape(ed: _Edit) -> int:
     return count
 
 
-def _pair(ed: _Edit, tensor: str) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
-    """``(QuantizeLinear, DequantizeLinear)`` when they alone read ``tensor`` one after the
-    other, per tensor, with the same constant scale and zero point (an activation's fake
-    quantization, as onnxruntime's QDQ quantizer writes it)."""
-    g = ed.graph
-    q = ed.sole_user(tensor)
-    if q is None or q.op_type != "QuantizeLinear" or not ed.free(q):
-        return None
-    dq = ed.sole_user(q.output[0])
-    if dq is None or dq.op_type != "DequantizeLinear" or not ed.free(dq):
-        return None
-    params = [(a.input[i] if len(a.input) > i else "") for a in (q, dq) for i in (1, 2)]
-    values = [g.const(x) if x else None for x in params]
-    if any(x and v is None for x, v in zip(params, values)) or values[0].size != 1 or (
-            not _same(values[0], values[2]) or not _same(values[1], values[3])):
-        return None
-    return q, dq
-
-
-def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    return (a is None and b is None) or (a is not None and b is not None and a.dtype == b.dtype
-                                         and np.array_equal(a.reshape(-1), b.reshape(-1)))
-
-
-def _skip_pairs(ed: _Edit, tensor: str, grid: tuple | None) -> tuple[str, list]:
-    """Follow ``tensor`` through the Q/DQ pairs on ``grid`` (scale, zero point) that alone read
-    it: on values already on that grid they are identities. Returns the tensor after them and
-    the pairs' nodes (none without a grid)."""
-    nodes: list[onnx.NodeProto] = []
-    while grid is not None:
-        pair = _pair(ed, tensor)
-        if pair is None:
-            break
-        q = pair[0]
-        z = ed.graph.const(q.input[2]) if len(q.input) > 2 and q.input[2] else None
-        if not (_same(ed.graph.const(q.input[1]), grid[0]) and _same(z, grid[1])):
-            break
-        nodes.extend(pair)
-        tensor = pair[1].output[0]
-    return tensor, nodes
-
-
-def _grid_of(ed: _Edit, tensor: str) -> tuple | None:
-    """The (scale, zero point) a tensor made by a per-tensor ``DequantizeLinear`` is on."""
-    p = ed.graph.producer.get(tensor)
-    if p is None or p.op_type != "DequantizeLinear":
-        return None
-    vals = [ed.graph.const(p.input[i]) if len(p.input) > i and p.input[i] else None
-            for i in (1, 2)]
-    return None if vals[0] is None or vals[0].size != 1 else tuple(vals)
-
-
-def _pieces(ed: _Edit, cur: str, n: int) -> list[tuple[int, onnx.NodeProto, list]] | None:
+def _pieces(ed: Edit, cur: str, n: int) -> list[tuple[int, onnx.NodeProto, list]] | None:
     """How the pieces of ``cur`` (piece axis 0, size ``n``) are read: ``(index, node whose
     output is the piece, nodes replaced with it)`` for Gather(i, axis 0), Slice(axis 0, [i,
     i+1]) → Squeeze(0) or Split(axis 0, ones) → Squeeze(0); None for anything else."""
@@ -259,7 +105,7 @@ def _pieces(ed: _Edit, cur: str, n: int) -> list[tuple[int, onnx.NodeProto, list
 
     def squeeze0(t: str) -> onnx.NodeProto | None:
         s = ed.sole_user(t)
-        ok = s is not None and s.op_type == "Squeeze" and _axes(s, g, g.rank(t) or 0) == [0]
+        ok = s is not None and s.op_type == "Squeeze" and axes_of(s, g, g.rank(t) or 0) == [0]
         return s if ok and ed.free(s) else None
 
     out = []
@@ -297,11 +143,11 @@ def _pieces(ed: _Edit, cur: str, n: int) -> list[tuple[int, onnx.NodeProto, list
     return None
 
 
-def _chunks(ed: _Edit) -> int:
+def _chunks(ed: Edit) -> int:
     """Rewrite 2 (see module docstring)."""
     count = 0
     g, se = ed.graph, ed.shapes
-    for r in _reshapes(ed):
+    for r in reshapes(ed):
         x = r.input[0]
         xd, od = ed.dims(x), se.reshape_dims(r)
         if xd is None or od is None or len(od) not in (len(xd) + 1, len(xd) + 2) or \
@@ -315,7 +161,7 @@ def _chunks(ed: _Edit) -> int:
         # follow the piece axis through Unsqueeze / Transpose / Squeeze to the pieces' readers
         labels = base[:len(xd) - 1] + ["P"] + base[len(xd) - 1:]
         cur, chain = r.output[0], [r]
-        grid = _grid_of(ed, x)  # a quantized X: its own grid's Q/DQ pairs are identities
+        grid = grid_of(ed, x)  # a quantized X: its own grid's Q/DQ pairs are identities
         ok = True
         while True:
             users = g.users(cur)
@@ -328,23 +174,23 @@ def _chunks(ed: _Edit) -> int:
                 ok = False
                 break
             u = users[0][0]
-            after, pairs = _skip_pairs(ed, cur, grid)
+            after, pairs = skip_pairs(ed, cur, grid)
             if pairs:
                 chain.extend(pairs)
                 cur = after
                 continue
             if u.op_type == "Unsqueeze":
-                raw = _axes(u, g, 0)
-                axes = None if raw is None else _axes(u, g, len(labels) + len(raw))
+                raw = axes_of(u, g, 0)
+                axes = None if raw is None else axes_of(u, g, len(labels) + len(raw))
                 if axes is None:
                     ok = False
                     break
                 for a in axes:
                     labels.insert(a, "1")
             elif u.op_type == "Transpose":
-                labels = [labels[p] for p in _perm(u, len(labels))]
+                labels = [labels[p] for p in perm_of(u, len(labels))]
             elif u.op_type == "Squeeze":
-                axes = _axes(u, g, len(labels))
+                axes = axes_of(u, g, len(labels))
                 if axes is None or any(labels[a] != "1" for a in axes):
                     ok = False
                     break
@@ -387,13 +233,13 @@ def _chunks(ed: _Edit) -> int:
     return count
 
 
-def _heads_with_batch(ed: _Edit) -> int:
+def _heads_with_batch(ed: Edit) -> int:
     """Rewrite 3 (see module docstring)."""
     count = 0
     g, se = ed.graph, ed.shapes
-    for r1 in _reshapes(ed):
+    for r1 in reshapes(ed):
         x = r1.input[0]
-        found = _reshape_transpose(ed, r1, [1, 0, 2])
+        found = reshape_transpose(ed, r1, [1, 0, 2])
         if found is None:
             continue
         t, y2, pairs = found
@@ -443,7 +289,7 @@ def _heads_with_batch(ed: _Edit) -> int:
     return count
 
 
-def _split_fused_projection(ed: _Edit) -> int:
+def _split_fused_projection(ed: Edit) -> int:
     """Rewrite 4: ``Y = X·W (+ c)`` read only through Slices of disjoint column ranges (the Q, K
     and V chunks of a fused in-projection after rewrite 2) becomes one ``X·W[:, a:b] (+ c[a:b])``
     per Slice — the same numbers, and separate Q, K, V projections whose heads the analysis can
@@ -459,7 +305,7 @@ def _split_fused_projection(ed: _Edit) -> int:
             continue
         y, steps, add, bias, bname = mm.output[0], [], None, None, ""
         while y not in g.graph_outputs:
-            pair = _pair(ed, y)
+            pair = qdq_pair(ed, y)
             users = g.users(y)
             if pair is not None:
                 steps.append(pair)
@@ -547,18 +393,6 @@ def _split_fused_projection(ed: _Edit) -> int:
     return count
 
 
-def remove_dead(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """Drop nodes none of whose outputs is read (graph outputs and subgraph reads count)."""
-
-    needed = {o.name for o in model.graph.output}
-    keep = []
-    for n in reversed(nodes):
-        if any(o in needed for o in n.output if o) or not any(n.output):
-            keep.append(n)
-            needed.update(all_inputs(n))
-    return keep[::-1]
-
-
 REWRITES = (_chunks, _split_fused_projection, _heads_with_batch, _transpose_via_reshape)
 
 
@@ -571,7 +405,7 @@ def canonicalize(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
     for _ in range(4):
         changed = 0
         for rewrite in REWRITES:
-            ed = _Edit(model, nodes, lifted)
+            ed = Edit(model, nodes, lifted)
             k = rewrite(ed)
             if k:
                 nodes = ed.apply()

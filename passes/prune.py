@@ -24,9 +24,10 @@ import numpy as np
 import onnx
 
 from onnxprune import calibrate, rewrite, weights
-from onnxprune.analysis import Analysis, ConsumerSite, Group, analyze
+from onnxprune.analysis import analyze
 from onnxprune.errors import PassError
 from onnxprune.graph import Graph, all_inputs
+from onnxprune.groups import Analysis, ConsumerSite, Group
 from onnxprune.modelio import Calibration
 from onnxprune.passbase import Pass, PassResult
 from onnxprune.rules import rule_for
