@@ -138,18 +138,20 @@ class ActivationCache:
     fixed-batch model included) and serve only runs with the same batches. At most ``limit``
     bytes are held: what does not fit is not kept, and the run starts further up."""
 
-    def __init__(self, value_info: dict[str, onnx.ValueInfoProto], limit: int = CACHE_BYTES
-                 ) -> None:
-        self.value_info = value_info  # of the model (by name): the sub-models keep theirs
-        self.limit = limit
+    def __init__(self, value_info: dict[str, onnx.ValueInfoProto], position: dict[str, int],
+                 limit: int | None = None) -> None:
+        self.value_info = value_info  # of the model (by name, in order): sub-models keep theirs
+        self.info_order = {name: i for i, name in enumerate(value_info)}
+        self.position = position  # node name → its number in the model's topological order
+        self.limit = CACHE_BYTES if limit is None else limit
         self.values: dict[str, list[np.ndarray]] = {}
         self.batches: tuple | None = None  # (indices, samples per run) the values belong to
         self.nbytes: dict[str, int] = {}
         self.order: dict[str, int] | None = None  # initializer name → its position
 
-    def changed(self, first: int, position: dict[str, int], producer: dict) -> None:
+    def changed(self, first: int, producer: dict) -> None:
         """Nodes numbered ``first`` and after may have changed: drop what they compute."""
-        for name in [t for t in self.values if position[producer[t].name] >= first]:
+        for name in [t for t in self.values if self.position[producer[t].name] >= first]:
             del self.values[name]
 
     def plan(self, model: onnx.ModelProto, graph: Graph, names: Sequence[str],
@@ -189,8 +191,7 @@ class ActivationCache:
             if size is None or size * runs <= room:  # unknown: measured during the run
                 room -= 0 if size is None else size * runs
                 kept.append(t)
-        position = {n.name: i for i, n in enumerate(graph.nodes) if n.name in need}
-        nodes = sorted(need.values(), key=lambda n: position[n.name])
+        nodes = sorted(need.values(), key=lambda n: self.position[n.name])
         m = onnx.ModelProto()
         m.ir_version = model.ir_version
         m.opset_import.extend(model.opset_import)
@@ -205,7 +206,8 @@ class ActivationCache:
         g.initializer.extend(graph.initializers[x] for x in sorted(
             (x for x in reads if graph.is_const(x)), key=self.order.__getitem__))
         seen = {o for n in nodes for o in n.output} | reads
-        g.value_info.extend(vi for name, vi in self.value_info.items() if name in seen)
+        g.value_info.extend(self.value_info[name] for name in sorted(
+            (x for x in seen if x in self.info_order), key=self.info_order.__getitem__))
         g.input.extend(i for i in model.graph.input if i.name in inputs)
         for t in sorted(cut):  # typed and shaped as in the model (shape-based fusions)
             if t in self.value_info:

@@ -200,8 +200,8 @@ class RewriteContext:
     def finalize(self, tensors: Sequence[str] | None = None) -> None:
         """Store the new values, drop unused initializers and fix the value_info shapes.
         ``tensors``: the only channel-carrying tensors that can have lost channels (a rewrite in
-        place of one group's channels); then, when no name was created, only their value_info
-        and that of the changed constants is visited."""
+        place of one group's channels); then, unless a node was linked differently
+        (``renamed``), only their value_info and that of the changed constants is visited."""
         g = self.model.graph
         if self._inserted:  # copies go right after their originals (topological order kept)
             after: dict[str, list[onnx.NodeProto]] = {}

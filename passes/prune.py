@@ -83,7 +83,7 @@ class _InPlace:
         self.index = rewrite.ModelIndex(model, graph)
         self.regions = rewrite.Regions(analysis, graph)
         self.position = {node.name: i for i, node in enumerate(graph.nodes)}
-        self.cache = calibrate.ActivationCache(self.index.value_info)
+        self.cache = calibrate.ActivationCache(self.index.value_info, self.position)
 
     def inputs_before(self, region: set[str]) -> list[str]:
         """The run-time tensors the nodes ``region`` read that are computed before all of them
@@ -205,7 +205,9 @@ class ChannelPrunePass(Pass):
         asym = opt.method == "asym"
         ref = self.reference if self.reference is not None else model
         ref_graph = Graph(ref) if asym else None
-        ref_cache = calibrate.ActivationCache({vi.name: vi for vi in ref.graph.value_info}) \
+        ref_cache = calibrate.ActivationCache(
+            {vi.name: vi for vi in ref.graph.value_info},
+            {node.name: i for i, node in enumerate(ref_graph.nodes)}) \
             if asym and self.incremental else None
         lineage = self.lineage
         decisions: dict[str, GroupDecision] = {}
@@ -248,8 +250,7 @@ class ChannelPrunePass(Pass):
                 if (cols := rw.keep_cols(t)) is not None},
                 [(node, i, rw.new_tensors[name]) for node, i, name in rw.added])
             changed = region | {u.name for c in rw.new_shapes for u, _ in graph.users(c)}
-            state.cache.changed(min(state.position[c] for c in changed), state.position,
-                                graph.producer)
+            state.cache.changed(min(state.position[c] for c in changed), graph.producer)
         return current, decisions, lineage
 
     @staticmethod

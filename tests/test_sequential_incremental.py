@@ -138,7 +138,7 @@ def test_new_bias_inputs_keep_the_analysis(monkeypatch):
 def test_rewrites_that_link_nodes_differently_re_analyse(monkeypatch):
     """The dynamo ViT's head Reshapes share one shape constant: the first head group's rewrite
     gives its Reshape a private copy, and the model is re-indexed and re-analysed."""
-    monkeypatch.setattr(calibrate.ActivationCache.__init__, "__defaults__", (0,))
+    monkeypatch.setattr(calibrate, "CACHE_BYTES", 0)
     path = MODELS / "vit_dynamo.onnx"
     analyses = _count_analyses(monkeypatch)
     fast = onnxprune.prune(path, CALIB_IMG, ratio=0.3, method="seq", safeguard=False)
@@ -154,7 +154,6 @@ def test_in_place_engine_equals_full_re_analysis(monkeypatch, name, method):
     """With the activation cache off, keeping the analysis and rewriting in place changes
     nothing, byte for byte: residual sets, depthwise groups, attention heads."""
     monkeypatch.setattr(calibrate, "CACHE_BYTES", 0)
-    monkeypatch.setattr(calibrate.ActivationCache.__init__, "__defaults__", (0,))
     path = MODELS / f"{name}.onnx"
     fast = onnxprune.prune(path, CALIB_IMG, ratio=0.3, method=method)
     slow = _prune(monkeypatch, path, CALIB_IMG, False, ratio=0.3, method=method)
@@ -199,7 +198,7 @@ def test_cache_plans_from_cached_tensors_and_forgets_changed_ones():
         opset_imports=[helper.make_opsetid("", 17)])
     graph = Graph(model)
     position = {n.name: i for i, n in enumerate(graph.nodes)}
-    cache = calibrate.ActivationCache({}, limit=1000)
+    cache = calibrate.ActivationCache({}, position, limit=1000)
     key = (b"ids", 4)
     sub, cut, kept, room = cache.plan(model, graph, ["t4"], ["t2", "t3"], key, lambda t: 12, 2)
     assert [n.name for n in sub.graph.node] == ["n0", "n1", "n2", "n3"] and cut == {}
@@ -209,14 +208,14 @@ def test_cache_plans_from_cached_tensors_and_forgets_changed_ones():
     assert [n.name for n in sub.graph.node] == ["n3"] and list(cut) == ["t3"]
     assert [i.name for i in sub.graph.input] == ["t3"]
     cache.keep(cut, {})
-    cache.changed(2, position, graph.producer)  # n2 changed: t3 (its output) is stale
+    cache.changed(2, graph.producer)  # n2 changed: t3 (its output) is stale
     assert cache.values == {}
     # another set of batches: nothing cached is used
     cache.keep({}, {"t1": [np.zeros((4, 3))] * 2})
     sub, cut, _, _ = cache.plan(model, graph, ["t4"], [], (b"other", 4), lambda t: 12, 2)
     assert cut == {} and len(sub.graph.node) == 4
     # what does not fit is not kept
-    small = calibrate.ActivationCache({}, limit=30)
+    small = calibrate.ActivationCache({}, position, limit=30)
     assert small.plan(model, graph, ["t4"], ["t1", "t2", "t3"], key, lambda t: 12, 2)[2] == ["t1"]
     # unknown sizes are measured as the batches come: what passes the room is dropped
     assert small.plan(model, graph, ["t4"], ["t1", "t2"], key, lambda t: None, 2)[2] == [
