@@ -4,9 +4,9 @@
   from the input model, each group is solved independently, all decisions go into one rewrite.
 * Sequential (``seq`` = SeqInChange, ``asym`` = AsymInChange): groups are handled one at a time in
   topological order (order of their first producer). Before each group the model pruned and
-  re-fitted so far is re-analysed and run — only the sub-graph up to the group's consumer inputs
-  (:func:`onnxprune.calibrate.probe_model`) — so a group's statistics ``G = BᵀB`` see the errors
-  of everything pruned before it. ``seq``: the target is the current model's own consumer output
+  re-fitted so far is run — only the sub-graph up to the group's consumer inputs, from the
+  activations the last rewrite left valid (:class:`onnxprune.calibrate.ActivationCache`) — so a
+  group's statistics ``G = BᵀB`` see the errors of everything pruned before it. ``seq``: the target is the current model's own consumer output
   ``T = B Wᵀ``, so each re-fit only compensates for the channels removed in its own group.
   ``asym``: the target is the *reference* (original) model's consumer output ``T = A W_refᵀ``,
   rebuilt from the pruned model's features: ``H = Bᵀ A W_refᵀ``; the re-fit then also absorbs
@@ -192,15 +192,15 @@ class ChannelPrunePass(Pass):
         return pruned, decisions, self.lineage.after(analysis, keeps)
 
     def _sequential(self, model, graph, analysis, todo):
-        """One copy of the model, pruned in place group after group. A rewrite that links no
-        node differently (no private copy of a shared constant, no copied node; a new bias input
-        is fine) changes only the channel count of the group's own tensors and constants'
-        values, so the analysis of
-        the rewritten model is the same but for the group just pruned, which is never visited
-        again: the analysis, the graph index (:meth:`Graph.rewritten`) and the activations
-        computed before the rewritten nodes (:class:`calibrate.ActivationCache`) are kept, and
-        each group costs what its own sub-graph costs. Any other rewrite re-indexes and
-        re-analyses the whole model, as every group did before."""
+        """One copy of the model, pruned in place group after group.
+
+        A rewrite that links no node differently (no private copy of a shared constant, no
+        copied node; a new bias input is fine) changes only constants' values and the channel
+        count of the group's own tensors, so the analysis of the rewritten model is the same but
+        for the group just pruned, which is never visited again. The analysis, the graph index
+        (:meth:`Graph.rewritten`) and the activations computed before the rewritten nodes
+        (:class:`calibrate.ActivationCache`) are then kept, and each group costs what its own
+        sub-graph costs. Any other rewrite re-indexes and re-analyses the whole model."""
         opt = self.options
         asym = opt.method == "asym"
         ref = self.reference if self.reference is not None else model
