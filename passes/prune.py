@@ -6,8 +6,9 @@
   topological order (order of their first producer). Before each group the model pruned and
   re-fitted so far is run — only the sub-graph up to the group's consumer inputs, from the
   activations the last rewrite left valid (:class:`onnxprune.calibrate.ActivationCache`) — so a
-  group's statistics ``G = BᵀB`` see the errors of everything pruned before it. ``seq``: the target is the current model's own consumer output
-  ``T = B Wᵀ``, so each re-fit only compensates for the channels removed in its own group.
+  group's statistics ``G = BᵀB`` see the errors of everything pruned before it. ``seq``: the
+  target is the current model's own consumer output ``T = B Wᵀ``, so each re-fit only
+  compensates for the channels removed in its own group.
   ``asym``: the target is the *reference* (original) model's consumer output ``T = A W_refᵀ``,
   rebuilt from the pruned model's features: ``H = Bᵀ A W_refᵀ``; the re-fit then also absorbs
   the drift accumulated upstream. ``W_ref`` keeps only the reference outputs that still exist
