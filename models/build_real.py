@@ -544,7 +544,7 @@ def _load_spec(work: Path, group: str, name: str) -> RealModel | None:
         return None
     d = json.loads(p.read_text())
     if d.get("build_version") != BUILD_VERSION or (
-            d.get("group_version", 1) != GROUP_VERSION.get(group, 1)):
+            d.pop("group_version", 1) != GROUP_VERSION.get(group, 1)):
         return None
     spec = RealModel.from_json(d)
     return spec if spec.files_exist() else None
