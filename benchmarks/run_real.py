@@ -623,12 +623,19 @@ def _loadavg() -> str | None:
 
 
 def merge_runs(runs: list[dict]) -> dict:
-    """One result set from runs made side by side on different models: their models in order,
-    the union of their configs (first seen first), every command and commit."""
+    """One result set from runs made side by side: their models in order, the union of their
+    configs (first seen first), every command and commit. A model already present takes the rows
+    of a later run whose config labels it does not have yet (extra configs run afterwards)."""
     out = json.loads(json.dumps(runs[0]))
     seen = {c["label"] for c in out["configs"]}
     for r in runs[1:]:
-        out["models"] += r["models"]
+        by_name = {m["name"]: m for m in out["models"]}
+        for m in r["models"]:
+            if m["name"] not in by_name:
+                out["models"].append(m)
+                continue
+            have = {row["label"] for row in by_name[m["name"]]["rows"]}
+            by_name[m["name"]]["rows"] += [row for row in m["rows"] if row["label"] not in have]
         out["configs"] += [c for c in r["configs"] if c["label"] not in seen]
         seen |= {c["label"] for c in r["configs"]}
     m = out["meta"]
