@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""How EfficientNet-Lite0's fidelity on unseen photos depends on the calibration photos.
+
+One budget (``--target-macs``, default 0.75) on the legacy export, calibrated on crops of
+
+* ``16 photos``: the calibration photos of ``models/build_real.py`` (scikit-image, scikit-learn,
+  matplotlib; mostly textures and scientific images), and
+* ``33 photos``: those plus the 17 natural photos of ``build_real.PACKAGE_PHOTOS``,
+
+at several crop counts. Each pruned model is scored against the original on the 128 held-out
+crops of ``build_real`` (8 photos never used for calibration: a cat, coffee, a rocket,
+motorcycles, text, a flower, a portrait) and on 128 fresh crops (another seed) of the
+calibration photos themselves: top-1 agreement and mean logit cosine. The gap between the two is
+what the calibration set does not cover.
+
+    python benchmarks/run_calibration_variety.py [--work /tmp/onnxprune_real] [--target-macs 0.75]
+
+Writes ``benchmarks/results_calibration_variety.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "models"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import build_efficientnet as eb  # noqa: E402
+import build_real  # noqa: E402
+import common  # noqa: E402
+
+import onnxprune  # noqa: E402
+
+SETS = (("16 photos", False, 512), ("33 photos", True, 512), ("33 photos", True, 1024),
+        ("33 photos", True, 2048))
+
+
+def agreement(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    cos = (ref * out).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
+    return float((ref.argmax(1) == out.argmax(1)).mean()), float(cos.mean())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default=str(build_real.DEFAULT_WORK))
+    ap.add_argument("--target-macs", type=float, default=0.75)
+    ap.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results_calibration_variety"))
+    args = ap.parse_args(argv)
+    spec = build_real.get("efficientnet_lite0_legacy", args.work)
+    held = spec.load_heldout()["input"]
+    photos, names16, _, _ = build_real.photos_split()
+    extra, _ = build_real.package_photos()
+    photos = {**photos, **extra}
+    names33 = names16 + list(extra)
+    ref_sess = common.session(str(spec.onnx))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, with_extra, n in SETS:
+            names = names33 if with_extra else names16
+            calib, _ = eb.random_crops(photos, names, n, seed=100, scales=build_real.EFF_SCALES)
+            fresh, _ = eb.random_crops(photos, names, 128, seed=202, scales=build_real.EFF_SCALES)
+            t0 = time.time()
+            res = onnxprune.prune(str(spec.onnx), {"input": calib}, target_macs=args.target_macs)
+            seconds = time.time() - t0
+            path = Path(tmp) / "pruned.onnx"
+            res.save(path)
+            sess = common.session(str(path))
+            row = {"calibration": label, "crops": n,
+                   "macs_fraction": round(res.report.macs_after / res.report.macs_before, 4),
+                   "pass_s": round(seconds, 1)}
+            for key, x in (("unseen", held), ("calibration_photos", fresh)):
+                top1, cos = agreement(ref_sess.run(None, {"input": x})[0],
+                                      sess.run(None, {"input": x})[0])
+                row[f"{key}_top1"], row[f"{key}_cos"] = round(top1, 4), round(cos, 4)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    meta = {"command": "python benchmarks/run_calibration_variety.py "
+                       + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "git": common.git_info(ROOT), "target_macs": args.target_macs,
+            "model": "efficientnet_lite0_legacy",
+            "versions": common.versions(["onnx", "onnxruntime", "numpy", "scipy"])}
+    prefix = Path(args.out_prefix)
+    prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = ["# EfficientNet-Lite0: fidelity on unseen photos against calibration variety", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; commit "
+             f"{meta['git'].get('commit', '?')[:12]}{' (dirty)' if meta['git'].get('dirty') else ''}"
+             f"; `--target-macs {args.target_macs}`, legacy export, default options  ",
+             "Scores against the original model: top-1 agreement / mean logit cosine on the 128 "
+             "held-out crops of 8 unseen photos, and on 128 fresh crops (seed 202) of the "
+             "calibration photos.", "",
+             "| calibration | crops | MACs kept | unseen photos | fresh crops of the calibration "
+             "photos | pass s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['calibration']} | {r['crops']} | {r['macs_fraction']:.3f} | "
+                     f"{r['unseen_top1']:.3f} / {r['unseen_cos']:.3f} | "
+                     f"{r['calibration_photos_top1']:.3f} / {r['calibration_photos_cos']:.3f} | "
+                     f"{r['pass_s']} |")
+    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {prefix.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
