@@ -194,6 +194,25 @@ def _map_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
     return m
 
 
+def _yolo_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
+    """A YOLOv8 output (N, boxes + classes, anchors): cosine of the whole output, of the box rows
+    (pixels) and of the class-score rows (0-1) apart, per sample; IoU of the (anchor, class)
+    pairs above the score threshold; agreement of each sample's best (anchor, class)."""
+    nb = kind["boxes"]
+    so, sp = o[:, nb:], p[:, nb:]
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    cos, box, cls = (cosine_rows(flat(a), flat(b)) for a, b in ((o, p), (o[:, :nb], p[:, :nb]),
+                                                                 (so, sp)))
+    a, b = so > kind["threshold"], sp > kind["threshold"]
+    union = np.logical_or(a, b).sum()
+    return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "rel_l2": rel_l2(o, p),
+            "box_cosine": float(box.mean()), "class_cosine": float(cls.mean()),
+            "class_cosine_min": float(cls.min()),
+            "iou": float(np.logical_and(a, b).sum() / union) if union else 1.0,
+            "positives_orig": int(a.sum()), "positives_pruned": int(b.sum()),
+            "top1": float(np.mean(flat(so).argmax(1) == flat(sp).argmax(1)))}
+
+
 def _ctc_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
     dictionary = _ctc_metrics.dictionary
     ao, ap = o.argmax(-1), p.argmax(-1)
@@ -256,6 +275,8 @@ def score(spec: build_real.RealModel, ref: dict, got: dict, feeds: dict) -> dict
             per_out[name] = _map_metrics(o, p, {})
         elif k == "ctc_probs":
             per_out[name] = _ctc_metrics(o, p, kind)
+        elif k == "yolo":
+            per_out[name] = _yolo_metrics(o, p, kind)
         elif k == "hidden":
             per_out[name] = _hidden_metrics(o, p, feeds[kind["mask_input"]])
         else:

