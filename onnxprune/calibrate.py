@@ -181,6 +181,10 @@ class ActivationCache:
                 continue
             need[node.name] = node
             stack.extend((x, False) for x in all_inputs(node) if not graph.is_const(x))
+        # a cached output of a node that runs anyway (a Split whose other output is not cached)
+        # is computed again, not fed: a tensor may not be both a graph input and a node output
+        produced = {o for n in need.values() for o in n.output}
+        cut = {t: v for t, v in cut.items() if t not in produced}
         room = total = self.limit - sum(self.nbytes[t] for t in cut)
         kept = []
         for t in dict.fromkeys(store):
