@@ -34,8 +34,9 @@ into the repository. :func:`get` / :func:`build_all` are the entry points::
 A :class:`RealModel` carries: ``onnx`` (path), ``calib`` / ``heldout`` (``.npz`` paths; keys =
 input names, sample axis first; ``load_calib()`` / ``load_heldout()``), ``task``, ``outputs``
 (how to score every output: ``kind`` one of ``logits``, ``probs``, ``map``, ``regression``,
-``ctc_probs``, ``hidden``, a ``part`` name, an optional ``threshold``), ``headline`` (the output
-and metric summarising the task), ``fixed_batch`` and ``info`` (provenance with sha256, data
+``ctc_probs``, ``hidden``, ``yolo`` (with ``boxes``: the box rows before the class-score rows),
+a ``part`` name, an optional ``threshold``), ``headline`` (the output and metric summarising the
+task), ``fixed_batch`` and ``info`` (provenance with sha256, data
 sources and set sizes, sanity checks of the preprocessing).
 """
 
