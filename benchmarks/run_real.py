@@ -201,9 +201,7 @@ def _yolo_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
     pairs above the score threshold; agreement of each sample's best (anchor, class)."""
     nb = kind["boxes"]
     so, sp = o[:, nb:], p[:, nb:]
-    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
-    cos, box, cls = (cosine_rows(flat(a), flat(b)) for a, b in ((o, p), (o[:, :nb], p[:, :nb]),
-                                                                 (so, sp)))
+    cos, box, cls = (cosine_rows(a, b) for a, b in ((o, p), (o[:, :nb], p[:, :nb]), (so, sp)))
     a, b = so > kind["threshold"], sp > kind["threshold"]
     union = np.logical_or(a, b).sum()
     return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "rel_l2": rel_l2(o, p),
@@ -211,7 +209,7 @@ def _yolo_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
             "class_cosine_min": float(cls.min()),
             "iou": float(np.logical_and(a, b).sum() / union) if union else 1.0,
             "positives_orig": int(a.sum()), "positives_pruned": int(b.sum()),
-            "top1": float(np.mean(flat(so).argmax(1) == flat(sp).argmax(1)))}
+            "top1": float(np.mean(_flat(so).argmax(1) == _flat(sp).argmax(1)))}
 
 
 def _ctc_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
