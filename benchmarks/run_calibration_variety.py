@@ -58,10 +58,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     spec = build_real.get("efficientnet_lite0_legacy", args.work)
     held = spec.load_heldout()["input"]
-    photos, names16, _, _ = build_real.photos_split()
-    extra, _ = build_real.package_photos()
-    photos = {**photos, **extra}
-    names33 = names16 + list(extra)
+    names16 = build_real.photos_split()[1]
+    photos, names33, _, _ = build_real.photos_with_packages()
     ref_sess = common.session(str(spec.onnx))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

