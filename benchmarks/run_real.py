@@ -642,10 +642,11 @@ def _loadavg() -> str | None:
         return None
 
 
-def merge_runs(runs: list[dict]) -> dict:
+def merge_runs(runs: list[dict], replace: bool = False) -> dict:
     """One result set from runs made side by side: their models in order, the union of their
     configs (first seen first), every command and commit. A model already present takes the rows
-    of a later run whose config labels it does not have yet (extra configs run afterwards)."""
+    of a later run whose config labels it does not have yet (extra configs run afterwards); with
+    ``replace``, a later run's row also replaces the row of the same label (a re-run)."""
     out = json.loads(json.dumps(runs[0]))
     seen = {c["label"] for c in out["configs"]}
     for r in runs[1:]:
@@ -654,12 +655,20 @@ def merge_runs(runs: list[dict]) -> dict:
             if m["name"] not in by_name:
                 out["models"].append(m)
                 continue
-            have = {row["label"] for row in by_name[m["name"]]["rows"]}
-            by_name[m["name"]]["rows"] += [row for row in m["rows"] if row["label"] not in have]
+            rows = by_name[m["name"]]["rows"]
+            at = {row["label"]: i for i, row in enumerate(rows)}
+            for row in m["rows"]:
+                if row["label"] not in at:
+                    rows.append(row)
+                elif replace:
+                    rows[at[row["label"]]] = row
         out["configs"] += [c for c in r["configs"] if c["label"] not in seen]
         seen |= {c["label"] for c in r["configs"]}
     m = out["meta"]
-    m["command"] = " ; ".join(r["meta"]["command"] for r in runs) + " — run side by side"
+    side = " — run side by side"  # a merged run's command already ends so
+    m["command"] = " ; ".join(r["meta"]["command"].removesuffix(side) for r in runs) + side
+    if replace:
+        m["command"] += " (a later command's rows replace the earlier rows of the same label)"
     m["complete"] = all(r["meta"].get("complete") for r in runs)
     m["total_s"] = max(r["meta"].get("total_s") or 0 for r in runs)
     m["git"]["dirty"] = any(r["meta"]["git"]["dirty"] for r in runs)
@@ -704,10 +713,14 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", nargs="+", metavar="RUN.json",
                     help="merge the JSON results of runs made side by side (different models) "
                          "into OUT_PREFIX.json/.md without running anything")
+    ap.add_argument("--replace", action="store_true",
+                    help="with --merge: a later run's rows replace an earlier run's rows of the "
+                         "same model and config label (re-runs)")
     args = ap.parse_args(argv)
     if args.merge:
         prefix = Path(args.out_prefix)
-        write_outputs(merge_runs([json.loads(Path(p).read_text()) for p in args.merge]), prefix)
+        write_outputs(merge_runs([json.loads(Path(p).read_text()) for p in args.merge],
+                                 args.replace), prefix)
         print(f"wrote {prefix.with_suffix('.md')}")
         return 0
     if args.render_only:

@@ -122,7 +122,7 @@ def prune(model: ModelSource, calib: CalibSource, *, ratio: float | None = None,
     groups by measured output sensitivity (``allocation``: "marginal" or "equal-loss"; see
     :mod:`onnxprune.budget`) — or a fidelity target: ``min_cosine``, the smallest model (fewest
     MACs, along the budget allocation's path) whose held-out output cosine is at least that on
-    every float output and on every scale part of one, less two standard errors (see
+    every float output and on every part of one, less two standard errors (see
     :mod:`onnxprune.verify`); the report's ``budget.points`` lists every plan tried. Kept counts
     are multiples of ``round_to`` (``"auto"``: by width, see :meth:`KeepPlan.round_step`) or the
     whole segment, at least ``min_keep``; groups named (or produced by the nodes named) in

@@ -4,7 +4,7 @@ meets a MAC or parameter target with the least damage to its output.
 **Sensitivity.** For every prunable group ``g`` and keep fraction ``f`` the group alone is
 pruned (the method's own one-shot selection and re-fit, everything else untouched); its damage
 is the change of the model's outputs on calibration samples, no part of an output hidden by
-another (:func:`onnxprune.verify.damage`: per output, the mean over its scale parts of
+another (:func:`onnxprune.verify.damage`: per output, the mean over its parts of
 ``‖y_f − y‖² / ‖y‖²``; no labels: ``y`` is the original model's output). ``d_g(1) = 0``.
 
 Measuring it costs a whole-model run per group and fraction, so it is only measured at the keep

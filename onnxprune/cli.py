@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-cosine", type=_arg("--min-cosine", options.min_cosine),
                     metavar="C",
                     help="the smallest model (fewest MACs) whose held-out output cosine stays "
-                         "≥ C on every output (and every scale part of one), found by searching "
+                         "≥ C on every output (and every part of one), found by searching "
                          "the budget (instead of --ratio/--target-*; the default, with C = "
                          "0.99, when none of them is given)")
     pr.add_argument("--allocation", choices=("marginal", "equal-loss"), default="marginal",

@@ -7,7 +7,8 @@ Fidelity is measured on calibration samples that were *not* used for selection. 
 * ``cosine``   — mean over samples of cos(y_i, ŷ_i);
 * ``top1_agreement`` — for 2-D outputs (N, K>1): fraction of samples whose argmax agrees;
   for 1-D integer outputs (labels): fraction of equal labels; otherwise None;
-* ``parts`` — when the output mixes scales (below): ``rel_l2`` and ``cosine`` of each part.
+* ``parts`` — when the output mixes scales or is a few-channel map (below): ``rel_l2`` and
+  ``cosine`` of each part.
 
 **Parts of an output.** One output can concatenate quantities of very different scales (a
 detector's box coordinates in pixels beside class scores in [0, 1]); its cosine and relative
@@ -16,11 +17,15 @@ are the entries of its axis 1 (channels of NCHW maps, logits, the 4+80 rows of a
 Each feature f gets its RMS scale ``s_f`` on the reference output; sorting the scales of the
 live features (s_f > 0), a jump by more than ``PART_GAP`` (×10) between neighbours separates two
 *parts* (each part holds at least ``MIN_PART`` features; features never active join the
-smallest part). Outputs whose scales are all within the gap form one part. The figures of every
-part are reported and :attr:`OutputFidelity.worst_cosine` is the lowest of the whole output's
-cosine and its parts'. ``--min-cosine`` checks that figure less twice its standard error over
-the held-out samples (``cosine_se``): a lower confidence bound of what new samples like them
-would show, not the held-out mean alone. Budgets measure damage the same way
+smallest part). Outputs whose scales are all within the gap form one part. A *map* output with
+few channels (N, C ≤ ``FEW_MAPS``, H, W, ...: a face-probability map beside a background map,
+4 box-offset maps) splits by dominance as well as by scale: each channel there is its own
+quantity, and a channel near 1 everywhere would hide a sparse one beside it (a face map's cosine
+0.79 inside a whole-output cosine of 0.998), so every live channel is its own part. The figures
+of every part are reported and :attr:`OutputFidelity.worst_cosine` is the lowest of the whole
+output's cosine and its parts'. ``--min-cosine`` checks that figure less twice its standard
+error over the held-out samples (``cosine_se``): a lower confidence bound of what new samples
+like them would show, not the held-out mean alone. Budgets measure damage the same way
 (:func:`damage`): the mean over parts of each part's relative squared change.
 
 With a calibration token mask, padding positions of per-token outputs (``[n, seq, ...]``) are
@@ -47,8 +52,10 @@ from onnxprune.saving import save_model
 
 #: Sorted feature scales further apart than this factor belong to different parts of an output.
 PART_GAP = 10.0
-#: A part holds at least this many features.
+#: A part holds at least this many features (except the channels of a few-channel map).
 MIN_PART = 2
+#: A map output (N, C, H, W, ...) with at most this many channels C: a part per channel.
+FEW_MAPS = 8
 
 
 @dataclass(frozen=True)
@@ -90,22 +97,26 @@ class OutputFidelity:
         return d
 
 
-def output_parts(scale: np.ndarray) -> list[np.ndarray]:
+def output_parts(scale: np.ndarray, maps: bool = False) -> list[np.ndarray]:
     """Feature indices of each part of an output, from the features' RMS scales (module
-    docstring); parts ordered by scale, largest first."""
+    docstring); ``maps``: the features are the channels of spatial maps (N, C, H, W, ...).
+    Parts ordered by scale, largest first."""
     scale = np.asarray(scale, dtype=np.float64)
     live = np.flatnonzero(scale > 0)
-    if len(live) < 2 * MIN_PART:
-        return [np.arange(len(scale))]
     order = live[np.argsort(-scale[live], kind="stable")]
-    logs = np.log10(scale[order])
-    cuts = [i for i in range(MIN_PART, len(order) - MIN_PART + 1)
-            if logs[i - 1] - logs[i] > np.log10(PART_GAP)]
-    bounds = [0]
-    for c in cuts:  # each part at least MIN_PART features
-        if c - bounds[-1] >= MIN_PART:
-            bounds.append(c)
-    bounds.append(len(order))
+    if maps and 1 < len(live) and len(scale) <= FEW_MAPS:
+        bounds = list(range(len(order) + 1))  # a few maps: a part per channel
+    elif len(live) < 2 * MIN_PART:
+        return [np.arange(len(scale))]
+    else:
+        logs = np.log10(scale[order])
+        cuts = [i for i in range(MIN_PART, len(order) - MIN_PART + 1)
+                if logs[i - 1] - logs[i] > np.log10(PART_GAP)]
+        bounds = [0]
+        for c in cuts:  # each part at least MIN_PART features
+            if c - bounds[-1] >= MIN_PART:
+                bounds.append(c)
+        bounds.append(len(order))
     parts = [np.sort(order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     dead = np.flatnonzero(~(scale > 0))
     if len(dead):
@@ -135,7 +146,7 @@ def damage(ref: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> float:
         rv, ov = _feature_view(r), _feature_view(o)
         d2 = np.sum((ov - rv) ** 2, axis=(0, 2))
         r2 = np.sum(rv * rv, axis=(0, 2))
-        parts = output_parts(np.sqrt(r2))
+        parts = output_parts(np.sqrt(r2), np.ndim(r) >= 4)
         per = [float(d2[p].sum() / r2[p].sum()) if r2[p].sum() > 0 else float(d2[p].sum())
                for p in parts]
         total += sum(per) / len(per)
@@ -226,8 +237,8 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
     names = [o.name for o in ref.get_outputs()]
     ref_runs = run_outputs(ref, calib, indices, names, batch_size)
     new_runs = run_outputs(new, calib, indices, names, batch_size)
-    acc = {n: {"max": 0.0, "agree": 0, "n": 0, "ab": [], "aa": [], "bb": [], "dd": []}
-           for n in names}
+    acc = {n: {"max": 0.0, "agree": 0, "n": 0, "maps": False,
+               "ab": [], "aa": [], "bb": [], "dd": []} for n in names}
     top1 = {}
     for (ref_b, mask), (new_b, _) in zip(ref_runs, new_runs):
         for n in names:
@@ -243,6 +254,7 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
             st["bb"].append(np.sum(bv * bv, axis=2))
             st["dd"].append(np.sum(diff * diff, axis=2))
             st["n"] += av.shape[0]
+            st["maps"] = a.ndim >= 4
             if a.ndim == 2 and a.shape[1] > 1:
                 top1[n] = True
                 st["agree"] += int(np.sum(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
@@ -263,7 +275,7 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
             return rel, float(cos.sum() / cnt), se
 
         rel, cos, se = figures(slice(None))
-        parts = output_parts(np.sqrt(aa.sum(axis=0)))
+        parts = output_parts(np.sqrt(aa.sum(axis=0)), st["maps"])
         part_fid = tuple(PartFidelity(_ranges(p), *figures(p)) for p in parts) \
             if len(parts) > 1 else ()
         out[n] = OutputFidelity(max_abs=st["max"], rel_l2=rel, cosine=cos,

@@ -6,7 +6,8 @@
 * The fast sensitivity (whole-model runs at 3 keep fractions, the rest scaled from local errors)
   must rank groups as running the whole model at every fraction does.
 * An output that concatenates quantities of different scales is split into parts, and neither
-  the damage nor the fidelity lets the large part hide the small one.
+  the damage nor the fidelity lets the large part hide the small one; nor may one channel of a
+  few-channel map (a background map near 1) hide another (a sparse face map).
 """
 
 from __future__ import annotations
@@ -242,6 +243,72 @@ def test_fidelity_reports_parts_and_their_worst_cosine(tmp_path):
     assert fid.parts[1].cosine == pytest.approx(-1.0, abs=1e-6)
     assert fid.worst_cosine == pytest.approx(-1.0, abs=1e-6)
     assert fid.to_dict()["parts"][1]["features"] == [[8, 14]]
+
+
+def _face_maps(n=24, seed=0):
+    """[n, 2, 12, 16]: a softmax over background and face at every position, faces sparse."""
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(-4.0, 1.0, (n, 12, 16))
+    logit[:, 3:6, 4:8] += 6.0  # a face region
+    face = 1.0 / (1.0 + np.exp(-logit))
+    return np.stack([1.0 - face, face], axis=1)
+
+
+def test_a_few_channel_map_is_a_part_per_channel():
+    """The background map (near 1 everywhere) must not hide the sparse face map beside it:
+    each channel of a few-channel map is a part, in the parts, the damage and the fidelity."""
+    y = _face_maps()
+    scale = np.sqrt(np.mean(y ** 2, axis=(0, 2, 3)))
+    assert scale[0] / scale[1] < 10  # within PART_GAP: by scale alone it would be one part
+    assert len(output_parts(scale)) == 1
+    assert [p.tolist() for p in output_parts(scale, maps=True)] == [[0], [1]]
+    # many channels, or features that are not map channels (logits, tokens): rules unchanged
+    wide = np.random.default_rng(1).uniform(0.5, 2.0, 64)
+    assert len(output_parts(wide, maps=True)) == 1
+    assert len(output_parts(scale[:2], maps=False)) == 1
+    # a dead map joins the smallest live one
+    assert [p.tolist() for p in output_parts(np.r_[scale, 0.0], maps=True)] == [[0], [1, 2]]
+
+    # the face map blurred away: the whole output barely moves, the face part collapses
+    hurt = y.copy()
+    hurt[:, 1] = y[:, 1].mean()
+    hurt[:, 0] = 1.0 - hurt[:, 1]
+    whole = np.sum((hurt - y) ** 2) / np.sum(y ** 2)
+    face = np.sum((hurt[:, 1] - y[:, 1]) ** 2) / np.sum(y[:, 1] ** 2)
+    assert whole < 0.1 * face
+    assert damage([y], [hurt]) == pytest.approx(
+        0.5 * (np.sum((hurt[:, 0] - y[:, 0]) ** 2) / np.sum(y[:, 0] ** 2) + face), rel=1e-9)
+
+
+def test_fidelity_reports_each_channel_of_a_few_channel_map():
+    """End to end through onnxruntime: an identity 'model' against one whose face channel is
+    replaced by a constant; the report's face part shows what the whole-output cosine hides."""
+    from onnx import TensorProto, helper
+    y = _face_maps().astype(np.float32)
+
+    def model(face_scale: float, face_shift: float):
+        def per_channel(name, values):
+            return onnx.numpy_helper.from_array(
+                np.array(values, np.float32).reshape(1, 2, 1, 1), name)
+
+        shape = ["n", 2, 12, 16]
+        g = helper.make_graph(
+            [helper.make_node("Mul", ["x", "s"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"])],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+            [per_channel("s", [1, face_scale]), per_channel("b", [0, face_shift])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    original, flat = model(1.0, 0.0), model(0.0, float(y[:, 1].mean()))
+    cal = load_calibration({"x": y}, original, "none")
+    fid = fidelity(original, flat, cal, np.arange(len(y)))["y"]
+    assert fid.cosine > 0.95
+    assert [p.features for p in fid.parts] == [((0, 1),), ((1, 2),)]
+    a, b = y[:, 1].reshape(len(y), -1).astype(np.float64), np.full((len(y), 192), y[:, 1].mean())
+    want = np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+    assert fid.parts[1].cosine == pytest.approx(want, rel=1e-5)
+    assert fid.worst_cosine == pytest.approx(want, rel=1e-5) and want < 0.5
 
 
 def _fixed_batch(path, batch):
