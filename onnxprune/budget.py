@@ -360,6 +360,7 @@ class Planner:
         self.names = [g.name for g in cost.groups]
         self.curves, self.floor = _tables(cost, sens)
         self.predicted = _predictor(cost)
+        self._opts: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def ratios(self, level: np.ndarray) -> dict[str, float]:
         return {n: float(lv) / GRID for n, lv in zip(self.names, level)}
@@ -408,6 +409,84 @@ class Planner:
                 continue
             level, exact, refused = trial, trial_exact, set()
 
+    def _options(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per group, the distinct widths the base plan's rounding allows down to the group's
+        floor: (the lightest grid level giving each width, its kept fraction), lightest first."""
+        if self._opts is None:
+            self._opts = []
+            for g, floor in zip(self.cost.groups, self.floor):
+                levels, kept, seen = [], [], set()
+                for lv in range(int(floor) + 1):
+                    plan = replace(self.base_plan, ratio=0.0, ratios={g.name: lv / GRID})
+                    q = segments_and_quotas(g, plan)[1]
+                    if q.tobytes() not in seen:
+                        seen.add(q.tobytes())
+                        levels.append(lv)
+                        kept.append(float(q.sum()) / g.size)
+                self._opts.append((np.array(levels), np.array(kept)))
+        return self._opts
+
+    def _rebalance(self, level: np.ndarray, goal: float, exact: float
+                   ) -> tuple[np.ndarray, float]:
+        """Trade rounded widths between groups: with coarse rounding steps the allocation can
+        land far below the target (a group of 16 rounded from 9 channels to 8), and giving back
+        single groups (:meth:`_fill`) may not fit. Repeatedly take the move between neighbouring
+        rounded widths — one group one width up, optionally another one width down — that lowers
+        the predicted damage most (each group's damage read off its curve at the width's kept
+        fraction) while the predicted cost, corrected by its measured offset, stays ≤ ``goal``;
+        the exact count decides. Stops when no such move is accepted."""
+        opts = self._options()
+        n = len(level)
+        frac = np.arange(GRID, 0, -1) / GRID  # keep fraction of each grid level
+
+        def dmg(i: int, k: float) -> float:
+            return float(np.interp(k, frac[::-1], self.curves[i][::-1]))
+
+        def at(lv: np.ndarray) -> np.ndarray:  # option index of each group's level
+            return np.array([int(np.searchsorted(opts[i][0], lv[i], side="right")) - 1
+                             for i in range(n)])
+
+        def removed(idx: np.ndarray) -> np.ndarray:
+            return np.array([1.0 - opts[i][1][idx[i]] for i in range(n)])
+
+        idx = at(level)
+        for _ in range(4 * n):
+            u = removed(idx)
+            offset = exact - self.cost.predict(u)
+            now = [dmg(i, opts[i][1][idx[i]]) for i in range(n)]
+            down = {j: dmg(j, opts[j][1][idx[j] + 1]) - now[j] for j in range(n)
+                    if idx[j] + 1 < len(opts[j][0])}
+            moves = []
+            for i in range(n):
+                if idx[i] == 0:
+                    continue
+                gain_i = now[i] - dmg(i, opts[i][1][idx[i] - 1])
+                for j in [-1] + [j for j in down if j != i]:
+                    gain = gain_i - (down[j] if j >= 0 else 0.0)
+                    if gain <= 1e-12:
+                        continue
+                    trial, ut = idx.copy(), u.copy()
+                    trial[i] -= 1
+                    ut[i] = 1.0 - opts[i][1][trial[i]]
+                    if j >= 0:
+                        trial[j] += 1
+                        ut[j] = 1.0 - opts[j][1][trial[j]]
+                    if self.cost.predict(ut) + offset <= goal:
+                        moves.append((-gain, i, j, trial))
+            moves.sort(key=lambda m: (m[0], m[1], m[2]))
+            for *_, trial in moves[:3]:  # the exact count decides (a few tries per round)
+                lv = np.array([opts[i][0][trial[i]] for i in range(n)])
+                trial_exact = self.cost.exact(self.ratios(lv), self.base_plan)
+                if trial_exact <= goal:
+                    idx, exact = trial, trial_exact
+                    break
+            else:
+                break
+        final = np.array([opts[i][0][idx[i]] for i in range(n)])
+        # a group whose width did not change keeps its level (same model, same ratio reported)
+        keep = at(level) == idx
+        return np.where(keep, level, final), exact
+
     def plan(self, fraction: float, allocation: str) -> Allocation:
         """Per-group removed fractions whose exact cost is ≤ ``fraction`` of the original."""
         cost, predicted = self.cost, self.predicted
@@ -433,6 +512,7 @@ class Planner:
                               f"{exact / cost.full:.3f} of the original (lower --min-keep, "
                               "--round-to or --exclude, or raise the target)")
         level, exact = self._fill(level, goal, exact)
+        level, exact = self._rebalance(level, goal, exact)
         return Allocation(ratios=self.ratios(level), sensitivity=self.sens,
                           predicted=predicted(level) / cost.full, exact=exact / cost.full)
 
