@@ -166,20 +166,26 @@ def test_macs_counted_where_only_onnxruntime_knows_the_shapes():
     assert legacy == dynamo > 0
 
 
-def test_budget_gives_back_what_rounding_took(monkeypatch):
-    """After the fill, no group can keep one more grid step without breaking the budget: every
-    single step back is measured (exact count) and exceeds the target."""
-    from onnxprune import budget
+def _spy(monkeypatch, step: str) -> dict:
+    """Record the input and output of one of the Planner's rounding steps (``_fill`` or
+    ``_rebalance``) during a prune."""
     seen = {}
-    real_fill = budget.Planner._fill
+    real = getattr(budget.Planner, step)
 
     def spy(self, level, goal, exact):
-        out = real_fill(self, level, goal, exact)
+        out = real(self, level, goal, exact)
         seen.update(planner=self, before=level.copy(), after=out[0].copy(), goal=goal,
                     exact=out[1])
         return out
 
-    monkeypatch.setattr(budget.Planner, "_fill", spy)
+    monkeypatch.setattr(budget.Planner, step, spy)
+    return seen
+
+
+def test_budget_gives_back_what_rounding_took(monkeypatch):
+    """After the fill, no group can keep one more grid step without breaking the budget: every
+    single step back is measured (exact count) and exceeds the target."""
+    seen = _spy(monkeypatch, "_fill")
     res = onnxprune.prune(MODELS / "inception_dynamo.onnx", CALIB_IMG, target_params=0.5,
                           round_to=8, min_keep=8)
     p, after, goal = seen["planner"], seen["after"], seen["goal"]
@@ -197,17 +203,7 @@ def test_budget_trades_rounded_widths_between_groups(monkeypatch):
     short (ResNet at --target-macs 0.75: 0.727 before the trade was added). Trading widths —
     one group a rounded step up, another one down — lands closer, lowers the predicted damage,
     and afterwards no single or paired move that lowers it fits the target (exact counts)."""
-    from onnxprune import budget
-    seen = {}
-    real = budget.Planner._rebalance
-
-    def spy(self, level, goal, exact):
-        out = real(self, level, goal, exact)
-        seen.update(planner=self, before=level.copy(), after=out[0].copy(), goal=goal,
-                    exact=out[1])
-        return out
-
-    monkeypatch.setattr(budget.Planner, "_rebalance", spy)
+    seen = _spy(monkeypatch, "_rebalance")
     res = onnxprune.prune(RESNET, CALIB_IMG, target_macs=0.75, round_to=16)
     rep = res.report
     full_check(res.model)
