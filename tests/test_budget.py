@@ -202,7 +202,8 @@ def test_budget_trades_rounded_widths_between_groups(monkeypatch):
     """With coarse rounding (steps of 16 channels), giving back single groups leaves the budget
     short (ResNet at --target-macs 0.75: 0.727 before the trade was added). Trading widths —
     one group a rounded step up, another one down — lands closer, lowers the predicted damage,
-    and afterwards no single or paired move that lowers it fits the target (exact counts)."""
+    and afterwards no single or paired move that lowers it and spends more of the budget fits
+    the target (exact counts)."""
     seen = _spy(monkeypatch, "_rebalance")
     res = onnxprune.prune(RESNET, CALIB_IMG, target_macs=0.75, round_to=16)
     rep = res.report
@@ -240,4 +241,5 @@ def test_budget_trades_rounded_widths_between_groups(monkeypatch):
                 trial[j] += 1
             if total_damage(trial) < total_damage(after) - 1e-12:
                 lv = np.array([opts[k][0][w] for k, w in enumerate(trial)])
-                assert p.cost.exact(p.ratios(lv), p.base_plan) > goal
+                c = p.cost.exact(p.ratios(lv), p.base_plan)
+                assert c > goal or c <= seen["exact"]
