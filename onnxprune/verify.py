@@ -28,6 +28,13 @@ error over the held-out samples (``cosine_se``): a lower confidence bound of wha
 like them would show, not the held-out mean alone. Budgets measure damage the same way
 (:func:`damage`): the mean over parts of each part's relative squared change.
 
+**Negligible samples.** A per-sample cosine needs a direction: a sample whose reference output
+(or part) is negligible — norm below ``NEGLIGIBLE`` (10⁻³) of the samples' RMS norm, e.g. a text
+detector's probability map of a crop without text — is scored by the size of its change against
+that floor norm instead (:func:`sample_cosines`): rounding noise on an empty map no longer
+counts as a lost sample (cosine 0, or 0.96 from a change of 10⁻⁵), a real response where the
+original had none still does.
+
 With a calibration token mask, padding positions of per-token outputs (``[n, seq, ...]``) are
 left out of every figure (zeroed in both models' outputs).
 """
@@ -56,6 +63,9 @@ PART_GAP = 10.0
 MIN_PART = 2
 #: A map output (N, C, H, W, ...) with at most this many channels C: a part per channel.
 FEW_MAPS = 8
+#: A sample whose reference output (or part) has a norm below this fraction of the samples' RMS
+#: norm is negligible: its cosine is scored from the size of its change (sample_cosines).
+NEGLIGIBLE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -164,12 +174,26 @@ def _ranges(idx: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in out)
 
 
-def _cosines(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray) -> np.ndarray:
-    """Per-sample cosine from per-sample dot products and squared norms (0/0 counts as 1)."""
+def sample_cosines(ab: np.ndarray, aa: np.ndarray, bb: np.ndarray, dd: np.ndarray
+                   ) -> np.ndarray:
+    """Per-sample cosine of reference ``a`` and pruned ``b`` from per-sample ``a·b``, ``‖a‖²``,
+    ``‖b‖²`` and ``‖a − b‖²`` (module docstring: negligible samples).
+
+    A sample whose reference is negligible — ``‖a_i‖ < NEGLIGIBLE · S``, S² the mean of ``‖a‖²``
+    over the samples (a text detector's map of a crop without text: sigmoid outputs ~1e-7) —
+    has no direction to compare: its cosine would be decided by rounding noise (0 when the
+    reference underflowed to exactly 0). It is scored as ``1 − ‖a_i − b_i‖² / (2 (NEGLIGIBLE·S)²)``
+    (clipped to [−1, 1]), the cosine a change of that size would cost a vector of the floor
+    norm: 1 for noise, −1 for a real response (a false detection) where there was none."""
     na, nb = np.sqrt(aa), np.sqrt(bb)
     both = (na > 0) & (nb > 0)
-    return np.where(both, ab / np.where(both, na * nb, 1.0),
-                    np.where((na == 0) & (nb == 0), 1.0, 0.0))
+    cos = np.where(both, ab / np.where(both, na * nb, 1.0),
+                   np.where((na == 0) & (nb == 0), 1.0, 0.0))
+    floor2 = NEGLIGIBLE ** 2 * float(np.mean(aa)) if len(aa) else 0.0
+    small = aa < floor2
+    if floor2 > 0 and small.any():
+        cos = np.where(small, np.clip(1.0 - dd / (2.0 * floor2), -1.0, 1.0), cos)
+    return cos
 
 
 class RecordedOutputs:
@@ -270,7 +294,8 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
         def figures(cols) -> tuple[float, float, float]:
             d2, r2 = float(dd[:, cols].sum()), float(aa[:, cols].sum())
             rel = float(np.sqrt(d2 / r2)) if r2 > 0 else float(np.sqrt(d2))
-            cos = _cosines(ab[:, cols].sum(1), aa[:, cols].sum(1), bb[:, cols].sum(1))
+            cos = sample_cosines(ab[:, cols].sum(1), aa[:, cols].sum(1), bb[:, cols].sum(1),
+                                 dd[:, cols].sum(1))
             se = float(cos.std(ddof=1) / np.sqrt(len(cos))) if len(cos) > 1 else 0.0
             return rel, float(cos.sum() / cnt), se
 

@@ -311,6 +311,69 @@ def test_fidelity_reports_each_channel_of_a_few_channel_map():
     assert fid.worst_cosine == pytest.approx(want, rel=1e-5) and want < 0.5
 
 
+def test_negligible_samples_are_scored_by_their_change():
+    """A text detector's map of a crop without text is ~0: its direction is rounding noise. Such
+    a sample is scored against the floor norm (NEGLIGIBLE of the samples' RMS norm): noise on
+    it costs nothing, a real response where the original had none still counts as lost."""
+    from onnxprune.verify import NEGLIGIBLE, sample_cosines
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, (20, 500))
+    a[3] = 1e-9 * rng.uniform(0, 1, 500)  # blank crops: negligible references
+    a[7] = 0.0  # underflowed to exactly 0
+    b = a + 1e-5 * rng.standard_normal(a.shape)  # small noise everywhere
+    sums = (np.sum(a * b, 1), np.sum(a * a, 1), np.sum(b * b, 1), np.sum((a - b) ** 2, 1))
+    cos = sample_cosines(*sums)
+    with np.errstate(invalid="ignore"):
+        plain = sums[0] / np.sqrt(sums[1] * sums[2])
+    assert np.all(cos > 0.999)
+    assert plain[3] < 0.1  # the plain cosine of a blank sample is decided by the noise
+    np.testing.assert_allclose(cos[[0, 1, 2, 4]], plain[[0, 1, 2, 4]], rtol=1e-12)  # others as is
+    # a false detection on a blank sample: a change far above the floor norm counts as lost
+    c = b.copy()
+    c[3, :50] = 0.5
+    sums = (np.sum(a * c, 1), np.sum(a * a, 1), np.sum(c * c, 1), np.sum((a - c) ** 2, 1))
+    assert sample_cosines(*sums)[3] == -1.0
+    # exactly on the scale of the floor: 1 − ‖Δ‖² / (2 floor²)
+    floor2 = NEGLIGIBLE ** 2 * np.mean(np.sum(a * a, 1))
+    d = np.zeros_like(a)
+    d[7, 0] = np.sqrt(floor2)
+    sums = (np.sum(a * (a + d), 1), np.sum(a * a, 1), np.sum((a + d) ** 2, 1), np.sum(d * d, 1))
+    assert sample_cosines(*sums)[7] == pytest.approx(0.5)
+
+
+def test_fidelity_of_a_map_with_empty_samples():
+    """End to end: a 1-channel probability map where some samples are empty (sigmoid of very
+    negative logits, ~1e-7). A model whose logits move by up to ±3 per position changes the
+    direction of an empty map (its plain cosine falls below 0.9) but only by ~1e-6: such samples
+    count as kept, the others by their plain cosine."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(1)
+    x = rng.normal(-3.0, 2.0, (24, 1, 16, 16)).astype(np.float32)
+    x[::6] = -16.0 + rng.normal(0, 1, (4, 1, 16, 16)).astype(np.float32)  # empty crops
+    eps = rng.uniform(-3, 3, (1, 1, 16, 16)).astype(np.float32)
+
+    def model(shift: np.ndarray):
+        g = helper.make_graph(
+            [helper.make_node("Add", ["x", "b"], ["z"]), helper.make_node("Sigmoid", ["z"], ["y"])],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 16, 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 16, 16])],
+            [onnx.numpy_helper.from_array(shift, "b")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    original, moved = model(np.zeros_like(eps)), model(eps)
+    cal = load_calibration({"x": x}, original, "none")
+    fid = fidelity(original, moved, cal, np.arange(len(x)))["y"]
+    a = (1 / (1 + np.exp(-x.astype(np.float64)))).reshape(len(x), -1)
+    b = (1 / (1 + np.exp(-(x + eps).astype(np.float64)))).reshape(len(x), -1)
+    plain = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    empty = np.zeros(len(x), bool)
+    empty[::6] = True
+    assert np.all(plain[empty] < 0.9) and np.all(np.linalg.norm(a[empty], axis=1) < 1e-5)
+    want = (plain[~empty].sum() + empty.sum() * 1.0) / len(x)
+    assert fid.cosine == pytest.approx(want, rel=1e-4)
+    assert fid.cosine > plain.mean() + 0.03
+
+
 def _fixed_batch(path, batch):
     m = onnx.load(path)
     for vi in list(m.graph.input) + list(m.graph.output):
