@@ -37,8 +37,9 @@ damage level ε such that pruning every group as far as ``d_g ≤ ε`` allows me
 **Rounding.** Rounded widths move in steps (8 channels of 32), so the plan met from below can
 sit far under the target. Two local moves give it back, each checked by the exact count: raise
 one group a grid step (:meth:`Planner._fill`), then trade rounded widths — one group a width
-step up, optionally another one step down — whenever that lowers the predicted damage
-``Σ_g d_g(kept_g / size_g)`` within the target (:meth:`Planner._rebalance`).
+step up, optionally another one step down — whenever that spends more of the budget and
+lowers the predicted damage ``Σ_g d_g(kept_g / size_g)`` within the target
+(:meth:`Planner._rebalance`).
 """
 
 from __future__ import annotations
