@@ -99,6 +99,8 @@ DEFAULT_MIN_COSINE = 0.99
 CONFIDENCE_Z = 2.0
 #: A --min-cosine search stops when its bracket spans less than this fraction of the MACs.
 SEARCH_TOLERANCE = 0.01
+#: At most this many budget plans are tried between two neighbouring plans of the path.
+REFINE_STEPS = 4
 
 
 @weights.scoped
@@ -366,28 +368,43 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
     with the one-shot ``inchange``, and the plan it chooses is then also pruned with the
     method itself, whose model is kept unless the one-shot one is closer (the safeguard of a
     plain sequential prune; the target stays met). Stops when the plans left between the last
-    passing and the first failing one differ by less than ``SEARCH_TOLERANCE`` of the MACs."""
+    passing and the first failing one differ by less than ``SEARCH_TOLERANCE`` of the MACs.
+    When rounding left those two further apart in exact MACs than that, up to ``REFINE_STEPS``
+    budget plans (filled and traded, :meth:`Planner.plan`) at cost targets between them are
+    tried, bisecting on the cost; their points carry ``cost_target``."""
     path = planner.path()
     if not path:
         raise OptionError("no prunable group: a fidelity target cannot be searched (see "
                           "'onnxprune inspect')")
     points: list[dict] = []
-    results: dict[tuple[int, str], tuple] = {}
+    keys: list[tuple] = []  # (plan key, method) of each point
+    results: dict[tuple, tuple] = {}
+    allocs: dict = {}
 
-    def evaluate(i: int, meth: str) -> bool:
-        key = (i, meth)
-        if key not in results:
-            alloc = planner.allocation(path[i])
+    def allocation(key):  # a step of the path (int), or a budget plan at a cost target (float)
+        if key not in allocs:
+            allocs[key] = (planner.allocation(path[key]) if isinstance(key, int)
+                           else planner.plan(key, "marginal"))
+        return allocs[key]
+
+    def evaluate(key, meth: str) -> bool:
+        if (key, meth) not in results:
+            alloc = allocation(key)
             model, decisions = run_plan(replace(plan, ratios=dict(alloc.ratios)), meth)
             fid = measure_fid(model)
             w = worst(fid)
-            results[key] = (alloc, model, decisions, fid, w)
-            points.append({"method": meth, "step": i, "macs_fraction": alloc.exact,
-                           "cosine": {n: f.worst_cosine for n, f in fid.items()},
-                           "cosine_bound": w, "meets_target": w >= target})
+            results[(key, meth)] = (alloc, model, decisions, fid, w)
+            point = {"method": meth, "step": key if isinstance(key, int) else None,
+                     "macs_fraction": alloc.exact,
+                     "cosine": {n: f.worst_cosine for n, f in fid.items()},
+                     "cosine_bound": w, "meets_target": w >= target}
+            if not isinstance(key, int):
+                point["cost_target"] = key
+            points.append(point)
+            keys.append((key, meth))
             say(f"fidelity target {target:g}: {alloc.exact:.3f} of the MACs ({meth}) → "
                 f"cosine bound {w:.4f}")
-        return results[key][4] >= target
+        return results[(key, meth)][4] >= target
 
     cost = [planner.predicted(lv) / planner.cost.full for lv in path]
     proxy = method if method not in SEQUENTIAL else "inchange"
@@ -405,14 +422,36 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
             good = mid
         else:
             bad = mid
-    chosen = (good, proxy)
+    # Rounding can space neighbouring plans of the path far apart in cost (P-Net: from the whole
+    # model to 0.80 of its MACs in one step). Between them, bisect on the cost target of the
+    # budget's own plans, which fill and trade rounded widths (budget.Planner.plan).
+    best = good
+    lo = allocation(good).exact
+    hi = allocation(bad).exact if bad < len(path) else 0.0
+    for _ in range(REFINE_STEPS):
+        if lo - hi <= SEARCH_TOLERANCE:
+            break
+        f = round((lo + hi) / 2, 6)
+        try:
+            alloc = allocation(f)
+        except OptionError:  # the cost target is out of reach
+            hi = f
+            continue
+        if not hi < alloc.exact < lo:
+            hi = f  # the planner found nothing between hi and f
+            continue
+        if evaluate(f, proxy):
+            best, lo = f, alloc.exact
+        else:
+            hi = alloc.exact
+    chosen = (best, proxy)
     if proxy != method:  # the method itself on the chosen plan; kept when it is not worse
-        evaluate(good, method)
-        if results[(good, method)][4] >= results[chosen][4]:
-            chosen = (good, method)
+        evaluate(best, method)
+        if results[(best, method)][4] >= results[chosen][4]:
+            chosen = (best, method)
     alloc, model, decisions, fid, w = results[chosen]
-    for p in points:
-        p["chosen"] = (p["step"], p["method"]) == chosen
+    for p, k in zip(points, keys):
+        p["chosen"] = k == chosen
     return (alloc, replace(plan, ratios=dict(alloc.ratios)), model, decisions, fid,
             {"points": points, "path_length": len(path)})
 
