@@ -30,7 +30,7 @@ from onnxprune.passbase import run_passes
 from onnxprune.passes import NormalizePass
 from onnxprune.select import KeepPlan
 from onnxprune.verify import damage, fidelity, output_parts
-from helpers import CALIB_IMG, MODELS, full_check, run
+from helpers import CALIB_IMG, MODELS, RESNET, full_check, run
 
 MOBILENET = MODELS / "mobilenet_legacy.onnx"
 
@@ -71,6 +71,32 @@ def test_min_cosine_meets_its_target(target):
     assert min(passing) == pytest.approx(chosen[0]["macs_fraction"])
     failing = [p["macs_fraction"] for p in b["points"] if not p["meets_target"]]
     assert all(f < chosen[0]["macs_fraction"] for f in failing)
+
+
+def test_min_cosine_searches_between_rounded_plans(monkeypatch):
+    """With coarse rounding (steps of 16 channels) neighbouring plans of the allocation path can
+    be far apart in MACs; the search then tries the budget's own (filled, traded) plans between
+    them. On ResNet it finds a smaller model than the path alone offers, still meeting the
+    target, with the widths rounded as asked."""
+    from onnxprune import api
+    res = onnxprune.prune(RESNET, CALIB_IMG, min_cosine=0.99, round_to=16)
+    r = res.report
+    pts = r.budget["points"]
+    chosen = [p for p in pts if p["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["cost_target"] is not None
+    c = chosen[0]["macs_fraction"]
+    assert c == pytest.approx(r.macs_after / r.macs_before, abs=1e-6)
+    assert chosen[0]["cosine_bound"] >= 0.99
+    on_path = [p for p in pts if p["step"] is not None]
+    assert max(p["macs_fraction"] for p in on_path if not p["meets_target"]) < c
+    assert c < min(p["macs_fraction"] for p in on_path if p["meets_target"])
+    for g in r.groups:
+        if g.prunable:
+            assert g.kept % 16 == 0 or g.kept == g.total
+    monkeypatch.setattr(api, "REFINE_STEPS", 0)
+    path_only = onnxprune.prune(RESNET, CALIB_IMG, min_cosine=0.99, round_to=16).report
+    assert r.macs_after < path_only.macs_after
+    assert all(p.get("cost_target") is None for p in path_only.budget["points"])
 
 
 def test_looser_target_gives_a_smaller_model():
