@@ -7,7 +7,14 @@ One budget (``--target-macs``, default 0.75) on the legacy export, calibrated on
   matplotlib; mostly textures and scientific images), and
 * ``33 photos``: those plus the 17 natural photos of ``build_real.PACKAGE_PHOTOS``,
 
-at several crop counts. Each pruned model is scored against the original on the 128 held-out
+at several crop counts, and on the 1,024 crops of the 33 photos with half of them augmented
+(a fixed seed each):
+
+* ``colour jitter``: brightness and contrast ×U(0.6, 1.4), saturation ×U(0, 1.6), in [0, 1] RGB;
+* ``mixup``: λ·x + (1 − λ)·x' with the crop x' of another random sample, λ ~ U(0.3, 0.7);
+* ``cutmix``: a random square (56–159 px) pasted from another random sample.
+
+Each pruned model is scored against the original on the 128 held-out
 crops of ``build_real`` (8 photos never used for calibration: a cat, coffee, a rocket,
 motorcycles, text, a flower, a portrait) and on 128 fresh crops (another seed) of the
 calibration photos themselves: top-1 agreement and mean logit cosine. The gap between the two is
@@ -41,8 +48,35 @@ import common  # noqa: E402
 import onnxprune  # noqa: E402
 from run_real import cosine_rows  # noqa: E402
 
-SETS = (("16 photos", False, 512), ("33 photos", True, 512), ("33 photos", True, 1024),
-        ("33 photos", True, 2048))
+SETS = (("16 photos", False, 512, None), ("33 photos", True, 512, None),
+        ("33 photos", True, 1024, None), ("33 photos", True, 2048, None),
+        ("33 photos + colour jitter", True, 1024, "jitter"),
+        ("33 photos + mixup", True, 1024, "mixup"), ("33 photos + cutmix", True, 1024, "cutmix"))
+MEAN, STD = eb.IMAGENET_MEAN[:, None, None], eb.IMAGENET_STD[:, None, None]
+
+
+def augment(x: np.ndarray, kind: str, seed: int = 7) -> np.ndarray:
+    """Every second crop of the normalised batch ``x`` (N, 3, H, W) augmented by ``kind``."""
+    rng = np.random.default_rng(seed)
+    out = x.copy()
+    n, _, h, w = x.shape
+    for i in range(1, n, 2):
+        if kind == "jitter":
+            img = x[i] * STD + MEAN
+            img = img * rng.uniform(0.6, 1.4)
+            img = (img - img.mean()) * rng.uniform(0.6, 1.4) + img.mean()
+            grey = img.mean(0, keepdims=True)
+            img = np.clip(grey + (img - grey) * rng.uniform(0.0, 1.6), 0.0, 1.0)
+            out[i] = (img - MEAN) / STD
+        elif kind == "mixup":
+            lam = rng.uniform(0.3, 0.7)
+            out[i] = lam * x[i] + (1 - lam) * x[int(rng.integers(n))]
+        else:  # cutmix
+            side = int(rng.integers(56, 160))
+            y0, x0 = (int(v) for v in rng.integers(0, (h - side, w - side)))
+            j = int(rng.integers(n))
+            out[i, :, y0:y0 + side, x0:x0 + side] = x[j, :, y0:y0 + side, x0:x0 + side]
+    return out
 
 
 def agreement(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
@@ -63,9 +97,11 @@ def main(argv=None) -> int:
     ref_sess = common.session(str(spec.onnx))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, with_extra, n in SETS:
+        for label, with_extra, n, aug in SETS:
             names = names33 if with_extra else names16
             calib, _ = eb.random_crops(photos, names, n, seed=100, scales=build_real.EFF_SCALES)
+            if aug:
+                calib = augment(calib, aug)
             fresh, _ = eb.random_crops(photos, names, 128, seed=202, scales=build_real.EFF_SCALES)
             t0 = time.time()
             res = onnxprune.prune(str(spec.onnx), {"input": calib}, target_macs=args.target_macs)
@@ -96,7 +132,8 @@ def main(argv=None) -> int:
              f"; `--target-macs {args.target_macs}`, legacy export, default options  ",
              "Scores against the original model: top-1 agreement / mean logit cosine on the 128 "
              "held-out crops of 8 unseen photos, and on 128 fresh crops (seed 202) of the "
-             "calibration photos.", "",
+             "calibration photos. Augmented rows: every second crop augmented (script "
+             "docstring).", "",
              "| calibration | crops | MACs kept | unseen photos | fresh crops of the calibration "
              "photos | pass s |", "|---|---|---|---|---|---|"]
     for r in rows:
