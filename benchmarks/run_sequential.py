@@ -77,11 +77,7 @@ def main(argv=None) -> int:
     start = cpu_snapshot()
     rows = []
     for name in a.models.split(","):
-        spec_path = next(Path(a.work).glob(f"*/spec_{name}.json"), None)
-        if spec_path is None:
-            rows.append({"model": name, "error": "not built (python models/build_real.py)"})
-            continue
-        spec = build_real.RealModel.from_json(json.loads(spec_path.read_text()))
+        spec = build_real.get(name, a.work)
         calib, held = spec.load_calib(), spec.load_heldout()
         row = {"model": name}
         r0, row["inchange_s"] = _prune(spec, calib, held, "inchange")

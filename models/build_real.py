@@ -474,7 +474,7 @@ class RealModel:
 
     @classmethod
     def from_json(cls, d: dict) -> "RealModel":
-        d = {k: v for k, v in d.items() if k != "build_version"}
+        d = {k: v for k, v in d.items() if k not in ("build_version", "group_version")}
         for k in ("onnx", "calib", "heldout"):
             d[k] = Path(d[k])
         d["headline"] = tuple(d["headline"])
