@@ -24,6 +24,7 @@ calibration photos themselves: top-1 agreement and mean logit cosine. The gap be
 what the calibration set does not cover.
 
     python benchmarks/run_calibration_variety.py [--work /tmp/onnxprune_real] [--target-macs 0.75]
+        [--rows 0,2,7,8] [--out-prefix benchmarks/results_calibration_variety]
 
 Writes ``benchmarks/results_calibration_variety.md`` and ``.json``.
 """
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(build_real.DEFAULT_WORK))
     ap.add_argument("--target-macs", type=float, default=0.75)
+    ap.add_argument("--rows", default=None, metavar="I,J,…",
+                    help="run only these rows of SETS (0-based; default: all)")
     ap.add_argument("--out-prefix",
                     default=str(ROOT / "benchmarks" / "results_calibration_variety"))
     args = ap.parse_args(argv)
@@ -105,7 +108,8 @@ def main(argv=None) -> int:
     ref_sess = common.session(str(spec.onnx))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, with_extra, n, aug, method in SETS:
+        rows_run = [SETS[int(i)] for i in args.rows.split(",")] if args.rows else SETS
+        for label, with_extra, n, aug, method in rows_run:
             names = names33 if with_extra else names16
             calib, _ = eb.random_crops(photos, names, n, seed=100, scales=build_real.EFF_SCALES)
             if aug:
