@@ -219,10 +219,13 @@ def _ctc_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
     dictionary = _ctc_metrics.dictionary
     ao, ap = o.argmax(-1), p.argmax(-1)
     nonblank = ao != 0
-    cos = cosine_rows(o.reshape(-1, o.shape[-1]), p.reshape(-1, p.shape[-1]))
+    cos = cosine_rows(o.reshape(-1, o.shape[-1]), p.reshape(-1, p.shape[-1]))  # per time step
+    line = cosine_rows(o, p)  # per line, over its whole output: what onnxprune measures
     to, tp = build_real.ctc_decode(o, dictionary), build_real.ctc_decode(p, dictionary)
     ed = [build_real.edit_distance(a, b) for a, b in zip(to, tp)]
-    m = {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "rel_l2": rel_l2(o, p),
+    m = {"cosine": float(cos.mean()), "cosine_min": float(cos.min()),
+         "line_cosine": float(line.mean()), "line_cosine_min": float(line.min()),
+         "rel_l2": rel_l2(o, p),
          "timestep_top1": float(np.mean(ao == ap)),
          "timestep_top1_nonblank": float(np.mean(ao[nonblank] == ap[nonblank]))
          if nonblank.any() else 1.0,
