@@ -106,6 +106,12 @@ def main(argv=None) -> int:
     names16 = build_real.photos_split()[1]
     photos, names33, _, _ = build_real.photos_with_packages()
     ref_sess = common.session(str(spec.onnx))
+    # the scoring inputs and the original's logits on them, once per photo set
+    fresh = {x: eb.random_crops(photos, names33 if x else names16, 128, seed=202,
+                                scales=build_real.EFF_SCALES)[0] for x in (False, True)}
+    scored = {x: (("unseen", held, ref_sess.run(None, {"input": held})[0]),
+                  ("calibration_photos", f, ref_sess.run(None, {"input": f})[0]))
+              for x, f in fresh.items()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         rows_run = [SETS[int(i)] for i in args.rows.split(",")] if args.rows else SETS
@@ -114,7 +120,6 @@ def main(argv=None) -> int:
             calib, _ = eb.random_crops(photos, names, n, seed=100, scales=build_real.EFF_SCALES)
             if aug:
                 calib = augment(calib, aug)
-            fresh, _ = eb.random_crops(photos, names, 128, seed=202, scales=build_real.EFF_SCALES)
             t0 = time.time()
             res = onnxprune.prune(str(spec.onnx), {"input": calib}, target_macs=args.target_macs,
                                   method=method)
@@ -125,9 +130,8 @@ def main(argv=None) -> int:
             row = {"calibration": label, "crops": n, "method": method,
                    "macs_fraction": round(res.report.macs_after / res.report.macs_before, 4),
                    "pass_s": round(seconds, 1)}
-            for key, x in (("unseen", held), ("calibration_photos", fresh)):
-                top1, cos = agreement(ref_sess.run(None, {"input": x})[0],
-                                      sess.run(None, {"input": x})[0])
+            for key, x, ref in scored[with_extra]:
+                top1, cos = agreement(ref, sess.run(None, {"input": x})[0])
                 row[f"{key}_top1"], row[f"{key}_cos"] = round(top1, 4), round(cos, 4)
             rows.append(row)
             print(json.dumps(row), flush=True)
