@@ -227,17 +227,46 @@ class ActivationCache:
         self.nbytes = {t: sum(a.nbytes for a in v) for t, v in self.values.items()}
 
 
+def sample_first(arr: np.ndarray, fed: int, axis: dict[str, int] | None = None,
+                 name: str = "") -> np.ndarray:
+    """A graph output of one run on ``fed`` samples, with its sample axis first.
+
+    Exported models almost always put it first. A sequence-first output (a CTC recogniser's
+    ``[T, N, C]``) has it further in: then the first axis of size ``fed`` is moved to the front,
+    and ``axis`` (one dict per pass over the samples) remembers it for ``name``, so that a later
+    batch whose size happens to equal ``T`` is read the same way. With one sample per run and no
+    axis of size 1 (a fixed batch of 1 that the output does not show) the whole output is that
+    sample's: a first axis is added."""
+    axis = {} if axis is None else axis
+    if arr.ndim == 0:
+        return arr[None]
+    k = axis.get(name)
+    if k is None:
+        k = next((i for i in range(arr.ndim) if arr.shape[i] == fed), -1)
+        if k > 0:
+            axis[name] = k
+    if k > 0 and arr.ndim > k and arr.shape[k] == fed:
+        return np.moveaxis(arr, k, 0)
+    if k < 0 and fed == 1:
+        return arr[None]
+    return arr
+
+
 def run_outputs(sess: ort.InferenceSession, calib: Calibration, indices: np.ndarray,
                 names: Sequence[str], batch_size: int = 32,
                 cut: dict[str, list[np.ndarray]] | None = None,
-                stored: dict[str, list[np.ndarray]] | None = None, room: int = 0):
+                stored: dict[str, list[np.ndarray]] | None = None, room: int = 0,
+                outputs: bool = False):
     """Yield ``({name: array}, token_mask)`` per batch, sample axis first, padding rows dropped;
     ``token_mask`` is the batch's ``[n, seq]`` boolean valid-token mask, or None when the
     calibration has none (see :func:`token_valid`). ``cut``: values of batch ``b`` fed to the
     session beside the graph inputs it reads (:meth:`ActivationCache.plan`); ``stored``: lists
     that receive each batch's value of their tensor as onnxruntime returns it, as long as they
-    hold at most ``room`` bytes together (a tensor that would pass it is dropped)."""
+    hold at most ``room`` bytes together (a tensor that would pass it is dropped).
+    ``outputs``: ``names`` are graph outputs, whose sample axis is found (:func:`sample_first`)
+    rather than taken to be the first."""
     stored = {} if stored is None else stored
+    axis: dict[str, int] = {}
     inputs = None if cut is None else {i.name for i in sess.get_inputs()}
     used = 0
     for b, (feed, valid) in enumerate(calib.feeds(indices, batch_size)):
@@ -254,10 +283,14 @@ def run_outputs(sess: ort.InferenceSession, calib: Calibration, indices: np.ndar
         batch = {}
         for name in names:
             arr = np.asarray(outs[name])
+            if calib.mode == "unbatched":
+                batch[name] = arr[None]
+                continue
+            if outputs:
+                arr = sample_first(arr, fed, axis, name)
             # Only padded runs drop rows: an intermediate tensor's first axis need not be the
             # sample axis (sequence-first attention: [s·b, E]).
-            batch[name] = arr[None] if calib.mode == "unbatched" else (
-                arr[:valid] if valid < fed else arr)
+            batch[name] = arr[:valid] if valid < fed else arr
         yield batch, calib.token_valid(feed, valid)
 
 

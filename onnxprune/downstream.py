@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from onnxprune.calibrate import drop_padding, run_outputs, session
+from onnxprune.calibrate import drop_padding, run_outputs, sample_first, session
 from onnxprune.modelio import Calibration
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def run_model(model: onnx.ModelProto, calib: Calibration, indices: np.ndarray,
     sess = session(model)
     names = [o.name for o in sess.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for batch, mask in run_outputs(sess, calib, indices, names, batch_size):
+    for batch, mask in run_outputs(sess, calib, indices, names, batch_size, outputs=True):
         for n in names:
             parts[n].append(drop_padding(np.asarray(batch[n]), mask))
     return {n: np.concatenate(p) for n, p in parts.items()
@@ -126,12 +126,14 @@ class DownstreamRunner:
         sess = session(self._sub_model(variant, nodes, frontier, produced))
         got: dict[str, list[np.ndarray]] = {n: [] for n in produced}
         feeds = self.calib.feeds(self.indices, self.batch_size)
+        axis: dict[str, int] = {}
         for b, (feed, valid) in enumerate(feeds):
             outs = sess.run(produced, {t: feed[t] if t in self.graph_inputs else self.cache[t][b]
                                        for t in frontier})
             fed = len(next(iter(feed.values())))
             for n, o in zip(produced, outs):  # padding rows of a fixed-batch model dropped
-                got[n].append(np.asarray(o)[:valid] if valid < fed else np.asarray(o))
+                o = sample_first(np.asarray(o), fed, axis, n)
+                got[n].append(o[:valid] if valid < fed else o)
         return [np.concatenate(got[n]) if n in got else self.reference[n] for n in self.names]
 
     def _sub_model(self, variant: onnx.ModelProto, nodes: list[onnx.NodeProto],

@@ -259,8 +259,8 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
     ref = session(original) if isinstance(original, onnx.ModelProto) else original
     new = session(pruned) if isinstance(pruned, onnx.ModelProto) else pruned
     names = [o.name for o in ref.get_outputs()]
-    ref_runs = run_outputs(ref, calib, indices, names, batch_size)
-    new_runs = run_outputs(new, calib, indices, names, batch_size)
+    ref_runs = run_outputs(ref, calib, indices, names, batch_size, outputs=True)
+    new_runs = run_outputs(new, calib, indices, names, batch_size, outputs=True)
     acc = {n: {"max": 0.0, "agree": 0, "n": 0, "maps": False,
                "ab": [], "aa": [], "bb": [], "dd": []} for n in names}
     top1 = {}

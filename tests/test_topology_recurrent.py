@@ -105,3 +105,41 @@ def test_recurrent_macs_are_counted(model):
 
     assert res.report.macs_before == macs(16)
     assert res.report.macs_after == macs(8)
+
+
+@pytest.mark.parametrize("dynamic_batch", [True, False], ids=["batched", "fixed1"])
+def test_sequence_first_output_is_scored_per_sample(tmp_path, dynamic_batch):
+    """The LSTM CRNN's output is ``[T, N, C]`` (sequence first, as CTC recognisers export it;
+    with a fixed batch of 1, ``[T, 1, C]``): the report's cosine and its standard error are per
+    sample over the whole sequence, as for the same model with its output batch first, and equal
+    a direct computation on the held-out samples."""
+    torch.manual_seed(0)
+    module = CRNN("lstm")
+    x = np.random.default_rng(1).standard_normal((40, 1, 8, 20)).astype(np.float32)
+    example = torch.zeros(2 if dynamic_batch else 1, 1, 8, 20)
+
+    class BatchFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, inp):
+            return self.inner(inp).permute(1, 0, 2)
+
+    seq = export(module, example, tmp_path / "seq.onnx", "legacy", dynamic_batch=dynamic_batch)
+    bf = export(BatchFirst(), example, tmp_path / "bf.onnx", "legacy", dynamic_batch=dynamic_batch)
+    res = onnxprune.prune(str(seq), {"input": x}, ratio=0.5)
+    res_bf = onnxprune.prune(str(bf), {"input": x}, ratio=0.5)
+    fid, fid_bf = res.report.fidelity["output"], res_bf.report.fidelity["output"]
+    _, hold = split_samples(len(x), 0.2, 0)
+
+    def outputs(m):  # [n, T·C] per held-out sample, run one at a time
+        return np.stack([run(m, {"input": x[i:i + 1]})[0].reshape(-1) for i in hold])
+
+    a, b = outputs(seq), outputs(res.model)
+    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert fid.cosine == pytest.approx(float(cos.mean()), rel=1e-4)
+    assert fid.cosine_se == pytest.approx(float(cos.std(ddof=1) / np.sqrt(len(cos))), rel=1e-3)
+    assert fid.cosine == pytest.approx(fid_bf.cosine, rel=1e-5)
+    assert fid.cosine_se == pytest.approx(fid_bf.cosine_se, rel=1e-3)
+    assert fid.cosine < 0.9999  # something was lost, so the comparison means something
