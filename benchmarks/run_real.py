@@ -216,8 +216,10 @@ def _yolo_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
 
 
 def _ctc_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
+    """(N, T, symbols) probabilities, or logits with ``kind["logits"]`` (KL on their softmax)."""
     dictionary = _ctc_metrics.dictionary
     ao, ap = o.argmax(-1), p.argmax(-1)
+    po, pp = (_softmax(o), _softmax(p)) if kind.get("logits") else (o, p)
     nonblank = ao != 0
     cos = cosine_rows(o.reshape(-1, o.shape[-1]), p.reshape(-1, p.shape[-1]))  # per time step
     line = cosine_rows(o, p)  # per line, over its whole output: what onnxprune measures
@@ -229,7 +231,7 @@ def _ctc_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
          "timestep_top1": float(np.mean(ao == ap)),
          "timestep_top1_nonblank": float(np.mean(ao[nonblank] == ap[nonblank]))
          if nonblank.any() else 1.0,
-         "kl": _kl(o.reshape(-1, o.shape[-1]), p.reshape(-1, p.shape[-1])),
+         "kl": _kl(po.reshape(-1, po.shape[-1]), pp.reshape(-1, pp.shape[-1])),
          "text_agreement": float(np.mean([a == b for a, b in zip(to, tp)])),
          "text_agreement_ws": float(np.mean([a.split() == b.split() for a, b in zip(to, tp)])),
          "char_agreement": 1.0 - sum(ed) / max(1, sum(max(len(a), len(b), 1)
@@ -279,6 +281,10 @@ def score(spec: build_real.RealModel, ref: dict, got: dict, feeds: dict) -> dict
         elif k == "regression":
             per_out[name] = _map_metrics(o, p, {})
         elif k == "ctc_probs":
+            if kind.get("sequence_first"):  # [T, N, C]; runs of a batch of 1 stacked: [N·T, 1, C]
+                n = len(next(iter(feeds.values())))
+                o, p = (x.reshape(n, -1, x.shape[-1]) if x.shape[1] == 1 and n > 1
+                        else np.moveaxis(x, 1, 0) for x in (o, p))
             per_out[name] = _ctc_metrics(o, p, kind)
         elif k == "yolo":
             per_out[name] = _yolo_metrics(o, p, kind)
@@ -396,7 +402,9 @@ def run_model(name: str, configs: list[dict], args, state: dict, prefix: Path, p
     entry["n_validation"] = n_val
     for kind in spec.outputs.values():
         if kind["kind"] == "ctc_probs":
-            _ctc_metrics.dictionary = build_real._rec_dictionary(spec.onnx)
+            _ctc_metrics.dictionary = (json.loads(Path(kind["dictionary"]).read_text())
+                                       if "dictionary" in kind
+                                       else build_real._rec_dictionary(spec.onnx))
             texts = json.loads(Path(kind["texts"]).read_text())["heldout"]
             _ctc_metrics.truth = [texts[i] for i in ti]
     t1 = time.perf_counter()

