@@ -158,7 +158,8 @@ def render(report: Report, title: str = "onnxprune report",
     html.append("</table><h2>Fidelity on the held-out samples</h2><table><tr><th>output</th>"
                 "<th>cosine</th><th>rel. L2</th><th>top-1 agreement</th><th>parts</th></tr>")
     for name, f in r.fidelity.items():
-        parts = "; ".join(f"features {list(p.features)}: cos {p.cosine:.4f}"
+        parts = "; ".join(f"{'fields' if p.axis == -1 else 'features'} {list(p.features)}: "
+                          f"cos {p.cosine:.4f}"
                           for p in f.parts) or "–"
         html.append(f"<tr><td>{escape(name)}</td><td class='n'>{f.cosine:.4f}</td>"
                     f"<td class='n'>{f.rel_l2:.4f}</td><td class='n'>"

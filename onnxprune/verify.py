@@ -21,7 +21,15 @@ smallest part). Outputs whose scales are all within the gap form one part. A *ma
 few channels (N, C ≤ ``FEW_MAPS``, H, W, ...: a face-probability map beside a background map,
 4 box-offset maps) splits by dominance as well as by scale: each channel there is its own
 quantity, and a channel near 1 everywhere would hide a sparse one beside it (a face map's cosine
-0.79 inside a whole-output cosine of 0.998), so every live channel is its own part. The figures
+0.79 inside a whole-output cosine of 0.998), so every live channel is its own part.
+A detector head exported anchors first, (N, anchors, fields) — YOLOX's (N, A, 4 + 1 + classes),
+YOLOv5's (N, A, 85) — concatenates its quantities along the *last* axis instead, where axis 1
+(the anchors) shows one scale: ddddocr's YOLOX keeps a whole-output cosine of 0.98 at
+``--ratio 0.25`` while its objectness field falls to 0.88. So when axis 1 of a 3-D output forms
+one part and its last axis has at most ``MAX_FIELDS`` entries, the last axis is split the same
+way — every entry its own part when there are at most ``FEW_MAPS`` of them, else by scale, kept
+only if every part is one contiguous range of fields (a concatenation; a hidden state's scattered
+outlier dimensions or a softmax's rare symbols are not). The figures
 of every part are reported and :attr:`OutputFidelity.worst_cosine` is the lowest of the whole
 output's cosine and its parts'. ``--min-cosine`` checks that figure less twice its standard
 error over the held-out samples (``cosine_se``): a lower confidence bound of what new samples
@@ -63,6 +71,8 @@ PART_GAP = 10.0
 MIN_PART = 2
 #: A map output (N, C, H, W, ...) with at most this many channels C: a part per channel.
 FEW_MAPS = 8
+#: A 3-D output (N, A, K) with K ≤ this can be split into parts along its last axis (fields).
+MAX_FIELDS = 128
 #: A sample whose reference output (or part) has a norm below this fraction of the samples' RMS
 #: norm is negligible: its cosine is scored from the size of its change (sample_cosines).
 NEGLIGIBLE = 1e-3
@@ -70,14 +80,15 @@ NEGLIGIBLE = 1e-3
 
 @dataclass(frozen=True)
 class PartFidelity:
-    features: tuple[tuple[int, int], ...]  # index ranges [lo, hi) along the output's axis 1
+    features: tuple[tuple[int, int], ...]  # index ranges [lo, hi) along the output's ``axis``
     rel_l2: float
     cosine: float
     cosine_se: float = 0.0  # standard error of the mean cosine over the samples
+    axis: int = 1  # 1, or -1: the fields of an anchors-first detector head (module docstring)
 
     def to_dict(self) -> dict:
-        return {"features": [list(r) for r in self.features], "rel_l2": self.rel_l2,
-                "cosine": self.cosine, "cosine_se": self.cosine_se}
+        return {"features": [list(r) for r in self.features], "axis": self.axis,
+                "rel_l2": self.rel_l2, "cosine": self.cosine, "cosine_se": self.cosine_se}
 
 
 @dataclass(frozen=True)
@@ -134,12 +145,33 @@ def output_parts(scale: np.ndarray, maps: bool = False) -> list[np.ndarray]:
     return parts
 
 
-def _feature_view(x: np.ndarray) -> np.ndarray:
-    """``x`` as (samples, features, rest) float64: features = axis 1."""
+def split_parts(r2: np.ndarray, r2_last: np.ndarray | None, ndim: int
+                ) -> tuple[int, list[np.ndarray]]:
+    """(axis, parts) of an output from the squared norms of its features along axis 1 (``r2``)
+    and, for a 3-D output, along its last axis (``r2_last``; module docstring)."""
+    parts = output_parts(np.sqrt(r2), ndim >= 4)
+    if len(parts) > 1 or ndim != 3 or r2_last is None or len(r2_last) > MAX_FIELDS:
+        return 1, parts
+    scale = np.sqrt(r2_last)
+    fields = output_parts(scale, True) if len(scale) <= FEW_MAPS else output_parts(scale)
+    if len(fields) > 1 and all(len(_ranges(f)) == 1 for f in fields):
+        return -1, fields
+    return 1, parts
+
+
+def _feature_view(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """``x`` as (samples, features, rest) float64: features = ``axis`` (1 or -1)."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim < 2:
         return x.reshape(x.shape[0] if x.ndim else 1, 1, 1)
+    if axis != 1:
+        x = np.moveaxis(x, axis, 1)
     return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _fields(x: np.ndarray) -> bool:
+    """Whether ``x``'s last axis is a candidate for parts (3-D, at most MAX_FIELDS entries)."""
+    return np.ndim(x) == 3 and np.shape(x)[-1] <= MAX_FIELDS
 
 
 def feature_scale(y: np.ndarray) -> np.ndarray:
@@ -153,10 +185,12 @@ def damage(ref: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> float:
     mean over its parts of ``‖ŷ_p − y_p‖² / ‖y_p‖²``, averaged over outputs."""
     total = 0.0
     for r, o in zip(ref, outs):
-        rv, ov = _feature_view(r), _feature_view(o)
-        d2 = np.sum((ov - rv) ** 2, axis=(0, 2))
-        r2 = np.sum(rv * rv, axis=(0, 2))
-        parts = output_parts(np.sqrt(r2), np.ndim(r) >= 4)
+        sums = {}
+        for ax in ((1, -1) if _fields(r) else (1,)):
+            rv, ov = _feature_view(r, ax), _feature_view(o, ax)
+            sums[ax] = (np.sum((ov - rv) ** 2, axis=(0, 2)), np.sum(rv * rv, axis=(0, 2)))
+        axis, parts = split_parts(sums[1][1], sums[-1][1] if -1 in sums else None, np.ndim(r))
+        d2, r2 = sums[axis]
         per = [float(d2[p].sum() / r2[p].sum()) if r2[p].sum() > 0 else float(d2[p].sum())
                for p in parts]
         total += sum(per) / len(per)
@@ -261,24 +295,28 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
     names = [o.name for o in ref.get_outputs()]
     ref_runs = run_outputs(ref, calib, indices, names, batch_size, outputs=True)
     new_runs = run_outputs(new, calib, indices, names, batch_size, outputs=True)
-    acc = {n: {"max": 0.0, "agree": 0, "n": 0, "maps": False,
-               "ab": [], "aa": [], "bb": [], "dd": []} for n in names}
+    acc = {n: {"max": 0.0, "agree": 0, "n": 0, "ndim": 0,
+               **{k + t: [] for k in ("ab", "aa", "bb", "dd") for t in ("", "_last")}}
+           for n in names}
     top1 = {}
     for (ref_b, mask), (new_b, _) in zip(ref_runs, new_runs):
         for n in names:
             a, b = drop_padding(np.asarray(ref_b[n]), mask), drop_padding(np.asarray(new_b[n]),
                                                                           mask)
-            av, bv = _feature_view(a), _feature_view(b)
             st = acc[n]
-            diff = av - bv
-            st["max"] = max(st["max"], float(np.max(np.abs(diff))) if diff.size else 0.0)
-            # per sample and feature: Σ a·b, Σ a², Σ b², Σ (a − b)² over positions
-            st["ab"].append(np.sum(av * bv, axis=2))
-            st["aa"].append(np.sum(av * av, axis=2))
-            st["bb"].append(np.sum(bv * bv, axis=2))
-            st["dd"].append(np.sum(diff * diff, axis=2))
+            # per sample and feature (axis 1; also the last axis: its fields): Σ a·b, Σ a²,
+            # Σ b², Σ (a − b)² over the other positions
+            for ax, t in ((1, ""), (-1, "_last")) if _fields(a) else ((1, ""),):
+                av, bv = _feature_view(a, ax), _feature_view(b, ax)
+                diff = av - bv
+                st["ab" + t].append(np.sum(av * bv, axis=2))
+                st["aa" + t].append(np.sum(av * av, axis=2))
+                st["bb" + t].append(np.sum(bv * bv, axis=2))
+                st["dd" + t].append(np.sum(diff * diff, axis=2))
+            st["max"] = max(st["max"], float(np.max(np.abs(a.astype(np.float64) - b)))
+                            if a.size else 0.0)
             st["n"] += av.shape[0]
-            st["maps"] = a.ndim >= 4
+            st["ndim"] = a.ndim
             if a.ndim == 2 and a.shape[1] > 1:
                 top1[n] = True
                 st["agree"] += int(np.sum(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
@@ -289,9 +327,13 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
     for n in names:
         st = acc[n]
         cnt = max(st["n"], 1)
-        ab, aa, bb, dd = (np.concatenate(st[k]) for k in ("ab", "aa", "bb", "dd"))
+        last = bool(st["aa_last"])
+        axis, parts = split_parts(np.concatenate(st["aa"]).sum(axis=0),
+                                  np.concatenate(st["aa_last"]).sum(axis=0) if last else None,
+                                  st["ndim"])
 
-        def figures(cols) -> tuple[float, float, float]:
+        def figures(cols, t: str = "") -> tuple[float, float, float]:
+            ab, aa, bb, dd = (np.concatenate(st[k + t]) for k in ("ab", "aa", "bb", "dd"))
             d2, r2 = float(dd[:, cols].sum()), float(aa[:, cols].sum())
             rel = float(np.sqrt(d2 / r2)) if r2 > 0 else float(np.sqrt(d2))
             cos = sample_cosines(ab[:, cols].sum(1), aa[:, cols].sum(1), bb[:, cols].sum(1),
@@ -300,8 +342,8 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
             return rel, float(cos.sum() / cnt), se
 
         rel, cos, se = figures(slice(None))
-        parts = output_parts(np.sqrt(aa.sum(axis=0)), st["maps"])
-        part_fid = tuple(PartFidelity(_ranges(p), *figures(p)) for p in parts) \
+        t = "_last" if axis == -1 else ""
+        part_fid = tuple(PartFidelity(_ranges(p), *figures(p, t), axis=axis) for p in parts) \
             if len(parts) > 1 else ()
         out[n] = OutputFidelity(max_abs=st["max"], rel_l2=rel, cosine=cos,
                                 top1_agreement=(st["agree"] / cnt) if top1.get(n) else None,

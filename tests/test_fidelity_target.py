@@ -337,6 +337,84 @@ def test_fidelity_reports_each_channel_of_a_few_channel_map():
     assert fid.worst_cosine == pytest.approx(want, rel=1e-5) and want < 0.5
 
 
+def _yolox_like(n=16, anchors=300, seed=0):
+    """[n, anchors, 6]: a YOLOX head exported anchors first (ddddocr's detector): grid offsets
+    x, y (~0.5), log sizes w, h (~1.5), an objectness that is ~0 almost everywhere, a class
+    score."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 1, (n, anchors, 2))
+    wh = rng.normal(1.5, 0.3, (n, anchors, 2))
+    obj = np.where(rng.random((n, anchors, 1)) < 0.02, rng.uniform(0.5, 1, (n, anchors, 1)),
+                   rng.uniform(0, 1e-3, (n, anchors, 1)))
+    cls = rng.uniform(0.1, 0.6, (n, anchors, 1))
+    return np.concatenate([xy, wh, obj, cls], axis=2)
+
+
+def test_an_anchors_first_head_is_split_into_its_fields():
+    """(N, anchors, fields): axis 1 shows one scale, so the fields of the last axis are the
+    parts — each its own when there are few; by scale, as contiguous ranges, when there are
+    more (YOLOv5's 4 pixel box fields before 81 scores); never for scattered dimensions (a
+    hidden state's outliers, a softmax's rare symbols) or long last axes."""
+    from onnxprune.verify import MAX_FIELDS, split_parts
+    y = _yolox_like()
+
+    def r2(x):
+        return np.sum(x ** 2, axis=(0, 2)), np.sum(x ** 2, axis=(0, 1))
+
+    axis, parts = split_parts(*r2(y), 3)
+    assert axis == -1 and [p.tolist() for p in parts] == [[i] for i in np.argsort(
+        -np.sqrt(np.mean(y ** 2, axis=(0, 1))), kind="stable")]
+    yolov5 = _yolo_like().transpose(0, 2, 1)  # [n, anchors, 84]
+    axis, parts = split_parts(*r2(yolov5), 3)
+    assert axis == -1 and [p.tolist() for p in parts] == [[0, 1, 2, 3], list(range(4, 84))]
+    assert split_parts(*r2(_yolo_like()), 3)[0] == 1  # rows first (NudeNet): axis 1, as before
+    hidden = np.random.default_rng(2).normal(0, 1, (8, 31, 64))
+    hidden[..., [5, 40]] *= 100  # outlier dimensions: two scattered, not a concatenation
+    axis, parts = split_parts(*r2(hidden), 3)
+    assert axis == 1 and [p.tolist() for p in parts] == [list(range(31))]
+    long = np.concatenate([yolov5] * 2, axis=2)[..., :MAX_FIELDS + 1]
+    assert split_parts(*r2(long), 3)[0] == 1
+    # damage: objectness lost entirely is half the damage of (boxes, objectness ...) averaged
+    hurt = y.copy()
+    hurt[..., 4] = 0.0
+    whole = np.sum((hurt - y) ** 2) / np.sum(y ** 2)
+    assert whole < 0.01
+    assert damage([y], [hurt]) == pytest.approx(1.0 / 6.0, rel=1e-9)
+
+
+def test_fidelity_reports_the_fields_of_an_anchors_first_head():
+    """End to end through onnxruntime: a 'detector' whose objectness field is replaced by a
+    constant keeps a whole-output cosine near 1; the report's objectness part shows the loss."""
+    from onnx import TensorProto, helper
+    y = _yolox_like().astype(np.float32)
+
+    def model(obj_scale: float, obj_shift: float):
+        s = np.ones((1, 1, 6), np.float32)
+        b = np.zeros((1, 1, 6), np.float32)
+        s[..., 4], b[..., 4] = obj_scale, obj_shift
+        shape = ["n", 300, 6]
+        g = helper.make_graph(
+            [helper.make_node("Mul", ["x", "s"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["y"])],
+            "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+            [onnx.numpy_helper.from_array(s, "s"), onnx.numpy_helper.from_array(b, "b")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    original, flat = model(1.0, 0.0), model(0.0, float(y[..., 4].mean()))
+    cal = load_calibration({"x": y}, original, "none")
+    fid = fidelity(original, flat, cal, np.arange(len(y)))["y"]
+    assert fid.cosine > 0.99
+    assert len(fid.parts) == 6 and {p.axis for p in fid.parts} == {-1}
+    obj = next(p for p in fid.parts if p.features == ((4, 5),))
+    a = y[..., 4].astype(np.float64)
+    b = np.full_like(a, y[..., 4].mean())
+    want = np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
+    assert obj.cosine == pytest.approx(want, rel=1e-5) and want < 0.5
+    assert fid.worst_cosine == pytest.approx(want, rel=1e-5)
+    assert fid.to_dict()["parts"][0]["axis"] == -1
+
+
 def test_negligible_samples_are_scored_by_their_change():
     """A text detector's map of a crop without text is ~0: its direction is rounding noise. Such
     a sample is scored against the floor norm (NEGLIGIBLE of the samples' RMS norm): noise on
