@@ -174,12 +174,6 @@ def _fields(x: np.ndarray) -> bool:
     return np.ndim(x) == 3 and np.shape(x)[-1] <= MAX_FIELDS
 
 
-def feature_scale(y: np.ndarray) -> np.ndarray:
-    """RMS of each feature (axis 1) of a reference output over samples and positions."""
-    v = _feature_view(y)
-    return np.sqrt(np.mean(v * v, axis=(0, 2)))
-
-
 def damage(ref: Sequence[np.ndarray], outs: Sequence[np.ndarray]) -> float:
     """Relative squared change of a model's outputs, no part hidden by another: per output the
     mean over its parts of ``‖ŷ_p − y_p‖² / ‖y_p‖²``, averaged over outputs."""
