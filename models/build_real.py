@@ -255,6 +255,14 @@ def font_paths() -> list[Path]:
     return [d / f for f in FONT_FILES if (d / f).exists()]
 
 
+def font_families() -> tuple[list[Path], list[Path]]:
+    """matplotlib's DejaVu fonts and its STIX fonts (ddddocr's inputs: one calibrates, the other
+    is held out)."""
+    fonts = font_paths()
+    return ([f for f in fonts if f.name.startswith("DejaVu")],
+            [f for f in fonts if f.name.startswith("STIX")])
+
+
 def font(path: Path, size: int):
     from PIL import ImageFont
 
@@ -1500,9 +1508,7 @@ def ddddocr_captcha(gdir: Path) -> RealModel:
     path, prov = _copy_wheel_onnx("ddddocr", "ddddocr", "common.onnx", gdir)
     cpath, cprov = package_file("ddddocr", "ddddocr", "charsets.py")
     charset = _dddd_charset(cpath)
-    fonts = font_paths()
-    dejavu = [f for f in fonts if f.name.startswith("DejaVu")]
-    stix = [f for f in fonts if f.name.startswith("STIX")]
+    dejavu, stix = font_families()
     calib, ct = _captchas(np.random.default_rng(1600), 256, dejavu)
     held, ht = _captchas(np.random.default_rng(1601), 96, stix)
     _save_npz(gdir / "calib.npz", {"input1": calib})
@@ -1541,9 +1547,7 @@ def ddddocr_det(gdir: Path) -> RealModel:
     (1,3,416,416) -> (1,3549,6), anchors first."""
     path, prov = _copy_wheel_onnx("ddddocr", "ddddocr", "common_det.onnx", gdir)
     photos, cnames, hnames, _ = photos_split()
-    fonts = font_paths()
-    dejavu = [f for f in fonts if f.name.startswith("DejaVu")]
-    stix = [f for f in fonts if f.name.startswith("STIX")]
+    dejavu, stix = font_families()
 
     def make(seed, n, names, fnts):
         """Click-captcha-like images: a photo square (resized to 344 px) with 2-5 large glyphs
