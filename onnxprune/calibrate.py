@@ -232,24 +232,22 @@ def sample_first(arr: np.ndarray, fed: int, axis: dict[str, int] | None = None,
     """A graph output of one run on ``fed`` samples, with its sample axis first.
 
     Exported models almost always put it first. A sequence-first output (a CTC recogniser's
-    ``[T, N, C]``) has it further in: then the first axis of size ``fed`` is moved to the front,
-    and ``axis`` (one dict per pass over the samples) remembers it for ``name``, so that a later
-    batch whose size happens to equal ``T`` is read the same way. With one sample per run and no
-    axis of size 1 (a fixed batch of 1 that the output does not show) the whole output is that
-    sample's: a first axis is added."""
+    ``[T, N, C]``) has it further in: the first axis of size ``fed`` is moved to the front. With
+    one sample per run and no axis of size 1 (a fixed batch of 1 that the output does not show)
+    the whole output is that sample's: a first axis is added. The choice is made on an output's
+    first batch and kept in ``axis`` (one dict per pass over the samples), so that every batch of
+    the pass is read the same way (a last batch whose size happens to equal ``T``, or of one
+    sample)."""
     axis = {} if axis is None else axis
     if arr.ndim == 0:
         return arr[None]
-    k = axis.get(name)
-    if k is None:
+    if name not in axis:
         k = next((i for i in range(arr.ndim) if arr.shape[i] == fed), -1)
-        if k > 0:
-            axis[name] = k
+        axis[name] = k if k >= 0 else (-1 if fed == 1 else 0)  # -1: add a sample axis
+    k = axis[name]
     if k > 0 and arr.ndim > k and arr.shape[k] == fed:
         return np.moveaxis(arr, k, 0)
-    if k < 0 and fed == 1:
-        return arr[None]
-    return arr
+    return arr[None] if k < 0 else arr
 
 
 def run_outputs(sess: ort.InferenceSession, calib: Calibration, indices: np.ndarray,

@@ -143,3 +143,22 @@ def test_sequence_first_output_is_scored_per_sample(tmp_path, dynamic_batch):
     assert fid.cosine == pytest.approx(fid_bf.cosine, rel=1e-5)
     assert fid.cosine_se == pytest.approx(fid_bf.cosine_se, rel=1e-3)
     assert fid.cosine < 0.9999  # something was lost, so the comparison means something
+
+
+def test_sample_first_reads_every_batch_of_a_pass_alike():
+    """The sample axis is chosen on an output's first batch and kept for the pass."""
+    from onnxprune.calibrate import sample_first
+    rng = np.random.default_rng(0)
+    seq = rng.standard_normal((20, 7, 5))  # [T, N, C]
+    ax: dict = {}
+    np.testing.assert_array_equal(sample_first(seq, 7, ax, "y"), seq.transpose(1, 0, 2))
+    last = rng.standard_normal((20, 20, 5))  # a last batch of 20 samples, T = 20 as well
+    np.testing.assert_array_equal(sample_first(last, 20, ax, "y"), last.transpose(1, 0, 2))
+    first = rng.standard_normal((7, 20, 5))  # batch first: unchanged
+    assert sample_first(first, 7, {}, "y") is first
+    one = rng.standard_normal((20, 5))  # a fixed batch of 1 the output does not show
+    assert sample_first(one, 1, {}, "y").shape == (1, 20, 5)
+    ax = {}
+    flat = rng.standard_normal(10)  # no sample axis at all (batched runs): left as it is,
+    assert sample_first(flat, 32, ax, "c") is flat  # also for a last batch of one sample
+    assert sample_first(flat, 1, ax, "c") is flat
