@@ -296,11 +296,7 @@ def score(spec: build_real.RealModel, ref: dict, got: dict, feeds: dict) -> dict
             per_out[name] = _map_metrics(o, p, kind)
         elif k == "regression":
             per_out[name] = _map_metrics(o, p, {})
-        elif k == "ctc_probs":
-            if kind.get("sequence_first"):  # [T, N, C]; runs of a batch of 1 stacked: [N·T, 1, C]
-                n = len(next(iter(feeds.values())))
-                o, p = (x.reshape(n, -1, x.shape[-1]) if x.shape[1] == 1 and n > 1
-                        else np.moveaxis(x, 1, 0) for x in (o, p))
+        elif k == "ctc_probs":  # [N, T, C] (build_real.run_model puts the samples first)
             per_out[name] = _ctc_metrics(o, p, kind)
         elif k == "yolo":
             per_out[name] = _yolo_metrics(o, p, kind)

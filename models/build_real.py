@@ -38,8 +38,8 @@ into the repository. :func:`get` / :func:`build_all` are the entry points::
 A :class:`RealModel` carries: ``onnx`` (path), ``calib`` / ``heldout`` (``.npz`` paths; keys =
 input names, sample axis first; ``load_calib()`` / ``load_heldout()``), ``task``, ``outputs``
 (how to score every output: ``kind`` one of ``logits``, ``probs``, ``map``, ``regression``,
-``ctc_probs`` (with ``logits``: scores before softmax; ``sequence_first``: ``[T, N, C]``;
-``dictionary``: a JSON symbol list, else the model's metadata), ``hidden``, ``yolo`` (with
+``ctc_probs`` (with ``logits``: scores before softmax; ``dictionary``: a JSON symbol list,
+else the model's metadata), ``hidden``, ``yolo`` (with
 ``boxes``: the box rows before the class-score rows), ``yolox`` (anchors first: 4 box fields,
 objectness, class scores),
 a ``part`` name, an optional ``threshold``), ``headline`` (the output and metric summarising the
@@ -543,8 +543,12 @@ def onnx_io(path: Path) -> dict:
 
 
 def run_model(path: Path, feeds: dict[str, np.ndarray], batch: int = 32) -> dict[str, np.ndarray]:
-    """All outputs of ``path`` on ``feeds`` (sample axis first), in chunks (1 for fixed batch)."""
+    """All outputs of ``path`` on ``feeds``, in chunks (1 for fixed batch), with the sample axis
+    first as onnxprune finds it (``calibrate.sample_first``: a sequence-first ``[T, N, C]``
+    output becomes ``[N, T, C]``)."""
     import onnxruntime as ort
+
+    from onnxprune.calibrate import sample_first
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -554,10 +558,12 @@ def run_model(path: Path, feeds: dict[str, np.ndarray], batch: int = 32) -> dict
         batch = s.get_inputs()[0].shape[0]
     n = len(next(iter(feeds.values())))
     outs: dict[str, list] = {o.name: [] for o in s.get_outputs()}
+    axis: dict[str, int] = {}
     for i in range(0, n, batch):
-        res = s.run(None, {k: v[i:i + batch] for k, v in feeds.items()})
+        chunk = {k: v[i:i + batch] for k, v in feeds.items()}
+        res = s.run(None, chunk)
         for o, r in zip(outs, res):
-            outs[o].append(r)
+            outs[o].append(sample_first(r, len(next(iter(chunk.values()))), axis, o))
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
@@ -1516,13 +1522,13 @@ def ddddocr_captcha(gdir: Path) -> RealModel:
     (gdir / "texts.json").write_text(json.dumps({"calib": ct, "heldout": ht}, indent=0))
     (gdir / "charset.json").write_text(json.dumps(charset, ensure_ascii=False))
     out = run_model(path, {"input1": held})["387"]
-    pred = ctc_decode(out.reshape(len(held), -1, out.shape[-1]), charset)
+    pred = ctc_decode(out, charset)
     exact = float(np.mean([p.lower() == t.lower() for p, t in zip(pred, ht)]))
     return RealModel(
         name="ddddocr_captcha", onnx=path, calib=gdir / "calib.npz",
         heldout=gdir / "heldout.npz", task="recogniser",
         outputs={"387": {"kind": "ctc_probs", "part": "characters", "logits": True,
-                         "sequence_first": True, "texts": str(gdir / "texts.json"),
+                         "texts": str(gdir / "texts.json"),
                          "dictionary": str(gdir / "charset.json")}},
         headline=("387", "char_agreement"), fixed_batch=True,
         info={"what": "captcha recogniser (CNN + LSTM): per-timestep logits over blank + 8209 "
