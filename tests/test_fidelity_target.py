@@ -59,9 +59,9 @@ def test_min_cosine_meets_its_target(target):
     _, hold = onnxprune.api.split_samples(len(x), 0.2, 0)
     assert _held_out_worst_cosine(MOBILENET, res.model, x[hold]) == pytest.approx(
         r.fidelity["logits"].cosine, abs=1e-9)
-    # the search holds a lower confidence bound (mean − 2 standard errors) to the target
+    # the search holds a lower confidence bound (mean − Z standard errors) to the target
     f = r.fidelity["logits"]
-    assert f.cosine - 2 * f.cosine_se >= target
+    assert f.cosine - onnxprune.api.CONFIDENCE_Z * f.cosine_se >= target
     cos = _held_out_cosines(MOBILENET, res.model, x[hold])
     assert f.cosine_se == pytest.approx(cos.std(ddof=1) / np.sqrt(len(cos)), rel=1e-6)
     assert chosen[0]["macs_fraction"] == pytest.approx(r.macs_after / r.macs_before, abs=1e-6)
