@@ -8,7 +8,13 @@ weights of the re-fitted consumers. Steps:
    constants (``keep(name)`` gives the kept channel positions along a tensor's channel axis);
 3. value_info shapes of channel-carrying tensors are updated, unused initializers dropped.
 
-Shared initializers are never sliced in place for one user: a private copy is made.
+Shared initializers are never sliced in place for one user: a private copy is made. Every
+float32/float64 constant the rewrite writes has its subnormal values (0 < |x| < the dtype's
+smallest normal, 1.2e-38 for float32) set to 0: they change no output at the dtype's precision,
+and x86 CPUs take a microcode assist on every multiply that reads one. A least-squares re-fit
+leaves them where a consumer's input channel is (nearly) dead: PP-OCRv4's recogniser at 0.88 of
+the MACs got 421 in one 1x1 convolution (13 in the original), which then ran 4.9x slower in
+onnxruntime (8.2 against 1.7 ms) and the whole model 1.17x slower than the original.
 """
 
 from __future__ import annotations
@@ -26,6 +32,19 @@ from onnxprune.layout import Layout
 from onnxprune.rules import rule_for
 
 log = logging.getLogger(__name__)
+
+
+def flush_subnormals(value: np.ndarray) -> np.ndarray:
+    """``value`` with its subnormal entries set to 0 (float32/float64; other dtypes as given)."""
+    if value.dtype not in (np.float32, np.float64):
+        return value
+    tiny = np.finfo(value.dtype).tiny
+    sub = (np.abs(value) < tiny) & (value != 0)
+    if not sub.any():
+        return value
+    out = value.copy()
+    out[sub] = 0
+    return out
 
 
 def kept_positions(analysis: Analysis, keeps: Mapping[int, np.ndarray], name: str
@@ -170,7 +189,7 @@ class RewriteContext:
         """Give ``node`` a new constant value for input ``i`` (copy-on-write if shared)."""
         name = node.input[i]
         dtype = self.dtypes.get(name, np.asarray(value).dtype)
-        value = np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False))
+        value = flush_subnormals(np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False)))
         if self.uses.get(name, 0) <= 1 and name in self.dtypes:
             self.new_values[name] = value
             return
@@ -190,7 +209,8 @@ class RewriteContext:
         new = self._fresh(f"{node.name}_{suffix}", renames=False)
         self.added.append((node.name, i, new))
         self.dtypes[new] = np.dtype(dtype)
-        self.new_values[new] = np.ascontiguousarray(np.asarray(value).astype(dtype))
+        value = np.ascontiguousarray(np.asarray(value).astype(dtype))
+        self.new_values[new] = flush_subnormals(value)
         self.uses[new] = 1
         while len(node.input) <= i:
             node.input.append("")
