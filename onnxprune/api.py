@@ -100,8 +100,8 @@ DEFAULT_MIN_COSINE = 0.99
 #: sampling error (the difference of two means of equal size has √2 times one's standard error,
 #: so a 2-sigma margin on it is 2.8 SE), and the search keeps the deepest of several plans that
 #: passed, which favours a plan whose held-out estimate came out high. Measured on the real-model
-#: benchmark's test halves (benchmarks/results_real.md): with 2, 11 of 15 networks held with
-#: validation inputs; 3 costs 1-2 % more of the MACs.
+#: benchmark's test halves (benchmarks/results_real.md), with validation inputs: with 2, 11 of
+#: 15 networks held; with 3, 13 (all 15 by this measure), at 0.3-3 % more of the MACs.
 CONFIDENCE_Z = 3.0
 #: A --min-cosine search stops when its bracket spans less than this fraction of the MACs.
 SEARCH_TOLERANCE = 0.01
@@ -419,8 +419,8 @@ def _search_min_cosine(planner: Planner, plan: KeepPlan, target: float, method: 
         alloc = results[(0, proxy)][0]
         raise OptionError(f"--min-cosine {target:g} cannot be met: even the lightest pruning "
                           f"({alloc.exact:.3f} of the MACs kept) gives a held-out cosine of "
-                          f"{results[(0, proxy)][4]:.4f} (less {CONFIDENCE_Z:g} standard errors); lower the "
-                          "target")
+                          f"{results[(0, proxy)][4]:.4f} (less {CONFIDENCE_Z:g} standard "
+                          "errors); lower the target")
     good, bad = 0, len(path)
     while bad - good > 1 and cost[good] - (cost[bad] if bad < len(path) else 0.0) \
             > SEARCH_TOLERANCE:
