@@ -31,9 +31,9 @@ way — every entry its own part when there are at most ``FEW_MAPS`` of them, el
 only if every part is one contiguous range of fields (a concatenation; a hidden state's scattered
 outlier dimensions or a softmax's rare symbols are not). The figures
 of every part are reported and :attr:`OutputFidelity.worst_cosine` is the lowest of the whole
-output's cosine and its parts'. ``--min-cosine`` checks that figure less twice its standard
-error over the held-out samples (``cosine_se``): a lower confidence bound of what new samples
-like them would show, not the held-out mean alone. Budgets measure damage the same way
+output's cosine and its parts'. ``--min-cosine`` checks that figure less ``api.CONFIDENCE_Z``
+(three) times its standard error over the held-out samples (``cosine_se``): a lower confidence
+bound of what new samples like them would show, not the held-out mean alone. Budgets measure damage the same way
 (:func:`damage`): the mean over parts of each part's relative squared change.
 
 **Negligible samples.** A per-sample cosine needs a direction: a sample whose reference output
@@ -321,13 +321,15 @@ def fidelity(original: onnx.ModelProto | ort.InferenceSession,
     for n in names:
         st = acc[n]
         cnt = max(st["n"], 1)
-        last = bool(st["aa_last"])
-        axis, parts = split_parts(np.concatenate(st["aa"]).sum(axis=0),
-                                  np.concatenate(st["aa_last"]).sum(axis=0) if last else None,
+        # per sample and feature, all batches: (ab, aa, bb, dd) along axis 1 ("") and the last
+        sums = {t: tuple(np.concatenate(st[k + t]) for k in ("ab", "aa", "bb", "dd"))
+                for t in ("", "_last") if st["aa" + t]}
+        axis, parts = split_parts(sums[""][1].sum(axis=0),
+                                  sums["_last"][1].sum(axis=0) if "_last" in sums else None,
                                   st["ndim"])
 
         def figures(cols, t: str = "") -> tuple[float, float, float]:
-            ab, aa, bb, dd = (np.concatenate(st[k + t]) for k in ("ab", "aa", "bb", "dd"))
+            ab, aa, bb, dd = sums[t]
             d2, r2 = float(dd[:, cols].sum()), float(aa[:, cols].sum())
             rel = float(np.sqrt(d2 / r2)) if r2 > 0 else float(np.sqrt(d2))
             cos = sample_cosines(ab[:, cols].sum(1), aa[:, cols].sum(1), bb[:, cols].sum(1),
