@@ -33,8 +33,8 @@ outlier dimensions or a softmax's rare symbols are not). The figures
 of every part are reported and :attr:`OutputFidelity.worst_cosine` is the lowest of the whole
 output's cosine and its parts'. ``--min-cosine`` checks that figure less ``api.CONFIDENCE_Z``
 (three) times its standard error over the held-out samples (``cosine_se``): a lower confidence
-bound of what new samples like them would show, not the held-out mean alone. Budgets measure damage the same way
-(:func:`damage`): the mean over parts of each part's relative squared change.
+bound of what new samples like them would show, not the held-out mean alone. Budgets measure
+damage the same way (:func:`damage`): the mean over parts of each part's relative squared change.
 
 **Negligible samples.** A per-sample cosine needs a direction: a sample whose reference output
 (or part) is negligible — norm below ``NEGLIGIBLE`` (10⁻³) of the samples' RMS norm, e.g. a text
