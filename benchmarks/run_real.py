@@ -220,15 +220,14 @@ def _yolox_metrics(o: np.ndarray, p: np.ndarray, kind: dict) -> dict:
     mean cosines (the tool's own measure: each field is a part); IoU of the (anchor, class)
     pairs whose score is above the threshold."""
     so, sp = o[..., 4:5] * o[..., 5:], p[..., 4:5] * p[..., 5:]
-    cos, box, obj, cls, score = (cosine_rows(a, b) for a, b in
-                                 ((o, p), (o[..., :4], p[..., :4]), (o[..., 4], p[..., 4]),
-                                  (o[..., 5:], p[..., 5:]), (so, sp)))
-    fields = min(float(cosine_rows(o[..., k], p[..., k]).mean()) for k in range(o.shape[-1]))
+    cos, box, cls, score = (cosine_rows(a, b) for a, b in
+                            ((o, p), (o[..., :4], p[..., :4]), (o[..., 5:], p[..., 5:]), (so, sp)))
+    field = [float(cosine_rows(o[..., k], p[..., k]).mean()) for k in range(o.shape[-1])]
     a, b = so > kind["threshold"], sp > kind["threshold"]
     union = np.logical_or(a, b).sum()
     return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()), "rel_l2": rel_l2(o, p),
-            "box_cosine": float(box.mean()), "objectness_cosine": float(obj.mean()),
-            "class_cosine": float(cls.mean()), "field_cosine_worst": fields,
+            "box_cosine": float(box.mean()), "objectness_cosine": field[4],
+            "class_cosine": float(cls.mean()), "field_cosine_worst": min(field),
             "score_cosine": float(score.mean()), "score_cosine_min": float(score.min()),
             "iou": float(np.logical_and(a, b).sum() / union) if union else 1.0,
             "positives_orig": int(a.sum()), "positives_pruned": int(b.sum())}
