@@ -560,10 +560,10 @@ def run_model(path: Path, feeds: dict[str, np.ndarray], batch: int = 32) -> dict
     outs: dict[str, list] = {o.name: [] for o in s.get_outputs()}
     axis: dict[str, int] = {}
     for i in range(0, n, batch):
-        chunk = {k: v[i:i + batch] for k, v in feeds.items()}
-        res = s.run(None, chunk)
+        res = s.run(None, {k: v[i:i + batch] for k, v in feeds.items()})
+        fed = min(batch, n - i)
         for o, r in zip(outs, res):
-            outs[o].append(sample_first(r, len(next(iter(chunk.values()))), axis, o))
+            outs[o].append(sample_first(r, fed, axis, o))
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
