@@ -14,7 +14,8 @@ every crop carries its image's label.
 
 Part A (``--part a``) prunes with the real-model benchmark's own calibration set
 (``build_real``: 1,024 crops of 33 photos; none is an ImageNet image) at the settings of
-``results_real.md``, and scores each model on all 160 crops. Part B (``--part b``) asks what
+``results_real.md`` (``SETTINGS``; and ``--target-macs 0.75`` without re-fit, which the
+unseen-photo experiments left within noise), and scores each model on all 160 crops. Part B (``--part b``) asks what
 calibration on the deployment's own distribution buys: the 20 images are split in two halves
 (even / odd file index); for each half, ``--target-macs 0.75`` is calibrated on the 33 photos
 alone and on the 33 photos plus the other half's images (1,024 crops either way, seed 100), and
@@ -103,7 +104,18 @@ def main(argv=None) -> int:
                     choices=("efficientnet_lite0_legacy", "efficientnet_lite0_dynamo"))
     ap.add_argument("--part", default="a,b")
     ap.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results_imagenet_samples"))
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="write one result from the .json files of runs made side by side")
     args = ap.parse_args(argv)
+    prefix = Path(args.out_prefix)
+    if args.merge:
+        runs = [json.loads(Path(f).read_text()) for f in args.merge]
+        meta = {**runs[0]["meta"], "command": " ; ".join(r["meta"]["command"] for r in runs)
+                + " — run side by side"}
+        rows = [row for r in runs for row in r["rows"]]
+        prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        prefix.with_suffix(".md").write_text(render(meta, rows))
+        return 0
     parts = set(args.part.split(","))
     git = common.git_info(ROOT)
     spec = build_real.get(args.model, args.work)
@@ -146,7 +158,6 @@ def main(argv=None) -> int:
             "date": dt.datetime.now().isoformat(timespec="seconds"), "git": git,
             "model": args.model, "images": prov,
             "versions": common.versions(["onnx", "onnxruntime", "numpy", "scipy", "foolbox"])}
-    prefix = Path(args.out_prefix)
     prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     prefix.with_suffix(".md").write_text(render(meta, rows))
     print(f"wrote {prefix.with_suffix('.md')}")
