@@ -15,11 +15,11 @@ every crop carries its image's label.
 Part A (``--part a``) prunes with the real-model benchmark's own calibration set
 (``build_real``: 1,024 crops of 33 photos; none is an ImageNet image) at the settings of
 ``results_real.md`` (``SETTINGS``; and ``--target-macs 0.75`` without re-fit, which the
-unseen-photo experiments left within noise), and scores each model on all 160 crops. Part B (``--part b``) asks what
-calibration on the deployment's own distribution buys: the 20 images are split in two halves
-(even / odd file index); for each half, ``--target-macs 0.75`` is calibrated on the 33 photos
-alone and on the 33 photos plus the other half's images (1,024 crops either way, seed 100), and
-both are scored on that half's 80 crops.
+unseen-photo experiments left within noise), and scores each model on all 160 crops.
+Part B (``--part b``) asks what calibration on the deployment's own distribution buys: the 20
+images are split in two halves (even / odd file index); for each half, ``--target-macs 0.75``
+is calibrated on the 33 photos alone and on the 33 photos plus the other half's images (1,024
+crops either way, seed 100), and both are scored on that half's 80 crops.
 
     python benchmarks/run_imagenet_samples.py [--work /tmp/onnxprune_real] [--part a,b]
         [--model efficientnet_lite0_legacy] [--out-prefix benchmarks/results_imagenet_samples]
