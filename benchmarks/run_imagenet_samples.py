@@ -23,6 +23,7 @@ crops either way, seed 100), and both are scored on that half's 80 crops.
 
     python benchmarks/run_imagenet_samples.py [--work /tmp/onnxprune_real] [--part a,b]
         [--model efficientnet_lite0_legacy] [--out-prefix benchmarks/results_imagenet_samples]
+    python benchmarks/run_imagenet_samples.py --merge A.json B.json   # runs made side by side
 
 Writes ``benchmarks/results_imagenet_samples.md`` and ``.json``.
 """
@@ -164,6 +165,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def _cells(s: dict) -> str:
+    """Top-1 agreement | cosine | accuracy (the original's accuracy), as table cells."""
+    return (f"{s['top1_agreement']:.3f} | {s['cosine']:.3f} | {s['accuracy']:.3f} "
+            f"({s['accuracy_original']:.3f})")
+
+
 def render(meta: dict, rows: list[dict]) -> str:
     dirty = " (dirty)" if meta["git"].get("dirty") else ""
     out = ["# EfficientNet-Lite0 on 20 ImageNet validation images (foolbox 3.3.4)", "",
@@ -180,10 +187,8 @@ def render(meta: dict, rows: list[dict]) -> str:
                 "| setting | MACs kept | top-1 agreement | cosine | accuracy (original) | "
                 "pass s |", "|---|---|---|---|---|---|"]
         for r in a:
-            s = r["imagenet"]
-            out.append(f"| {r['setting']} | {r['macs_fraction']:.3f} | {s['top1_agreement']:.3f} "
-                       f"| {s['cosine']:.3f} | {s['accuracy']:.3f} ({s['accuracy_original']:.3f})"
-                       f" | {r['pass_s']} |")
+            out.append(f"| {r['setting']} | {r['macs_fraction']:.3f} | {_cells(r['imagenet'])} | "
+                       f"{r['pass_s']} |")
         out.append("")
     b = [r for r in rows if r["part"] == "b"]
     if b:
@@ -192,16 +197,12 @@ def render(meta: dict, rows: list[dict]) -> str:
                 "| test half | calibration (1,024 crops) | MACs kept | top-1 agreement | cosine | "
                 "accuracy (original) |", "|---|---|---|---|---|---|"]
         for r in b:
-            s = r["imagenet"]
             out.append(f"| {r['test_half']} | {r['calibration']} | {r['macs_fraction']:.3f} | "
-                       f"{s['top1_agreement']:.3f} | {s['cosine']:.3f} | {s['accuracy']:.3f} "
-                       f"({s['accuracy_original']:.3f}) |")
+                       f"{_cells(r['imagenet'])} |")
         for cal in dict.fromkeys(r["calibration"] for r in b):
             sel = [r["imagenet"] for r in b if r["calibration"] == cal]
-            out.append(f"| both | {cal} | | {np.mean([s['top1_agreement'] for s in sel]):.3f} | "
-                       f"{np.mean([s['cosine'] for s in sel]):.3f} | "
-                       f"{np.mean([s['accuracy'] for s in sel]):.3f} "
-                       f"({np.mean([s['accuracy_original'] for s in sel]):.3f}) |")
+            out.append(f"| both | {cal} | | "
+                       f"{_cells({k: np.mean([s[k] for s in sel]) for k in sel[0]})} |")
     return "\n".join(out) + "\n"
 
 
