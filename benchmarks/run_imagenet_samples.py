@@ -23,7 +23,7 @@ half's images (1,024 crops either way, seed 100), each scored on a half's 80 cro
 
     python benchmarks/run_imagenet_samples.py [--work /tmp/onnxprune_real] [--part a,b]
         [--model efficientnet_lite0_legacy] [--out-prefix benchmarks/results_imagenet_samples]
-    python benchmarks/run_imagenet_samples.py --merge A.json B.json   # runs made side by side
+    python benchmarks/run_imagenet_samples.py --merge A.json B.json   # one file from several runs
 
 Writes ``benchmarks/results_imagenet_samples.md`` and ``.json``.
 """
@@ -106,13 +106,14 @@ def main(argv=None) -> int:
     ap.add_argument("--part", default="a,b")
     ap.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results_imagenet_samples"))
     ap.add_argument("--merge", nargs="+", metavar="JSON",
-                    help="write one result from the .json files of runs made side by side")
+                    help="write one result from the .json files of several runs")
     args = ap.parse_args(argv)
     prefix = Path(args.out_prefix)
     if args.merge:
         runs = [json.loads(Path(f).read_text()) for f in args.merge]
-        meta = {**runs[0]["meta"], "command": " ; ".join(r["meta"]["command"] for r in runs)
-                + " — run side by side"}
+        meta = {**runs[-1]["meta"], "command": " ; ".join(r["meta"]["command"] for r in runs)
+                + " — merged with --merge",
+                "commits": [r["meta"]["git"].get("commit", "?")[:12] for r in runs]}
         rows = [row for r in runs for row in r["rows"]]
         prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         prefix.with_suffix(".md").write_text(render(meta, rows))
@@ -176,9 +177,10 @@ def _cells(s: dict) -> str:
 
 def render(meta: dict, rows: list[dict]) -> str:
     dirty = " (dirty)" if meta["git"].get("dirty") else ""
+    commits = ", ".join(meta.get("commits", [meta["git"].get("commit", "?")[:12]]))
     out = ["# EfficientNet-Lite0 on 20 ImageNet validation images (foolbox 3.3.4)", "",
            f"Command: `{meta['command']}`  ",
-           f"Date: {meta['date']}; commit {meta['git'].get('commit', '?')[:12]}{dirty}; "
+           f"Date: {meta['date']}; commit {commits}{dirty}; "
            f"model `{meta['model']}`  ",
            "Columns: MACs kept; top-1 agreement and mean logit cosine with the original; top-1 "
            "accuracy on the true labels, pruned (original). Test inputs: 8 crops of each image "
