@@ -49,7 +49,7 @@ import build_real  # noqa: E402
 import common  # noqa: E402
 
 import onnxprune  # noqa: E402
-from run_real import cosine_rows  # noqa: E402
+from run_calibration_variety import agreement  # noqa: E402
 
 #: foolbox 3.3.4's ImageNet validation images: file index → ImageNet class index.
 FOOLBOX_LABELS = (243, 559, 438, 990, 949, 853, 609, 609, 915, 455,
@@ -76,8 +76,8 @@ def test_set(images: dict[str, np.ndarray], names: list[str]) -> tuple[np.ndarra
 
 def scores(ref: np.ndarray, out: np.ndarray, labels: np.ndarray) -> dict:
     """Agreement with the original (top-1, mean logit cosine) and accuracy on the labels."""
-    return {"top1_agreement": round(float((ref.argmax(1) == out.argmax(1)).mean()), 4),
-            "cosine": round(float(cosine_rows(ref, out).mean()), 4),
+    top1, cos = agreement(ref, out)
+    return {"top1_agreement": round(top1, 4), "cosine": round(cos, 4),
             "accuracy": round(float((out.argmax(1) == labels).mean()), 4),
             "accuracy_original": round(float((ref.argmax(1) == labels).mean()), 4)}
 
